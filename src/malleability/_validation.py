@@ -1,0 +1,117 @@
+"""Input checks at the public boundary (one place, one-line errors naming the argument)."""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+E = TypeVar("E", bound=Enum)
+
+
+def as_tensor(
+    x: Any,
+    name: str,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    dtype: torch.dtype | None = torch.float64,
+    allow_empty: bool = False,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Convert ``x`` to a tensor and check its rank, emptiness and finiteness.
+
+    ``dtype=None`` keeps the input's floating dtype (float64 for non-float input).
+    """
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    elif not isinstance(x, torch.Tensor):
+        try:
+            x = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError):
+            kind = type(x).__name__
+            raise ValueError(f"{name}: expected an array of numbers, got {kind}") from None
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if x.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name}: expected a {want}-d array, got shape {tuple(x.shape)}")
+    if not allow_empty and x.numel() == 0:
+        raise ValueError(f"{name}: expected a non-empty array, got shape {tuple(x.shape)}")
+    if dtype is not None:
+        x = x.to(dtype=dtype)
+    elif not x.is_floating_point():
+        x = x.to(torch.float64)
+    if device is not None:
+        x = x.to(device)
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
+    return x
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    """An integer ≥ 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    """A finite real ≥ 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a non-negative number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
+    return v
+
+
+def check_positive(value: Any, name: str) -> float:
+    """A finite real > 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    return v
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """A real in (0, 1]."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}") from None
+    if not (0.0 < v <= 1.0):
+        raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
+    return v
+
+
+def check_rows_match(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """``a`` and ``b`` have the same number of rows."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{name_b}: expected {a.shape[0]} rows to match {name_a}, got {b.shape[0]}"
+        )
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...]) -> str:
+    """One of a fixed set of strings."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def parse_enum(value: Any, enum_cls: type[E], name: str) -> E:
+    """``value`` as a member of the string enum ``enum_cls`` (by member or by value)."""
+    if isinstance(value, enum_cls):
+        return value
+    try:
+        return enum_cls(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in enum_cls)
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}") from None

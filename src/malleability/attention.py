@@ -1,0 +1,142 @@
+"""Attention feature maps with an explicit (transductive) reference set (Definition 3.1, A.13).
+
+For inputs x (rows) and a reference set R (the training split, fixed before training):
+
+- linearized:  φ_lin(x) = rownorm((x W_Q)(R W_K)ᵀ (R W_V)) = rownorm(x · W_Q W_Kᵀ RᵀR W_V),
+  evaluated as x times a d×d matrix computed once (cost n·d², not n²·d);
+- softmax:     φ_sm(x)  = rownorm(softmax((x W_Q)(R W_K)ᵀ / √d) (R W_V));
+- exponential: φ_exp(x) = rownorm(exp(s(x) − max s(x)) (R W_V)), s(x) = (x W_Q)(R W_K)ᵀ / √d
+  (the per-row shift cancels under rownorm).
+
+Projections W_Q = W_K = W_V = I by default; orthogonal or He-initialised N(0, 2/d) projections
+are options (Proposition 4.13). Without row normalisation and with identity projections the
+linearized map of the reference set is φ(X) = X XᵀX, so φ(X)φ(X)ᵀ = G³ (Theorem 4.2).
+"""
+
+from __future__ import annotations
+
+import math
+from enum import StrEnum
+
+import torch
+from torch import nn
+
+from ._validation import as_tensor, parse_enum
+from .linalg import rownorm
+
+
+class AttentionKind(StrEnum):
+    """The attention feature maps of Definition 3.1 and Appendix A.13."""
+
+    LINEAR = "linear"
+    SOFTMAX = "softmax"
+    EXPONENTIAL = "exponential"
+
+
+class Projection(StrEnum):
+    """Query/key/value projections (Proposition 4.13)."""
+
+    IDENTITY = "identity"
+    ORTHOGONAL = "orthogonal"
+    HE = "he"
+
+
+def projection_matrices(
+    d: int, projection: Projection | str = Projection.IDENTITY, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(W_Q, W_K, W_V), each d×d float64, or None for identity projections.
+
+    Orthogonal: Q factor of a Gaussian matrix (sign-corrected, Haar); He: entries N(0, 2/d).
+    """
+    projection = parse_enum(projection, Projection, "projection")
+    if projection is Projection.IDENTITY:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    mats = []
+    for _ in range(3):
+        g = torch.randn(d, d, generator=gen, dtype=torch.float64)
+        if projection is Projection.ORTHOGONAL:
+            q, r = torch.linalg.qr(g)
+            mats.append(q * torch.sign(torch.diagonal(r)))
+        else:
+            mats.append(g * math.sqrt(2.0 / d))
+    return mats[0], mats[1], mats[2]
+
+
+def attention_features(
+    x: torch.Tensor,
+    reference: torch.Tensor,
+    kind: AttentionKind | str = AttentionKind.LINEAR,
+    projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """φ(x) for rows of ``x`` (n×d) against ``reference`` R (n_R×d); pure and differentiable.
+
+    For repeated calls with the same reference use :class:`AttentionFeatures`, which caches
+    the reference-side products.
+    """
+    return AttentionFeatures(reference, kind, projections, normalize)(x)
+
+
+class AttentionFeatures(nn.Module):
+    """A parameter-free attention front: φ(x) against a fixed reference set R.
+
+    Reference-side products are computed once at construction: for the linearized map the
+    d×d matrix W_Kᵀ RᵀR W_V; for softmax/exponential the keys R W_K and values R W_V.
+    Buffers keep the reference's dtype.
+    """
+
+    def __init__(
+        self,
+        reference: torch.Tensor,
+        kind: AttentionKind | str = AttentionKind.LINEAR,
+        projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        reference = as_tensor(reference, "reference", ndim=2, dtype=None)
+        self.kind = parse_enum(kind, AttentionKind, "attention")
+        self.normalize = normalize
+        d = reference.shape[1]
+        if projections is None:
+            w_q = w_k = w_v = None
+        else:
+            w_q, w_k, w_v = (as_tensor(w, "projections", ndim=2, dtype=reference.dtype)
+                             for w in projections)
+            for w in (w_q, w_k, w_v):
+                if w.shape != (d, d):
+                    raise ValueError(
+                        f"projections: expected {d}×{d} matrices, got {tuple(w.shape)}")
+        self.register_buffer("w_q", w_q)
+        self.register_buffer("reference", reference)
+        keys = reference if w_k is None else reference @ w_k
+        values = reference if w_v is None else reference @ w_v
+        if self.kind is AttentionKind.LINEAR:
+            self.register_buffer("kv", keys.T @ values)  # W_Kᵀ RᵀR W_V, d×d
+            self.register_buffer("keys", None)
+            self.register_buffer("values", None)
+        else:
+            self.register_buffer("kv", None)
+            self.register_buffer("keys", keys)
+            self.register_buffer("values", values)
+        self.in_features = d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"x: expected shape (n, {self.in_features}), got {tuple(x.shape)}")
+        q = x if self.w_q is None else x @ self.w_q
+        if self.kind is AttentionKind.LINEAR:
+            out = q @ self.kv
+        else:
+            scores = q @ self.keys.T / math.sqrt(self.in_features)
+            if self.kind is AttentionKind.SOFTMAX:
+                weights = torch.softmax(scores, dim=1)
+            else:
+                weights = torch.exp(scores - scores.amax(dim=1, keepdim=True))
+            out = weights @ self.values
+        return rownorm(out) if self.normalize else out
+
+    def extra_repr(self) -> str:
+        return (f"kind={self.kind.value}, reference={tuple(self.reference.shape)}, "
+                f"normalize={self.normalize}")

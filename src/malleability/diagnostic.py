@@ -1,0 +1,97 @@
+"""The practitioner's diagnostic (Appendix A.12, step 1): can this data's attention model be in
+the kernel regime at any practical width?
+
+κ of the input Gram, its cube, the measured κ of row-normalised linearized attention features,
+the width thresholds κ⁶·n log n (MLP-Attn) and κ²·n log n (2L-ReLU), and feature collapse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._validation import as_tensor, check_positive_int
+from .attention import AttentionKind, attention_features
+from .spectral import (
+    ConditionReport,
+    effective_condition_number,
+    linear_attention_features,
+    mean_pairwise_cosine,
+    width_threshold,
+)
+
+#: Reference scales for "practical width" (public figures): the feed-forward width of
+#: GPT-3 175B (Brown et al. 2020) and the parameter count of the largest known models.
+PRACTICAL_SCALES: dict[str, float] = {
+    "GPT-3 175B feed-forward width": 49_152.0,
+    "parameters of the largest known models": 1e12,
+}
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Spectral diagnosis of an (n × d) matrix of network inputs."""
+
+    inputs: ConditionReport
+    attention: ConditionReport  # of rownorm(X XᵀX)
+    kappa_cubed: float  # κ_eff(G)³: the κ of φ_lin's Gram without row normalisation
+    threshold_attention: float  # κ_eff⁶ · n log n
+    threshold_relu: float  # κ_eff² · n log n
+    collapse: dict[str, float]  # mean pairwise cosine of raw / linear / softmax / exponential
+    collapse_n: int  # rows used for the collapse measurement
+
+    @property
+    def verdict(self) -> str:
+        largest = max(PRACTICAL_SCALES.values())
+        if self.threshold_attention > largest:
+            attn = (f"MLP-Attn needs width ≳ {self.threshold_attention:.2e}, beyond any practical "
+                    f"width (> {largest:.0e}): linearized attention cannot be in the kernel "
+                    "regime here, and NTK-based influence (TRAK, EK-FAC, DataInf) on it rests "
+                    "on an assumption that fails; expect malleable rankings.")
+        else:
+            attn = (f"MLP-Attn needs width ≳ {self.threshold_attention:.2e}, within reach: "
+                    "the kernel regime is attainable for this data.")
+        relu = ("2L-ReLU is attainable" if self.threshold_relu <= largest else
+                "even 2L-ReLU is out of reach")
+        return f"{attn} For comparison {relu} (≳ {self.threshold_relu:.2e})."
+
+    def to_dict(self) -> dict:
+        return {
+            "inputs": self.inputs.summary(),
+            "attention": self.attention.summary(),
+            "kappa_cubed": self.kappa_cubed,
+            "threshold_attention": self.threshold_attention,
+            "threshold_relu": self.threshold_relu,
+            "practical_scales": PRACTICAL_SCALES,
+            "collapse": self.collapse,
+            "collapse_n": self.collapse_n,
+            "verdict": self.verdict,
+        }
+
+
+def diagnose(x: torch.Tensor, tol: float | None = None, collapse_n: int = 2000,
+             seed: int = 0) -> Diagnosis:
+    """Run the A.12 step-1 diagnostic on network inputs ``x`` (rows, float64).
+
+    Feature collapse of the softmax/exponential maps needs an n×n score matrix, so it is
+    measured on at most ``collapse_n`` rows drawn with ``seed`` (used as their own reference).
+    """
+    x = as_tensor(x, "x", ndim=2)
+    collapse_n = check_positive_int(collapse_n, "collapse_n")
+    n = x.shape[0]
+    inputs = effective_condition_number(x, tol=tol)
+    attention = effective_condition_number(linear_attention_features(x))
+    kappa = inputs.kappa_effective
+    rows = x if n <= collapse_n else x[torch.randperm(
+        n, generator=torch.Generator().manual_seed(seed))[:collapse_n]]
+    collapse = {"raw": mean_pairwise_cosine(rows)}
+    for kind in AttentionKind:
+        collapse[kind.value] = mean_pairwise_cosine(attention_features(rows, rows, kind))
+    return Diagnosis(
+        inputs=inputs, attention=attention,
+        kappa_cubed=kappa**3 if kappa < 1e100 else math.inf,
+        threshold_attention=width_threshold(kappa, n, 6),
+        threshold_relu=width_threshold(kappa, n, 2),
+        collapse=collapse, collapse_n=rows.shape[0])

@@ -1,0 +1,147 @@
+"""Spectral diagnostics: condition numbers, cubic amplification, width thresholds (§4, A.12).
+
+κ_d(G) = λ₁/λ_r over the eigenvalues of G = X Xᵀ with r = min(n, d). Linearized attention
+cubes it: φ(X)φ(X)ᵀ = G³ without row normalisation (Theorem 4.8). Kernel-regime width
+thresholds, constants dropped: MLP-Attn m* = κ⁶ · n log n, 2L-ReLU m* = κ² · n log n.
+All spectra are computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+
+from ._validation import as_tensor, check_positive_int, parse_enum
+from .attention import AttentionFeatures, AttentionKind
+
+_F64 = torch.float64
+
+
+class SpectrumMethod(StrEnum):
+    """EXACT: full eigendecomposition of XᵀX (n > d, streamed) or of G (n ≤ d).
+    RANDOMIZED: the top-k singular values by randomized SVD (Halko et al. 2011)."""
+
+    EXACT = "exact"
+    RANDOMIZED = "randomized"
+
+
+@dataclass(frozen=True)
+class ConditionReport:
+    """Spectrum of G = X Xᵀ and its condition numbers.
+
+    ``kappa`` is λ₁/λ_r over r = min(n, d) directions (inf when rank < r; for the randomized
+    method, λ₁/λ_k over the top k); ``kappa_effective`` is λ₁ over the smallest eigenvalue
+    above ``tol`` (absolute, on eigenvalues of G). ``eigenvalues`` are descending, float64.
+    """
+
+    kappa: float
+    kappa_effective: float
+    rank: int
+    r: int
+    n: int
+    d: int
+    tol: float
+    eigenvalues: torch.Tensor
+    method: SpectrumMethod
+
+    def summary(self) -> dict[str, float | int | str]:
+        """JSON-ready scalars (eigenvalues left out)."""
+        return {"kappa": self.kappa, "kappa_effective": self.kappa_effective,
+                "rank": self.rank, "r": self.r, "n": self.n, "d": self.d, "tol": self.tol,
+                "method": self.method.value}
+
+
+def gram_eigenvalues(x: torch.Tensor, block_rows: int = 4096) -> torch.Tensor:
+    """The r = min(n, d) largest eigenvalues of G = X Xᵀ, descending, float64.
+
+    n > d: from XᵀX accumulated over row blocks (O(n d²) time, O(d²) memory);
+    n ≤ d: from G itself.
+    """
+    n, d = x.shape
+    if n > d:
+        gram = torch.zeros(d, d, dtype=_F64, device=x.device)
+        for s in range(0, n, block_rows):
+            xb = x[s:s + block_rows].to(_F64)
+            gram += xb.T @ xb
+    else:
+        xd = x.to(_F64)
+        gram = xd @ xd.T
+    return torch.linalg.eigvalsh(gram).flip(0).cpu()
+
+
+def effective_condition_number(
+    x: torch.Tensor,
+    tol: float | None = None,
+    method: SpectrumMethod | str = SpectrumMethod.EXACT,
+    k: int | None = None,
+    block_rows: int = 4096,
+    seed: int = 0,
+) -> ConditionReport:
+    """κ_d and the effective κ of G = X Xᵀ for an (n × d) matrix ``x``.
+
+    ``tol`` (absolute, on eigenvalues of G) defaults to λ₁ · max(n, d) · ε_float64, the
+    round-off floor of a Gram eigenvalue; the numerical rank counts eigenvalues above it.
+    ``method="randomized"`` estimates the top ``k`` singular values with torch.svd_lowrank.
+    """
+    x = as_tensor(x, "x", ndim=2, dtype=None)
+    method = parse_enum(method, SpectrumMethod, "method")
+    n, d = x.shape
+    r = min(n, d)
+    if method is SpectrumMethod.EXACT:
+        eig = gram_eigenvalues(x, check_positive_int(block_rows, "block_rows")).clamp_min(0.0)
+    else:
+        k = check_positive_int(k if k is not None else min(r, 100), "k")
+        if k > r:
+            raise ValueError(f"k: expected at most min(n, d) = {r}, got {k}")
+        with torch.random.fork_rng(devices=[]):  # svd_lowrank draws from the global generator
+            torch.manual_seed(seed)
+            _, s, _ = torch.svd_lowrank(x.to(_F64), q=min(r, k + 10), niter=4)
+        eig = (s[:k] ** 2).cpu()
+    top = float(eig[0])
+    if tol is None:
+        tol = top * max(n, d) * torch.finfo(_F64).eps
+    if tol < 0:
+        raise ValueError(f"tol: expected a non-negative number, got {tol!r}")
+    rank = int((eig > tol).sum())
+    if rank == 0:
+        raise ValueError("x: has no eigenvalue above the tolerance (all-zero input?)")
+    smallest_kept = float(eig[rank - 1])
+    full = rank == eig.numel()
+    kappa = top / float(eig[-1]) if full else math.inf
+    return ConditionReport(kappa=kappa, kappa_effective=top / smallest_kept, rank=rank, r=r,
+                           n=n, d=d, tol=float(tol), eigenvalues=eig, method=method)
+
+
+def linear_attention_features(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """φ_lin(X) with X as its own reference: rownorm(X XᵀX), or X XᵀX unnormalised."""
+    x = as_tensor(x, "x", ndim=2)
+    return AttentionFeatures(x, AttentionKind.LINEAR, normalize=normalize)(x)
+
+
+def width_threshold(kappa: float, n: int, power: int) -> float:
+    """m* = κ^power · n log n (constants dropped): power 6 for MLP-Attn, 2 for 2L-ReLU.
+
+    Returns inf when κ is infinite or the value overflows a float.
+    """
+    n = check_positive_int(n, "n")
+    if not math.isfinite(kappa):
+        return math.inf
+    log10 = power * math.log10(kappa) + math.log10(n * max(math.log(n), 1e-300))
+    return 10.0 ** log10 if log10 < 308 else math.inf
+
+
+def mean_pairwise_cosine(z: torch.Tensor) -> float:
+    """Mean cosine similarity over pairs i ≠ j of rows of ``z`` (feature collapse, Figure 7).
+
+    Computed as (‖Σ ẑ_i‖² − n)/(n(n − 1)) over unit rows ẑ, in O(n d).
+    """
+    z = as_tensor(z, "z", ndim=2)
+    n = z.shape[0]
+    if n < 2:
+        raise ValueError(f"z: expected at least 2 rows, got {n}")
+    unit = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    total = unit.sum(0)
+    return float(((total @ total) - (unit * unit).sum()) / (n * (n - 1)))

@@ -1,0 +1,104 @@
+"""Closed-form leave-one-out influence against refitting kernel ridge without each point."""
+
+import numpy as np
+import pytest
+import torch
+
+from malleability import (
+    TwoLayerNet,
+    empirical_ntk,
+    fit_kernel_ridge,
+    loo_influence,
+    ntk_influence,
+)
+from malleability.influence import per_example_loss
+
+F64 = torch.float64
+
+
+def _problem(n=18, n_test=6, classes=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n + n_test, 5, generator=gen, dtype=F64)
+    x = x / x.norm(dim=1, keepdim=True)
+    model = TwoLayerNet(5, 64, classes, attention="linear", reference=x[:n], seed=seed)
+    k = empirical_ntk(model, x, x[:n])
+    labels = torch.randint(0, classes, (n + n_test,), generator=gen)
+    y = torch.nn.functional.one_hot(labels, classes).to(F64)
+    return k[:n], k[n:], y[:n], y[n:]
+
+
+def _refit_loss(k, k_t, y, y_t, ridge, i, loss):
+    """Kernel ridge refitted without training point i, solved with numpy."""
+    keep = [j for j in range(k.shape[0]) if j != i]
+    kk = k[keep][:, keep].numpy()
+    alpha = np.linalg.solve(kk + ridge * np.eye(len(keep)), y[keep].numpy())
+    f = torch.from_numpy(k_t[:, keep].numpy() @ alpha)
+    return per_example_loss(f, y_t, loss)
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("ridge", [1e-3, 0.5])
+def test_loo_equals_refit_without_each_point(loss, ridge):
+    k, k_t, y, y_t = _problem()
+    result = ntk_influence(k, k_t, y, y_t, ridge, loss)
+    alpha = np.linalg.solve(k.numpy() + ridge * np.eye(k.shape[0]), y.numpy())
+    base = per_example_loss(torch.from_numpy(k_t.numpy() @ alpha), y_t, loss)
+    for i in range(k.shape[0]):
+        expected = _refit_loss(k, k_t, y, y_t, ridge, i, loss) - base
+        scale = max(1.0, float(expected.abs().max()))
+        assert (result.matrix[:, i] - expected).abs().max() <= 1e-8 * scale
+    torch.testing.assert_close(result.scores, result.matrix.mean(0))
+    torch.testing.assert_close(loo_influence(k, k_t, y, y_t, ridge, loss), result.matrix)
+
+
+def test_binary_pm1_targets_as_vector():
+    k, k_t, y, y_t = _problem(classes=2, seed=1)
+    yb, ytb = y[:, 0] * 2 - 1, y_t[:, 0] * 2 - 1
+    matrix = loo_influence(k, k_t, yb, ytb, 1e-2)
+    for i in (0, 5, 11):
+        expected = _refit_loss(k, k_t, yb[:, None], ytb[:, None], 1e-2, i, "mse")
+        alpha = np.linalg.solve(k.numpy() + 1e-2 * np.eye(18), yb.numpy()[:, None])
+        base = per_example_loss(torch.from_numpy(k_t.numpy() @ alpha), ytb[:, None], "mse")
+        torch.testing.assert_close(matrix[:, i], expected - base, rtol=1e-8, atol=1e-10)
+
+
+def test_cross_entropy_blocks_give_the_same_matrix():
+    k, k_t, y, y_t = _problem(seed=2)
+    full = ntk_influence(k, k_t, y, y_t, 1e-3, "ce").matrix
+    blocked = ntk_influence(k, k_t, y, y_t, 1e-3, "ce", block_bytes=1).matrix
+    torch.testing.assert_close(full, blocked, rtol=0, atol=1e-13)
+
+
+def test_stability_report_matches_numpy():
+    k, k_t, y, y_t = _problem(seed=3)
+    report = ntk_influence(k, k_t, y, y_t, 1e-3).stability
+    eig = np.linalg.eigvalsh(k.numpy() + 1e-3 * np.eye(18))
+    assert report.min_eigenvalue == pytest.approx(eig[0], rel=1e-9)
+    assert report.condition_number == pytest.approx(eig[-1] / eig[0], rel=1e-9)
+    assert report.inversion_residual < 1e-10
+    assert report.symmetry_error < 1e-14
+
+
+def test_not_positive_definite_is_a_clear_error():
+    k = torch.tensor([[1.0, 2.0], [2.0, 1.0]], dtype=F64)  # eigenvalues 3, −1
+    with pytest.raises(ValueError, match=r"^k_train: K \+ λI is not positive definite"):
+        fit_kernel_ridge(k, torch.ones(2, dtype=F64), 1e-3)
+
+
+def test_bad_inputs_name_the_argument():
+    k, k_t, y, y_t = _problem(seed=4)
+    cases = [
+        (lambda: loo_influence(k, k_t, y, y_t, -1.0), "ridge: expected a non-negative"),
+        (lambda: loo_influence(k[:, :5], k_t, y, y_t, 0.1), "k_train: expected a square"),
+        (lambda: loo_influence(k, k_t[:, :4], y, y_t, 0.1), "k_test_train: expected 18 col"),
+        (lambda: loo_influence(k, k_t, y[:4], y_t, 0.1), "y_train: expected 18 rows"),
+        (lambda: loo_influence(k, k_t, y, y_t[:, :2], 0.1), "y_test: expected 3 columns"),
+        (lambda: loo_influence(k, k_t, y * 2, y_t, 0.1, "ce"), "y_train: expected one-hot"),
+        (lambda: loo_influence(k, k_t, y, y_t, 0.1, "hinge"), "loss: expected one of"),
+        (lambda: loo_influence(k * float("nan"), k_t, y, y_t, 0.1), "k_train: contains NaN"),
+        (lambda: loo_influence(k[:0, :0], k_t, y, y_t, 0.1), "k_train: expected a non-empty"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError) as info:
+            call()
+        assert str(info.value).startswith(message) and "\n" not in str(info.value)
