@@ -99,12 +99,68 @@ def diagnose_command(dataset: str | None, features_path: Path | None, split: str
             x = ds.features()
             name = f"{ds.name} ({split}, classes {','.join(ds.class_names)})"
         result = diagnose(x, tol=tol, seed=seed)
-    except ValueError as err:
+    except (ValueError, OSError) as err:
         _fail(str(err))
     if as_json:
         click.echo(json.dumps({"name": name, **result.to_dict()}, indent=2))
     else:
         click.echo(format_diagnosis(name, result))
+
+
+@main.command("datasets")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
+def datasets_command(data_root: Path | None) -> None:
+    """List the registered datasets, whether each is available locally, and where."""
+    from .data import dataset_status
+
+    for row in dataset_status(data_root):
+        state = "available" if row["available"] else "not downloaded"
+        click.echo(f"{row['name']:<14} {state:<15} {row['path']}")
+
+
+@main.command("reproduce")
+@click.option("--preset", default="quick", show_default=True,
+              help="quick, paper, or a path to a preset .toml file.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--only", multiple=True, help="Run only this experiment (repeatable).")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Cells run in parallel.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def reproduce_command(preset: str, out: Path, only: tuple[str, ...], jobs: int, device: str,
+                      data_root: Path | None, quiet: bool) -> None:
+    """Run a preset's experiments cell by cell (resumable), then write the report."""
+    from .experiments import RunContext
+    from .report import write_report
+    from .runner import load_preset, reproduce
+
+    try:
+        settings = load_preset(preset)
+        ctx = RunContext(out, None if data_root is None else str(data_root),
+                         _device(device), progress=not quiet)
+        reproduce(settings, ctx, only, jobs)
+        path = write_report(out)
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    click.echo(f"report: {path}")
+
+
+@main.command("report")
+@click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def report_command(out: Path) -> None:
+    """Write OUT/report.md, OUT/report.html and the figures from a run's results."""
+    from .report import write_report
+
+    click.echo(f"report: {write_report(out)}")
+
+
+def _device(name: str) -> str:
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"device: expected cpu or cuda, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device: cuda requested but no CUDA device is available")
+    return name
 
 
 if __name__ == "__main__":  # pragma: no cover

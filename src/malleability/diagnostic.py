@@ -84,14 +84,23 @@ def diagnose(x: torch.Tensor, tol: float | None = None, collapse_n: int = 2000,
     inputs = effective_condition_number(x, tol=tol)
     attention = effective_condition_number(linear_attention_features(x))
     kappa = inputs.kappa_effective
-    rows = x if n <= collapse_n else x[torch.randperm(
-        n, generator=torch.Generator().manual_seed(seed))[:collapse_n]]
-    collapse = {"raw": mean_pairwise_cosine(rows)}
-    for kind in AttentionKind:
-        collapse[kind.value] = mean_pairwise_cosine(attention_features(rows, rows, kind))
+    collapse = feature_collapse(x, collapse_n, seed)
     return Diagnosis(
         inputs=inputs, attention=attention,
         kappa_cubed=kappa**3 if kappa < 1e100 else math.inf,
         threshold_attention=width_threshold(kappa, n, 6),
         threshold_relu=width_threshold(kappa, n, 2),
-        collapse=collapse, collapse_n=rows.shape[0])
+        collapse=collapse, collapse_n=min(n, collapse_n))
+
+
+def feature_collapse(x: torch.Tensor, max_rows: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean pairwise cosine similarity (Figure 7) of the raw inputs and of each attention map's
+    features, on at most ``max_rows`` rows (drawn with ``seed``) used as their own reference."""
+    x = as_tensor(x, "x", ndim=2)
+    n = x.shape[0]
+    rows = x if n <= max_rows else x[torch.randperm(
+        n, generator=torch.Generator().manual_seed(seed))[:max_rows]]
+    collapse = {"raw": mean_pairwise_cosine(rows)}
+    for kind in AttentionKind:
+        collapse[kind.value] = mean_pairwise_cosine(attention_features(rows, rows, kind))
+    return collapse

@@ -26,11 +26,13 @@ class Loss(StrEnum):
 
 @dataclass(frozen=True)
 class InfluenceResult:
-    """Influence matrix I (n_t × n), per-point scores, predictions and the A.9 report."""
+    """Influence matrix I (n_t × n), per-point scores, test predictions, the dual
+    coefficients α = (K + λI)⁻¹Y and the A.9 report."""
 
     matrix: torch.Tensor
     scores: torch.Tensor
     predictions: torch.Tensor
+    alpha: torch.Tensor
     stability: StabilityReport
 
 
@@ -85,7 +87,7 @@ def ntk_influence(
             matrix[s:s + rows] = (per_example_loss(shifted, y_t[s:s + rows, None, :], loss)
                                   - base[s:s + rows, None])
     return InfluenceResult(matrix=matrix, scores=matrix.mean(0), predictions=f,
-                           stability=fit.stability)
+                           alpha=fit.alpha, stability=fit.stability)
 
 
 def loo_influence(

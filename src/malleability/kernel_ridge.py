@@ -68,7 +68,8 @@ def fit_kernel_ridge(k_train: torch.Tensor, y_train: torch.Tensor, ridge: float
     y = as_targets(y_train, "y_train", n)
     norm_k = float(torch.linalg.norm(k))
     symmetry_error = float(torch.linalg.norm(k - k.T)) / max(norm_k, 1e-300)
-    reg = (k + k.T) / 2 + ridge * torch.eye(n, dtype=k.dtype)
+    eye = torch.eye(n, dtype=k.dtype, device=k.device)
+    reg = (k + k.T) / 2 + ridge * eye
     eig = torch.linalg.eigvalsh(reg)
     chol, info = torch.linalg.cholesky_ex(reg)
     if int(info) != 0 or eig[0] <= 0:
@@ -76,7 +77,7 @@ def fit_kernel_ridge(k_train: torch.Tensor, y_train: torch.Tensor, ridge: float
                          f"{float(eig[0]):.3e}, ridge {ridge:g}); raise the ridge")
     inverse = torch.cholesky_inverse(chol)
     alpha = inverse @ y
-    residual = float(torch.linalg.norm(reg @ inverse - torch.eye(n, dtype=k.dtype))) / n**0.5
+    residual = float(torch.linalg.norm(reg @ inverse - eye)) / n**0.5
     report = StabilityReport(
         min_eigenvalue=float(eig[0]), max_eigenvalue=float(eig[-1]),
         condition_number=float(eig[-1] / eig[0]), inversion_residual=residual,

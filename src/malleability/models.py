@@ -43,6 +43,7 @@ class TwoLayerNet(nn.Module):
         s = check_positive(init_scale, "init_scale")
         gen = torch.Generator().manual_seed(int(seed))
         self.width, self.num_classes, self.init_scale, self.seed = m, c, s, int(seed)
+        self.dtype = dtype
         self.weight = nn.Parameter(torch.randn(m, d, generator=gen, dtype=dtype) * s)
         signs = torch.randint(0, 2, (m, c), generator=gen).to(dtype) * 2 - 1
         self.register_buffer("readout", signs)
@@ -76,6 +77,15 @@ class TwoLayerNet(nn.Module):
         """f(x) = σ(z Wᵀ) A / √m, shape (n, C)."""
         z = self.features(x)
         return torch.relu(z @ self.weight.T) @ self.readout / math.sqrt(self.width)
+
+    def reinitialized(self, reference: torch.Tensor | None = None) -> TwoLayerNet:
+        """A fresh network with the same construction (so the same W₀, A and projections),
+        attending to ``reference`` (default: the current reference set)."""
+        if reference is None and self.front is not None:
+            reference = self.front.reference
+        return TwoLayerNet(self.in_features, self.width, self.num_classes, self.attention,
+                           reference, self.init_scale, self.seed, self.projection,
+                           self.dtype).to(self.weight.device)
 
     def with_reference(self, reference: torch.Tensor) -> TwoLayerNet:
         """A copy with the same weights whose attention front attends to ``reference``."""

@@ -111,7 +111,7 @@ def autograd_ntk(
         jac = jac_fn(params, x)
         return torch.cat([jac[k].reshape(x.shape[0], n_out, -1) for k in params], dim=2)
 
-    out = torch.empty(x1.shape[0], x2.shape[0], dtype=_F64)
+    out = torch.empty(x1.shape[0], x2.shape[0], dtype=_F64, device=x1.device)
     for i in range(0, x1.shape[0], rows):
         j1 = jacobian(x1[i:i + rows])
         for j in range(0, x2.shape[0], rows):

@@ -1,0 +1,164 @@
+"""ℓ∞ adversarial attacks on [0,1] pixels: FGSM, PGD and MIM (SPEC §6).
+
+Every attack has the same call shape ``attack(loss_fn, x, y, eps, ...)``: ``loss_fn(x, y)``
+returns per-example losses of shape (B,), the attack maximises their sum over the set
+{x' : ‖x' − x‖∞ ≤ ε, 0 ≤ x' ≤ 1} and returns a detached tensor of x's shape and dtype.
+Gradients are taken with respect to the input only, so model parameters get no ``.grad``
+and the model's train/eval mode is left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
+
+import torch
+
+from malleability._validation import (
+    as_tensor,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_rows_match,
+)
+
+LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+class Attack(StrEnum):
+    """The attacks of SPEC §6, by name."""
+
+    FGSM = "fgsm"
+    PGD = "pgd"
+    MIM = "mim"
+
+
+def _check_inputs(x: Any, y: Any, eps: Any) -> tuple[torch.Tensor, Any, float]:
+    """Validate ``x`` (a batch of pixels in [0,1]), ``y`` (one row per example) and ``eps``."""
+    x = as_tensor(x, "x", dtype=None).detach()
+    if x.ndim == 0:
+        raise ValueError("x: expected a batch of shape (B, ...), got a scalar")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > 1.0:
+        raise ValueError(f"x: expected pixel values in [0, 1], got values in [{lo:g}, {hi:g}]")
+    y = y if isinstance(y, torch.Tensor) else torch.as_tensor(y, device=x.device)
+    if y.ndim == 0:
+        raise ValueError("y: expected one row per example of x, got a scalar")
+    check_rows_match(x, y, "x", "y")
+    return x, y, check_nonnegative(eps, "eps")
+
+
+def _input_grad(loss_fn: LossFn, x: torch.Tensor, y: Any) -> torch.Tensor:
+    """∇_x Σ_b loss_fn(x, y)_b, with respect to the input only."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = loss_fn(x, y)
+        if loss.shape != (x.shape[0],):
+            raise ValueError(
+                f"loss_fn: expected per-example losses of shape ({x.shape[0]},), "
+                f"got shape {tuple(loss.shape)}"
+            )
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    return grad
+
+
+def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Π: projection onto the ℓ∞ ε-ball around ``x``, then onto [0,1] (x ∈ [0,1], so both hold)."""
+    return torch.clamp(x_adv, min=x - eps, max=x + eps).clamp(0.0, 1.0)
+
+
+def fgsm(loss_fn: LossFn, x: Any, y: Any, eps: float) -> torch.Tensor:
+    """Fast gradient sign method (Goodfellow et al. 2015): x' = clip₀¹(x + ε·sign ∇_x L(x, y))."""
+    x, y, eps = _check_inputs(x, y, eps)
+    if eps == 0:
+        return x.clone()
+    return _project(x + eps * _input_grad(loss_fn, x, y).sign(), x, eps)
+
+
+def pgd(
+    loss_fn: LossFn,
+    x: Any,
+    y: Any,
+    eps: float,
+    alpha: float = 0.01,
+    steps: int = 40,
+    random_start: bool = True,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Projected gradient descent, ℓ∞ (Madry et al. 2018).
+
+    x⁰ = Π(x + U[−ε, ε]) (or x⁰ = x without ``random_start``), then ``steps`` times
+    xᵗ⁺¹ = Π(xᵗ + α·sign ∇_x L(xᵗ, y)). The start is drawn from a ``torch.Generator``
+    seeded with ``seed``; the global RNG is untouched.
+    """
+    x, y, eps = _check_inputs(x, y, eps)
+    alpha = check_positive(alpha, "alpha")
+    steps = check_positive_int(steps, "steps")
+    if eps == 0:
+        return x.clone()
+    x_adv = x
+    if random_start:
+        gen = torch.Generator(device=x.device).manual_seed(seed)
+        u = torch.rand(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+        x_adv = _project(x + eps * (2 * u - 1), x, eps)
+    for _ in range(steps):
+        x_adv = _project(x_adv + alpha * _input_grad(loss_fn, x_adv, y).sign(), x, eps)
+    return x_adv
+
+
+def mim(
+    loss_fn: LossFn,
+    x: Any,
+    y: Any,
+    eps: float,
+    alpha: float = 0.01,
+    steps: int = 40,
+    momentum: float = 1.0,
+) -> torch.Tensor:
+    """Momentum iterative method (Dong et al. 2018), ℓ∞.
+
+    g⁰ = 0, x⁰ = x; ``steps`` times gᵗ⁺¹ = μ·gᵗ + ∇ᵗ/‖∇ᵗ‖₁ (ℓ1 norm per example over all
+    non-batch dims, ∇ᵗ = ∇_x L(xᵗ, y)) and xᵗ⁺¹ = Π(xᵗ + α·sign gᵗ⁺¹).
+    """
+    x, y, eps = _check_inputs(x, y, eps)
+    alpha = check_positive(alpha, "alpha")
+    steps = check_positive_int(steps, "steps")
+    momentum = check_nonnegative(momentum, "momentum")
+    if eps == 0:
+        return x.clone()
+    x_adv, g = x, torch.zeros_like(x)
+    for _ in range(steps):
+        grad = _input_grad(loss_fn, x_adv, y)
+        l1 = grad.abs().reshape(x.shape[0], -1).sum(dim=1)
+        l1 = l1.clamp_min(torch.finfo(x.dtype).tiny).reshape((-1,) + (1,) * (x.ndim - 1))
+        g = momentum * g + grad / l1
+        x_adv = _project(x_adv + alpha * g.sign(), x, eps)
+    return x_adv
+
+
+def run_attack(
+    attack: Attack | str,
+    loss_fn: LossFn,
+    x: Any,
+    y: Any,
+    eps: float,
+    *,
+    alpha: float = 0.01,
+    steps: int = 40,
+    momentum: float = 1.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Run the attack named ``attack`` (an ``Attack`` or its name, any case).
+
+    FGSM ignores ``alpha``, ``steps``, ``momentum`` and ``seed``; PGD (random start) ignores
+    ``momentum``; MIM ignores ``seed``.
+    """
+    name = attack.lower() if isinstance(attack, str) else attack
+    kind = Attack(check_choice(name, "attack", tuple(Attack)))
+    if kind is Attack.FGSM:
+        return fgsm(loss_fn, x, y, eps)
+    if kind is Attack.PGD:
+        return pgd(loss_fn, x, y, eps, alpha=alpha, steps=steps, seed=seed)
+    return mim(loss_fn, x, y, eps, alpha=alpha, steps=steps, momentum=momentum)

@@ -1,0 +1,71 @@
+"""Flip rate after adversarial training (Table 3): PGD flip rate of the standard network beside
+that of a network trained on PGD examples against its current weights."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..interventions import adversarial_train
+from ..malleability import AttackSettings, attack_points, measure_malleability
+from ..training import TrainSettings, evaluate
+from .common import (
+    DataSettings,
+    ModelSettings,
+    RunContext,
+    build_model,
+    load_problem,
+    trained_model,
+)
+
+
+@dataclass(frozen=True)
+class AdversarialTrainingSettings:
+    """``train_steps``/``train_alpha``: PGD inside training (the paper does not state them);
+    ``epochs``: adversarial training epochs (None = those of ``train``)."""
+
+    tasks: tuple[DataSettings, ...] = (DataSettings(),)
+    models: tuple[str, ...] = ("relu", "attn")
+    eps: float = 0.3
+    alpha: float = 0.01
+    steps: int = 40
+    train_steps: int = 10
+    train_alpha: float = 0.04
+    epochs: int | None = None
+    fraction: float = 0.1
+    ridge: float = 1e-3
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+
+
+def cells(s: AdversarialTrainingSettings) -> list[dict]:
+    return [{"task": t.label, "model": m} for t in s.tasks for m in s.models]
+
+
+def run(s: AdversarialTrainingSettings, cell: dict, ctx: RunContext) -> dict:
+    task = next(t for t in s.tasks if t.label == cell["task"])
+    p = load_problem(task, ctx.data_root, ctx.device)
+    attack = AttackSettings("pgd", s.eps, s.alpha, s.steps, seed=s.model.seed)
+    train_attack = AttackSettings("pgd", s.eps, s.train_alpha, s.train_steps, seed=s.model.seed)
+    standard, history = trained_model(cell["model"], p, s.model, s.train, ctx)
+    robust = build_model(cell["model"], p, s.model)
+    adv_settings = dataclasses.replace(s.train, epochs=s.epochs or s.train.epochs,
+                                       progress=ctx.progress)
+    adv_history = adversarial_train(robust, p.x, p.y, adv_settings, p.transform, train_attack,
+                                    p.x_test, p.y_test)
+    out: dict = {"n_train": p.x.shape[0]}
+    test_points = torch.arange(p.x_test.shape[0])
+    for name, net, hist in (("standard", standard, history),
+                            ("adversarial", robust, adv_history.to_dict())):
+        m = measure_malleability(net, p.x, p.y, p.x_test, p.y_test, p.transform, attack,
+                                 s.fraction, s.ridge)
+        x_adv = attack_points(net, p.transform, p.x_test, p.y_test, test_points, attack)
+        out[name] = {**m.summary(), "test_accuracy": hist["test_accuracy"][-1],
+                     "pgd_test_accuracy": evaluate(net, x_adv, p.y_test, p.transform)[1]}
+    return out
+
+
+SETTINGS = AdversarialTrainingSettings
+TITLE = "PGD flip rate, standard vs adversarially trained (Table 3)"

@@ -1,0 +1,127 @@
+"""Data interventions (Table 5) and adversarial training (Table 3), §5.4.
+
+From a trained baseline and its influence scores, S = the top 10% most helpful points:
+- Curated: drop S and retrain;
+- Transformed: replace S by its PGD versions and retrain;
+- Adversarial: replace every training point by its PGD version and retrain.
+Each retrained network starts from the baseline's initialisation (same seed); for MLP-Attn its
+reference set is the new training set. Reported: test accuracy by epoch and the malleability
+metrics between the baseline's scores and the retrained network's scores on the points both
+training sets hold. Adversarial training replaces every batch by PGD examples against the
+current weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+
+from ._validation import check_fraction, parse_enum
+from .influence import InfluenceResult
+from .malleability import (
+    AttackSettings,
+    MalleabilityResult,
+    attack_points,
+    compare_scores,
+    network_influence,
+    top_fraction,
+)
+from .models import TwoLayerNet
+from .training import TrainHistory, TrainSettings, Transform, train
+
+
+class Intervention(StrEnum):
+    """The training-set interventions of Table 5."""
+
+    CURATED = "curated"
+    TRANSFORMED = "transformed"
+    ADVERSARIAL = "adversarial"
+
+
+def report_epochs(epochs: int) -> list[int]:
+    """1, 10, 100, … up to ``epochs``, and ``epochs`` itself."""
+    marks, e = [], 1
+    while e < epochs:
+        marks.append(e)
+        e *= 10
+    return [*marks, epochs]
+
+
+@dataclass
+class InterventionResult:
+    """Accuracy by epoch of the retrained network and its malleability against the baseline."""
+
+    intervention: Intervention
+    history: TrainHistory
+    malleability: MalleabilityResult
+    n_train: int
+
+    def accuracy_by_epoch(self) -> dict[int, float]:
+        acc = self.history.test_accuracy
+        return {e: acc[e - 1] for e in report_epochs(len(acc))} if acc else {}
+
+    def summary(self) -> dict:
+        return {"intervention": self.intervention.value, "n_train": self.n_train,
+                "accuracy_by_epoch": self.accuracy_by_epoch(),
+                "history": self.history.to_dict(), **self.malleability.summary()}
+
+
+def intervene(
+    intervention: Intervention | str,
+    model: TwoLayerNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    transform: Transform,
+    train_settings: TrainSettings,
+    attack: AttackSettings | None = None,
+    fraction: float = 0.1,
+    ridge: float = 1e-3,
+    baseline: InfluenceResult | None = None,
+) -> InterventionResult:
+    """Apply ``intervention`` to the training set of the trained ``model`` and retrain."""
+    intervention = parse_enum(intervention, Intervention, "intervention")
+    fraction = check_fraction(fraction, "fraction")
+    attack = attack or AttackSettings()
+    z_test = transform(x_test)
+    if baseline is None:
+        baseline = network_influence(model, transform(x), y, z_test, y_test, ridge)
+    selected = top_fraction(baseline.scores, fraction)
+    kept = torch.arange(x.shape[0])
+    if intervention is Intervention.CURATED:
+        kept = kept[~torch.isin(kept, selected)]
+        x_new = x[kept]
+    elif intervention is Intervention.TRANSFORMED:
+        x_new = attack_points(model, transform, x, y, selected, attack)
+    else:
+        x_new = attack_points(model, transform, x, y, kept, attack)
+    y_new, z_new = y[kept], transform(x_new)
+    new_model = model.reinitialized(z_new if model.front is not None else None)
+    history = train(new_model, x_new, y_new, train_settings, transform, x_test, y_test)
+    after = network_influence(new_model, z_new, y_new, z_test, y_test, ridge)
+    result = compare_scores(baseline, after, fraction, kept=kept,
+                            max_perturbation=float((x_new - x[kept]).abs().amax()),
+                            settings={"intervention": intervention.value,
+                                      "attack": attack.to_dict(), "fraction": fraction,
+                                      "ridge": ridge, "train": train_settings.to_dict()})
+    return InterventionResult(intervention, history, result, int(kept.numel()))
+
+
+def adversarial_train(
+    model: TwoLayerNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: TrainSettings,
+    transform: Transform,
+    attack: AttackSettings | None = None,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+) -> TrainHistory:
+    """PGD adversarial training (Madry et al. 2018): every batch is replaced by ``attack``
+    examples against the current weights, in the space of ``x``."""
+    attack = attack or AttackSettings()
+    return train(model, x, y, settings, transform, x_test, y_test,
+                 adversary=lambda loss_fn, xb, yb: attack.run(loss_fn, xb, yb))

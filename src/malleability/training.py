@@ -1,0 +1,176 @@
+"""Training the two-layer networks (Appendix A.4): Adam, mini-batches, loss + λ_reg‖W − W₀‖².
+
+Networks act on preprocessed inputs; ``transform`` maps the stored inputs (e.g. [0,1] pixels)
+to them, so adversarial training can attack pixels through the preprocessing. Multi-class
+targets are one-hot with cross-entropy; binary targets are ±1 with ½(f − y)² (SPEC §1, §3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ._validation import (
+    as_tensor,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_rows_match,
+    parse_enum,
+)
+from .influence import Loss, per_example_loss
+from .models import TwoLayerNet
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+Adversary = Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor,
+                      torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimiser settings; defaults are the paper's (A.4) except ``epochs`` (paper: 500)."""
+
+    epochs: int = 500
+    lr: float = 1e-3
+    batch_size: int = 128
+    l2_to_init: float = 1e-3  # λ_reg in λ_reg‖W − W₀‖²
+    seed: int = 42
+    checkpoints: tuple[int, ...] = ()  # epochs at which W is kept (0 = initialisation)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.epochs, "epochs")
+        check_positive(self.lr, "lr")
+        check_positive_int(self.batch_size, "batch_size")
+        check_nonnegative(self.l2_to_init, "l2_to_init")
+        for e in self.checkpoints:
+            if not 0 <= int(e) <= self.epochs:
+                raise ValueError(f"checkpoints: expected epochs in 0..{self.epochs}, got {e}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch training loss, test loss and test accuracy; W at the requested epochs."""
+
+    train_loss: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+    checkpoints: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"train_loss": self.train_loss, "test_loss": self.test_loss,
+                "test_accuracy": self.test_accuracy}
+
+
+def loss_for_targets(y: torch.Tensor) -> Loss:
+    """Cross-entropy for one-hot targets with ≥ 2 columns, MSE otherwise (±1 or real)."""
+    return Loss.CE if y.ndim == 2 and y.shape[1] >= 2 else Loss.MSE
+
+
+def accuracy(f: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction correct: argmax agreement (multi-class) or sign agreement (one ±1 column)."""
+    if y.shape[1] == 1:
+        return float((torch.sign(f[:, 0]) == torch.sign(y[:, 0])).to(torch.float64).mean())
+    return float((f.argmax(1) == y.argmax(1)).to(torch.float64).mean())
+
+
+def objective(model: TwoLayerNet, w0: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+              loss: Loss, l2_to_init: float) -> torch.Tensor:
+    """mean_b L(f(z_b), y_b) + λ_reg ‖W − W₀‖²_F."""
+    data = per_example_loss(model(z), y, loss).mean()
+    return data + l2_to_init * ((model.weight - w0) ** 2).sum()
+
+
+def train(
+    model: TwoLayerNet,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: TrainSettings,
+    transform: Transform | None = None,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    adversary: Adversary | None = None,
+    loss: Loss | str | None = None,
+) -> TrainHistory:
+    """Train ``model`` in place on (``transform(x)``, ``y``) and return its history.
+
+    ``y`` is (n × C): one-hot or ±1 (see :func:`loss_for_targets`). With ``adversary``
+    (adversarial training) each batch is replaced by ``adversary(loss_fn, x_b, y_b)``
+    against the current weights, in the space of ``x``.
+    """
+    transform = transform or _identity
+    y = as_tensor(y, "y", ndim=2, dtype=model.weight.dtype)
+    x = as_tensor(x, "x", ndim=None, dtype=None)
+    check_rows_match(x, y, "x", "y")
+    loss = loss_for_targets(y) if loss is None else parse_enum(loss, Loss, "loss")
+    if (x_test is None) != (y_test is None):
+        raise ValueError("y_test: give x_test and y_test together")
+    if x_test is not None:
+        y_test = as_tensor(y_test, "y_test", ndim=2, dtype=model.weight.dtype)
+        check_rows_match(as_tensor(x_test, "x_test", dtype=None), y_test, "x_test", "y_test")
+    device = model.weight.device
+    x, y = x.to(device), y.to(device)
+    z_test = None
+    with torch.no_grad():
+        if x_test is not None:
+            z_test = transform(x_test.to(device))
+        if adversary is None:  # the inputs never move: preprocess them once
+            x, transform = transform(x), _identity
+    w0 = model.weight.detach().clone()
+    optimizer = torch.optim.Adam([model.weight], lr=settings.lr)
+    gen = torch.Generator().manual_seed(settings.seed)
+    history = TrainHistory()
+    if 0 in settings.checkpoints:
+        history.checkpoints[0] = w0.cpu().clone()
+
+    def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return per_example_loss(model(transform(xb)), yb, loss)
+
+    n = x.shape[0]
+    bar = tqdm(range(1, settings.epochs + 1), desc="train", disable=not settings.progress,
+               leave=False)
+    for epoch in bar:
+        order = torch.randperm(n, generator=gen).to(device)
+        total = 0.0
+        for s in range(0, n, settings.batch_size):
+            idx = order[s:s + settings.batch_size]
+            xb, yb = x[idx], y[idx]
+            if adversary is not None:
+                xb = adversary(batch_loss, xb, yb)
+            optimizer.zero_grad(set_to_none=True)
+            value = objective(model, w0, transform(xb), yb, loss, settings.l2_to_init)
+            value.backward()
+            optimizer.step()
+            total += float(value.detach()) * idx.numel()
+        history.train_loss.append(total / n)
+        if z_test is not None:
+            test_loss, test_acc = evaluate(model, z_test, y_test, loss=loss)
+            history.test_loss.append(test_loss)
+            history.test_accuracy.append(test_acc)
+            bar.set_postfix(loss=f"{total / n:.4f}", test_acc=f"{test_acc:.3f}")
+        if epoch in settings.checkpoints:
+            history.checkpoints[epoch] = model.weight.detach().cpu().clone()
+    return history
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+@torch.no_grad()
+def evaluate(model: TwoLayerNet, x: torch.Tensor, y: torch.Tensor,
+             transform: Transform | None = None, loss: Loss | str | None = None
+             ) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` on (``transform(x)``, ``y``)."""
+    device = model.weight.device
+    y = y.to(device=device, dtype=model.weight.dtype)
+    loss = loss_for_targets(y) if loss is None else parse_enum(loss, Loss, "loss")
+    z = (transform or _identity)(x.to(device))
+    f = model(z)
+    return float(per_example_loss(f, y, loss).mean()), accuracy(f, y)

@@ -1,0 +1,129 @@
+"""Malleability metrics on hand-made cases; the measurement and interventions end to end."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from malleability import TwoLayerNet
+from malleability.data import load_dataset
+from malleability.interventions import Intervention, intervene, report_epochs
+from malleability.malleability import (
+    AttackSettings,
+    flip_rate,
+    measure_malleability,
+    spearman,
+    top_fraction,
+    top_k_overlap,
+)
+from malleability.training import TrainSettings, train
+
+F64 = torch.float64
+
+
+def test_flip_rate_identical_and_negated():
+    s = torch.arange(-10, 30, dtype=F64) / 10  # holds an exact 0
+    assert flip_rate(s, s.clone()) == 0.0
+    negated = s.clone()
+    top = top_fraction(s, 0.1)
+    negated[top] *= -1
+    assert flip_rate(s, negated) == 1.0
+    half = s.clone()
+    half[top[:2]] *= -1
+    assert flip_rate(s, half) == 0.5  # |S| = ⌈0.1·40⌉ = 4
+    assert flip_rate(s, -s, fraction=1.0) == pytest.approx(39 / 40)  # the 0 keeps its sign
+
+
+def test_top_fraction_size_and_order():
+    s = torch.tensor([0.3, -1.0, 2.0, 0.5, 0.1], dtype=F64)
+    assert top_fraction(s, 0.1).tolist() == [2]  # ⌈0.5⌉ = 1
+    assert top_fraction(s, 0.5).tolist() == [2, 3, 0]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_spearman_matches_scipy_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 6, 50).astype(float)
+    b = a + rng.normal(0, 2, 50).round()
+    expected = spearmanr(a, b).statistic
+    assert spearman(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(expected)
+
+
+def test_top_k_overlap_hand_made():
+    s = torch.arange(10, dtype=F64)  # top 20% = {9, 8}
+    assert top_k_overlap(s, s, 0.2) == 1.0
+    t = s.clone()
+    t[9] = -5  # new top 2 = {8, 7}
+    assert top_k_overlap(s, t, 0.2) == 0.5
+    assert top_k_overlap(s, -s, 0.2) == 0.0
+
+
+def test_bad_metric_inputs():
+    s = torch.ones(5, dtype=F64)
+    for fraction in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="^fraction: expected a number in"):
+            flip_rate(s, s, fraction)
+    with pytest.raises(ValueError, match="^perturbed_scores: expected 5 scores"):
+        flip_rate(s, s[:3])
+    with pytest.raises(ValueError, match="^scores: contains NaN"):
+        spearman(s * math.nan, s)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    tr = load_dataset("digits", "train", n=150, seed=0)
+    te = load_dataset("digits", "test", n=60, seed=0)
+    z = tr.features()
+    models = {}
+    for name, attention in (("relu", None), ("attn", "linear")):
+        model = TwoLayerNet(z.shape[1], 64, 10, attention=attention,
+                            reference=z if attention else None, seed=0)
+        train(model, tr.pixels, tr.targets(), TrainSettings(epochs=5, lr=1e-2, progress=False),
+              tr.features)
+        models[name] = model
+    return tr, te, models
+
+
+@pytest.mark.parametrize("name", ["relu", "attn"])
+@pytest.mark.parametrize("attack", ["fgsm", "pgd", "mim"])
+def test_measure_malleability_end_to_end(trained, name, attack):
+    tr, te, models = trained
+    settings = AttackSettings(attack, eps=0.3, steps=5, alpha=0.05)
+    result = measure_malleability(models[name], tr.pixels.to(F64), tr.targets(),
+                                  te.pixels.to(F64), te.targets(), tr.features, settings)
+    assert result.selected.numel() == 15
+    assert 0.0 <= result.flip_rate <= 1.0 and -1.0 <= result.spearman <= 1.0
+    assert result.max_perturbation <= 0.3 + 1e-12 and result.max_perturbation > 0.1
+    assert result.stability.min_eigenvalue > 0 and result.perturbed_stability.min_eigenvalue > 0
+    assert not torch.equal(result.scores, result.perturbed_scores)
+
+
+def test_zero_budget_changes_nothing(trained):
+    tr, te, models = trained
+    for model in models.values():
+        result = measure_malleability(model, tr.pixels.to(F64), tr.targets(), te.pixels.to(F64),
+                                      te.targets(), tr.features, AttackSettings("pgd", eps=0.0))
+        assert result.flip_rate == 0.0 and result.top_k_overlap == 1.0
+        torch.testing.assert_close(result.scores, result.perturbed_scores)
+
+
+@pytest.mark.parametrize("intervention", list(Intervention))
+def test_interventions(trained, intervention):
+    tr, te, models = trained
+    settings = TrainSettings(epochs=3, lr=1e-2, progress=False)
+    result = intervene(intervention, models["attn"], tr.pixels.to(F64), tr.targets(),
+                       te.pixels.to(F64), te.targets(), tr.features, settings,
+                       AttackSettings("pgd", steps=3, alpha=0.1))
+    expected_n = 135 if intervention is Intervention.CURATED else 150
+    assert result.n_train == expected_n
+    assert result.malleability.scores.numel() == expected_n
+    assert list(result.accuracy_by_epoch()) == [1, 3]
+    assert 0 <= result.malleability.flip_rate <= 1
+
+
+def test_report_epochs():
+    assert report_epochs(500) == [1, 10, 100, 500]
+    assert report_epochs(1) == [1]
+    assert report_epochs(100) == [1, 10, 100]

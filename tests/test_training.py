@@ -1,0 +1,114 @@
+"""The trainer, gradients through preprocessing and attention, adversarial training."""
+
+import pytest
+import torch
+
+from malleability import TwoLayerNet
+from malleability.data import load_dataset
+from malleability.interventions import adversarial_train
+from malleability.malleability import AttackSettings, attack_points
+from malleability.training import TrainSettings, evaluate, objective, train
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train_set = load_dataset("digits", "train", classes="0,1,2,3", n=240, seed=0)
+    test_set = load_dataset("digits", "test", classes="0,1,2,3", n=120, seed=0)
+    return train_set, test_set
+
+
+def _net(ds, attention=None, width=64, seed=1):
+    z = ds.features()
+    return TwoLayerNet(z.shape[1], width, ds.targets().shape[1], attention=attention,
+                       reference=z if attention else None, seed=seed)
+
+
+@pytest.mark.parametrize("attention", [None, "linear"])
+def test_training_lowers_the_loss_and_is_deterministic(digits, attention):
+    tr, te = digits
+    settings = TrainSettings(epochs=15, lr=1e-2, seed=3, checkpoints=(0, 1, 15), progress=False)
+    runs = []
+    for _ in range(2):
+        model = _net(tr, attention)
+        history = train(model, tr.pixels, tr.targets(), settings, tr.features,
+                        te.pixels, te.targets())
+        runs.append((model.weight.detach().clone(), history))
+    (w_a, h_a), (w_b, h_b) = runs
+    assert torch.equal(w_a, w_b) and h_a.train_loss == h_b.train_loss
+    assert h_a.train_loss[-1] < 0.9 * h_a.train_loss[0]
+    assert len(h_a.test_accuracy) == 15 and h_a.test_accuracy[-1] > 0.4  # chance: 0.25
+    assert set(h_a.checkpoints) == {0, 1, 15}
+    assert torch.equal(h_a.checkpoints[15], w_a)
+    assert not torch.equal(h_a.checkpoints[0], w_a)
+
+
+def test_l2_to_init_term_is_zero_at_initialisation(digits):
+    tr, _ = digits
+    model = _net(tr)
+    z, y = tr.features(), tr.targets()
+    w0 = model.weight.detach().clone()
+    with_term = objective(model, w0, z, y, "ce", l2_to_init=10.0)
+    without = objective(model, w0, z, y, "ce", l2_to_init=0.0)
+    assert float(with_term.detach()) == float(without.detach())
+    model.weight.data += 0.1
+    moved = objective(model, w0, z, y, "ce", 10.0) - objective(model, w0, z, y, "ce", 0.0)
+    assert float(moved.detach()) == pytest.approx(10.0 * 0.01 * model.weight.numel())
+
+
+@pytest.mark.parametrize("attention", [None, "linear", "softmax"])
+def test_gradients_reach_pixels_through_preprocessing_and_attention(digits, attention):
+    tr, _ = digits
+    model = _net(tr, attention, width=16)
+    pixels = tr.pixels[:3].to(F64).clone().clamp(0.05, 0.95)
+    y = tr.targets()[:3]
+
+    def loss(p):
+        return torch.nn.functional.cross_entropy(model(tr.features(p)), y.argmax(1),
+                                                 reduction="sum")
+
+    p = pixels.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(p), p)
+    h = 1e-6
+    for idx in [(0, 0, 3, 4), (1, 0, 5, 2), (2, 0, 6, 6)]:
+        up, down = pixels.clone(), pixels.clone()
+        up[idx] += h
+        down[idx] -= h
+        numeric = (loss(up) - loss(down)) / (2 * h)
+        assert float(grad[idx]) == pytest.approx(float(numeric.detach()), rel=1e-5, abs=1e-9)
+    assert float(grad.abs().sum()) > 0
+
+
+def test_adversarial_training_raises_pgd_accuracy():
+    tr = load_dataset("digits", "train", classes="3,8", n=240, seed=0)
+    te = load_dataset("digits", "test", classes="3,8", n=90, seed=0)
+    attack = AttackSettings("pgd", eps=0.1, alpha=0.025, steps=5)
+    settings = TrainSettings(epochs=30, lr=1e-2, seed=0, progress=False)
+    standard, robust = _net(tr, width=64), _net(tr, width=64)
+    train(standard, tr.pixels, tr.targets(), settings, tr.features)
+    adversarial_train(robust, tr.pixels, tr.targets(), settings, tr.features, attack)
+    accs = []
+    for model in (standard, robust):
+        idx = torch.arange(len(te))
+        x_adv = attack_points(model, te.features, te.pixels.to(F64), te.targets(), idx, attack)
+        accs.append(evaluate(model, x_adv, te.targets(), te.features)[1])
+    assert accs[1] > accs[0] + 0.15, accs
+
+
+def test_bad_settings():
+    for kwargs, message in [({"epochs": 0}, "epochs: expected a positive integer"),
+                            ({"lr": -1.0}, "lr: expected a positive number"),
+                            ({"checkpoints": (7,), "epochs": 5}, "checkpoints: expected")]:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            TrainSettings(**kwargs)
+    with pytest.raises(ValueError, match="^eps: expected a non-negative"):
+        AttackSettings(eps=-0.1)
+    with pytest.raises(ValueError, match="^attack: expected one of"):
+        AttackSettings(attack="cw")
+
+
+def test_mismatched_labels(digits):
+    tr, _ = digits
+    with pytest.raises(ValueError, match="^y: expected 240 rows to match x"):
+        train(_net(tr), tr.pixels, tr.targets()[:10], TrainSettings(epochs=1), tr.features)
