@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/malleability diagnose --dataset digits
+	$(BIN)/malleability reproduce --preset quick --out runs/quick
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

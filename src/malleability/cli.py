@@ -107,6 +107,78 @@ def diagnose_command(dataset: str | None, features_path: Path | None, split: str
         click.echo(format_diagnosis(name, result))
 
 
+@main.command("flip-rate")
+@click.option("--dataset", default="digits", show_default=True)
+@click.option("--classes", default=None, help="Class subset, e.g. 3,8 (default: all).")
+@click.option("--n", "n_train", type=int, default=1000, show_default=True,
+              help="Training points (stratified; capped at what the split holds for digits).")
+@click.option("--n-test", type=int, default=500, show_default=True)
+@click.option("--model", "models", multiple=True, type=click.Choice(["relu", "attn"]),
+              default=("relu", "attn"), show_default=True, help="Repeatable.")
+@click.option("--attack", "attacks", multiple=True, type=click.Choice(["fgsm", "pgd", "mim"]),
+              default=("fgsm", "pgd", "mim"), show_default=True, help="Repeatable.")
+@click.option("--width", type=int, default=1024, show_default=True)
+@click.option("--epochs", type=int, default=100, show_default=True, help="Paper: 500.")
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--init-scale", type=float, default=1.0, show_default=True)
+@click.option("--eps", type=float, default=0.3, show_default=True)
+@click.option("--alpha", type=float, default=0.01, show_default=True)
+@click.option("--steps", type=int, default=40, show_default=True)
+@click.option("--fraction", type=float, default=0.1, show_default=True)
+@click.option("--ridge", type=float, default=1e-3, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def flip_rate_command(dataset: str, classes: str | None, n_train: int, n_test: int,
+                      models: tuple[str, ...], attacks: tuple[str, ...], width: int, epochs: int,
+                      lr: float, init_scale: float, eps: float, alpha: float, steps: int,
+                      fraction: float, ridge: float, seed: int, data_root: Path | None,
+                      device: str, as_json: bool) -> None:
+    """Influence flip rate (malleability) of 2L-ReLU and MLP-Attn under FGSM/PGD/MIM."""
+    import time
+
+    from .experiments.common import DataSettings, ModelSettings, build_model, load_problem
+    from .malleability import AttackSettings, measure_malleability
+    from .training import TrainSettings, train
+
+    rows = []
+    try:
+        p = load_problem(DataSettings(dataset, classes, n_train, n_test, 0),
+                         None if data_root is None else str(data_root), _device(device))
+        settings = TrainSettings(epochs=epochs, lr=lr, seed=seed)
+        for arch in models:
+            t0 = time.perf_counter()
+            net = build_model(arch, p, ModelSettings(width, init_scale, seed, dtype="float32"))
+            history = train(net, p.x, p.y, settings, p.transform, p.x_test, p.y_test)
+            trained_s = time.perf_counter() - t0
+            for name in attacks:
+                t1 = time.perf_counter()
+                attack = AttackSettings(name, eps, alpha, steps, seed=seed)
+                r = measure_malleability(net, p.x, p.y, p.x_test, p.y_test, p.transform,
+                                         attack, fraction, ridge)
+                rows.append({"model": arch, "attack": name, "flip_rate": r.flip_rate,
+                             "spearman": r.spearman, "top_k_overlap": r.top_k_overlap,
+                             "test_accuracy": history.test_accuracy[-1],
+                             "kappa_k_plus_ridge": r.stability.condition_number,
+                             "train_seconds": trained_s,
+                             "measure_seconds": time.perf_counter() - t1})
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    if as_json:
+        click.echo(json.dumps({"dataset": dataset, "classes": classes, "n_train": n_train,
+                               "width": width, "epochs": epochs, "rows": rows}, indent=2))
+        return
+    click.echo(f"{dataset} ({classes or 'all classes'}), n = {p.x.shape[0]}, width {width}, "
+               f"{epochs} epochs, ε = {eps}")
+    click.echo(f"{'model':<6} {'attack':<6} {'flip %':>7} {'ρ':>6} {'top-K':>6} "
+               f"{'test acc':>8} {'κ(K+λI)':>9} {'seconds':>8}")
+    for r in rows:
+        click.echo(f"{r['model']:<6} {r['attack']:<6} {100 * r['flip_rate']:>7.1f} "
+                   f"{r['spearman']:>6.3f} {r['top_k_overlap']:>6.2f} {r['test_accuracy']:>8.3f} "
+                   f"{r['kappa_k_plus_ridge']:>9.2e} {r['measure_seconds']:>8.1f}")
+
+
 @main.command("datasets")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")

@@ -73,10 +73,13 @@ class TwoLayerNet(nn.Module):
         x = x.to(self.weight.dtype)
         return x if self.front is None else self.front(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x) = σ(z Wᵀ) A / √m, shape (n, C)."""
-        z = self.features(x)
+    def head(self, z: torch.Tensor) -> torch.Tensor:
+        """σ(z Wᵀ) A / √m on hidden-layer inputs z, shape (n, C)."""
         return torch.relu(z @ self.weight.T) @ self.readout / math.sqrt(self.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x) = σ(z Wᵀ) A / √m with z = features(x), shape (n, C)."""
+        return self.head(self.features(x))
 
     def reinitialized(self, reference: torch.Tensor | None = None) -> TwoLayerNet:
         """A fresh network with the same construction (so the same W₀, A and projections),

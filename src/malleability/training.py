@@ -80,10 +80,10 @@ def accuracy(f: torch.Tensor, y: torch.Tensor) -> float:
     return float((f.argmax(1) == y.argmax(1)).to(torch.float64).mean())
 
 
-def objective(model: TwoLayerNet, w0: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+def objective(model: TwoLayerNet, w0: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
               loss: Loss, l2_to_init: float) -> torch.Tensor:
-    """mean_b L(f(z_b), y_b) + λ_reg ‖W − W₀‖²_F."""
-    data = per_example_loss(model(z), y, loss).mean()
+    """mean_b L(f_b, y_b) + λ_reg ‖W − W₀‖²_F, with f = head(h) on hidden-layer inputs h."""
+    data = per_example_loss(model.head(h), y, loss).mean()
     return data + l2_to_init * ((model.weight - w0) ** 2).sum()
 
 
@@ -112,16 +112,18 @@ def train(
     if (x_test is None) != (y_test is None):
         raise ValueError("y_test: give x_test and y_test together")
     if x_test is not None:
-        y_test = as_tensor(y_test, "y_test", ndim=2, dtype=model.weight.dtype)
+        y_test = as_tensor(y_test, "y_test", ndim=2, dtype=model.weight.dtype,
+                           device=model.weight.device)
         check_rows_match(as_tensor(x_test, "x_test", dtype=None), y_test, "x_test", "y_test")
     device = model.weight.device
     x, y = x.to(device), y.to(device)
-    z_test = None
+    # Without an adversary the inputs never move: the preprocessing and the (parameter-free)
+    # attention front are applied once; with one, every batch goes through both.
     with torch.no_grad():
-        if x_test is not None:
-            z_test = transform(x_test.to(device))
-        if adversary is None:  # the inputs never move: preprocess them once
-            x, transform = transform(x), _identity
+        h_test = None if x_test is None else model.features(transform(x_test.to(device)))
+        if adversary is None:
+            x, transform = model.features(transform(x)), _identity
+    hidden = model.features if adversary is not None else _identity
     w0 = model.weight.detach().clone()
     optimizer = torch.optim.Adam([model.weight], lr=settings.lr)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -144,13 +146,14 @@ def train(
             if adversary is not None:
                 xb = adversary(batch_loss, xb, yb)
             optimizer.zero_grad(set_to_none=True)
-            value = objective(model, w0, transform(xb), yb, loss, settings.l2_to_init)
+            value = objective(model, w0, hidden(transform(xb)), yb, loss, settings.l2_to_init)
             value.backward()
             optimizer.step()
             total += float(value.detach()) * idx.numel()
         history.train_loss.append(total / n)
-        if z_test is not None:
-            test_loss, test_acc = evaluate(model, z_test, y_test, loss=loss)
+        if h_test is not None:
+            with torch.no_grad():
+                test_loss, test_acc = _loss_and_accuracy(model.head(h_test), y_test, loss)
             history.test_loss.append(test_loss)
             history.test_accuracy.append(test_acc)
             bar.set_postfix(loss=f"{total / n:.4f}", test_acc=f"{test_acc:.3f}")
@@ -171,6 +174,8 @@ def evaluate(model: TwoLayerNet, x: torch.Tensor, y: torch.Tensor,
     device = model.weight.device
     y = y.to(device=device, dtype=model.weight.dtype)
     loss = loss_for_targets(y) if loss is None else parse_enum(loss, Loss, "loss")
-    z = (transform or _identity)(x.to(device))
-    f = model(z)
+    return _loss_and_accuracy(model((transform or _identity)(x.to(device))), y, loss)
+
+
+def _loss_and_accuracy(f: torch.Tensor, y: torch.Tensor, loss: Loss) -> tuple[float, float]:
     return float(per_example_loss(f, y, loss).mean()), accuracy(f, y)

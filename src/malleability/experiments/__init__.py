@@ -21,8 +21,8 @@ from .common import DataSettings, ModelSettings, RunContext
 EXPERIMENTS: dict[str, ModuleType] = {
     "spectrum": spectrum,
     "collapse": collapse,
-    "ntk_distance": ntk_distance,
     "flip_rates": flip_rates,
+    "ntk_distance": ntk_distance,
     "adversarial_training": adversarial_training,
     "interventions": data_interventions,
     "complexity": complexity,

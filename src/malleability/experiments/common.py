@@ -184,6 +184,7 @@ def trained_model(arch: str, problem: Problem, model: ModelSettings, train_setti
 
     Cached as ``cache/models/<hash>.pt`` (weights and history), written atomically.
     """
+    width = width or model.width
     net = build_model(arch, problem, model, width)
     settings = dataclasses.replace(train_settings, progress=False, checkpoints=())
     key = settings_key("trained", arch, problem.data, model, settings, width)

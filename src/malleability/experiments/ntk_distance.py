@@ -29,6 +29,7 @@ class NtkDistanceSettings:
     tasks: tuple[DataSettings, ...] = (DataSettings(),)
     models: tuple[str, ...] = ("relu", "attn", "attn-softmax", "attn-exponential")
     widths: tuple[int, ...] = (16, 1024, 4096)
+    variant_tasks: tuple[str, ...] | None = None  # tasks for softmax/exponential (None: all)
     ridge: float = 1e-3
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
@@ -36,7 +37,8 @@ class NtkDistanceSettings:
 
 def cells(s: NtkDistanceSettings) -> list[dict]:
     return [{"task": t.label, "model": m, "width": w}
-            for t in s.tasks for m in s.models for w in s.widths]
+            for t in s.tasks for m in s.models for w in s.widths
+            if m in ("relu", "attn") or s.variant_tasks is None or t.label in s.variant_tasks]
 
 
 def run(s: NtkDistanceSettings, cell: dict, ctx: RunContext) -> dict:
