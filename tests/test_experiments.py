@@ -1,0 +1,110 @@
+"""Every experiment on a tiny setting, JSON round trips, presets, and resume after a kill."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from malleability.experiments import EXPERIMENTS, RunContext
+from malleability.experiments.common import to_jsonable
+from malleability.runner import load_preset, plan
+
+TINY = Path(__file__).parent / "data" / "tiny.toml"
+
+
+def _strip_timing(payload: dict) -> dict:
+    return {k: v for k, v in payload.items() if k not in ("timing",)}
+
+
+def _same(a, b) -> bool:
+    """Equality that treats NaN as equal to NaN."""
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+@pytest.fixture(scope="module")
+def tiny_settings():
+    return load_preset(str(TINY))
+
+
+def test_preset_covers_every_experiment(tiny_settings):
+    assert list(tiny_settings) == list(EXPERIMENTS)
+    for name in ("quick", "paper"):
+        settings = load_preset(name)
+        assert list(settings) == list(EXPERIMENTS)
+    paper = load_preset("paper")
+    assert paper["flip_rates"].train.epochs == 500 and paper["flip_rates"].eps == 0.3
+    assert paper["ntk_distance"].widths == (16, 1024, 4096)
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_each_experiment_runs_and_round_trips_json(tiny_settings, tmp_path, name):
+    settings = tiny_settings[name]
+    ctx = RunContext(tmp_path, progress=False)
+    cell = EXPERIMENTS[name].cells(settings)[0]
+    result = EXPERIMENTS[name].run(settings, cell, ctx)
+    text = json.dumps(to_jsonable(result))
+    assert _same(json.loads(text), json.loads(json.dumps(to_jsonable(result))))
+    assert json.loads(text)  # not empty
+
+
+def test_bad_presets(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[experiments.nope]\n")
+    with pytest.raises(ValueError, match="^preset: unknown experiments"):
+        load_preset(str(bad))
+    bad.write_text("[experiments.flip_rates]\nepss = 0.1\n")
+    with pytest.raises(ValueError, match=r"^flip_rates: unknown settings \['epss'\]"):
+        load_preset(str(bad))
+    with pytest.raises(ValueError, match="^preset: expected one of quick, paper"):
+        load_preset("fast")
+
+
+def _run_cli(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "malleability.cli", "reproduce", "--preset", str(TINY),
+         "--out", str(out), "--quiet", "--only", "flip_rates", "--only", "ntk_distance", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    settings = load_preset(str(TINY))
+    only = ("flip_rates", "ntk_distance")
+    total = len(plan(settings, tmp_path, only))
+    reference = tmp_path / "reference"  # uninterrupted, same process setup
+    assert _run_cli(reference).wait(timeout=300) == 0
+
+    out = tmp_path / "killed"
+    proc = _run_cli(out)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("*/*.json"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob("*/*.json")}
+    assert 3 <= len(finished) < total, "the kill should land mid-run"
+
+    rerun = _run_cli(out)
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read().decode()[-2000:]
+    for path, mtime in finished.items():
+        assert path.stat().st_mtime_ns == mtime, f"{path.name} was recomputed"
+    cells = sorted(p.relative_to(out) for p in out.glob("*/*.json"))
+    assert cells == sorted(p.relative_to(reference) for p in reference.glob("*/*.json"))
+    assert len(cells) == total
+    for rel in cells:
+        a = json.loads((out / rel).read_text())
+        b = json.loads((reference / rel).read_text())
+        assert _same(a["result"], b["result"]), rel
+    assert (out / "report.md").exists()

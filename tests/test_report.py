@@ -1,0 +1,119 @@
+"""The report builds from a stored quick run (tests/data/report_run, sklearn digits), shows
+every section with the paper's numbers beside ours, and says "not run" for missing parts."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from malleability import figures
+from malleability.experiments import EXPERIMENTS
+from malleability.report import fmt, paper_task, trend, write_report
+
+RUN = Path(__file__).parent / "data" / "report_run"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "run"
+    shutil.copytree(RUN, out)
+    assert write_report(out) == out / "report.md"
+    return out
+
+
+def _section(markdown: str, title: str) -> str:
+    start = markdown.index(title)
+    end = markdown.find("\n## ", start)
+    return markdown[start:] if end < 0 else markdown[start:end]
+
+
+def test_report_has_every_section_table_and_paper_values(built: Path) -> None:
+    markdown = (built / "report.md").read_text(encoding="utf-8")
+    page = (built / "report.html").read_text(encoding="utf-8")
+    for module in EXPERIMENTS.values():
+        assert module.TITLE in markdown
+        assert html.escape(module.TITLE) in page
+        body = _section(markdown, module.TITLE)
+        assert "not run" not in body.lower()
+        assert "\n| " in body and "![" in body  # a table and a figure per section
+    assert "Run summary" in markdown and "Run summary" in page
+    for value in ("45.1", "246.2", "28.9", "41.0", "14.8", "43.4", "38.6", "1.2·10³", "8.7·10³"):
+        assert value in markdown and value in page
+    assert page.count("<table>") == markdown.count("\n|---")
+
+
+def test_every_figure_exists_and_is_png(built: Path) -> None:
+    markdown = (built / "report.md").read_text(encoding="utf-8")
+    page = (built / "report.html").read_text(encoding="utf-8")
+    paths = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+    assert len(paths) >= 10
+    assert set(paths) == set(re.findall(r'<img src="([^"]+)"', page))
+    for path in paths:
+        assert (built / path).read_bytes().startswith(b"\x89PNG"), path
+
+
+def test_missing_experiments_say_not_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(RUN / "settings.json", out)
+    shutil.copytree(RUN / "collapse", out / "collapse")
+    markdown = write_report(out).read_text(encoding="utf-8")
+    for name, module in EXPERIMENTS.items():
+        body = _section(markdown, module.TITLE)
+        assert ("not run" in body.lower()) == (name != "collapse"), name
+    assert "not run" in (out / "report.html").read_text(encoding="utf-8").lower()
+
+
+def test_paper_values_sit_beside_matching_tasks(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relabel the stored digits tasks as MNIST 10-class and CIFAR-10 binary (tables only:
+    the figures are checked above)."""
+    for name in ("line_panels", "bar_panels"):
+        monkeypatch.setattr(figures, name, lambda path, *args, **kwargs: path)
+    out, relabel = tmp_path / "run", {"digits": "mnist", "digits 3,8": "cifar10 1,0"}
+    for name in ("spectrum", "ntk_distance", "flip_rates", "adversarial_training"):
+        (out / name).mkdir(parents=True)
+        for path in (RUN / name).glob("*.json"):
+            record = json.loads(path.read_text())
+            record["cell"]["task"] = relabel[record["cell"]["task"]]
+            (out / name / path.name).write_text(json.dumps(record))
+    lines = write_report(out).read_text(encoding="utf-8").splitlines()
+
+    def row(*parts: str) -> str:
+        return next(line for line in lines if all(part in line for part in parts))
+
+    assert row("| mnist | 2L-ReLU |", "45.1 / 39.9 / 39.2").endswith(
+        "| increasing | decreasing | disagrees |")  # stored: 23.7, 35, 35.7
+    assert row("| mnist | MLP-Attn |", "10.3 / 33.3 / 43.4").endswith(
+        "| non-monotonic | non-monotonic | agrees |")
+    assert row("| cifar10 1,0 | 2L-ReLU |", "15.2 / 15.5 / 15.3")
+    assert row("| cifar10 1,0 | FGSM |").endswith("| 0.941 | yes | no (≈ equal) | disagrees |")
+    assert row("| mnist | PGD |").endswith("| 8.76 | yes | yes | agrees |")
+    assert row("| mnist | MLP-Attn |", "28.9 → 42.2")
+    assert row("| mnist | 1297 |").endswith("| 1.2e3 |")
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (None, "—"), (math.nan, "—"), (math.inf, "∞"), (-math.inf, "−∞"), (3, "3"),
+    (45.0, "45"), (246.2, "246"), (0.012345, "0.0123"), (6.98e5, "6.98e5"), (1.2e-7, "1.2e-7"),
+])
+def test_fmt(value: float | None, text: str) -> None:
+    assert fmt(value) == text
+
+
+def test_paper_task_and_trend() -> None:
+    assert paper_task("mnist") == "MNIST 10-class"
+    assert paper_task("mnist 3,8") == "MNIST binary"
+    assert paper_task("cifar10 automobile,airplane") == "CIFAR-10 binary"
+    assert paper_task("cifar10 1,0") == "CIFAR-10 binary"
+    assert paper_task("digits") is None and paper_task("fashion-mnist") is None
+    assert trend([3.0, 2.0, 1.0]) == "decreasing"
+    assert trend([1.0, 2.0]) == "increasing"
+    assert trend([1.0, 3.0, 2.0]) == "non-monotonic"
+    assert trend([1.0]) == "—"
