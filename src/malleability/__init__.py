@@ -1,6 +1,7 @@
 """malleability: can an attention model be in the kernel (NTK) regime, and how far can its
 influence scores be trusted? An implementation of arXiv 2603.13085."""
 
+from . import _env  # noqa: F401  (must run before torch is imported)
 from .attacks import Attack, fgsm, mim, pgd, run_attack
 from .attention import AttentionFeatures, AttentionKind, Projection, attention_features
 from .data import Dataset, DownloadError, dataset_status, load_dataset, preprocess

@@ -10,24 +10,22 @@ import torch
 
 from ..interventions import adversarial_train
 from ..malleability import AttackSettings, attack_points, measure_malleability
-from ..training import TrainSettings, evaluate
+from ..training import evaluate
 from .common import (
-    DataSettings,
-    ModelSettings,
+    NetworkSettings,
     RunContext,
     build_model,
-    load_problem,
+    cell_problem,
+    task_model_cells,
     trained_model,
 )
 
 
 @dataclass(frozen=True)
-class AdversarialTrainingSettings:
+class AdversarialTrainingSettings(NetworkSettings):
     """``train_steps``/``train_alpha``: PGD inside training (the paper does not state them);
     ``epochs``: adversarial training epochs (None = those of ``train``)."""
 
-    tasks: tuple[DataSettings, ...] = (DataSettings(),)
-    models: tuple[str, ...] = ("relu", "attn")
     eps: float = 0.3
     alpha: float = 0.01
     steps: int = 40
@@ -35,18 +33,13 @@ class AdversarialTrainingSettings:
     train_alpha: float = 0.04
     epochs: int | None = None
     fraction: float = 0.1
-    ridge: float = 1e-3
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
 
 
-def cells(s: AdversarialTrainingSettings) -> list[dict]:
-    return [{"task": t.label, "model": m} for t in s.tasks for m in s.models]
+cells = task_model_cells
 
 
 def run(s: AdversarialTrainingSettings, cell: dict, ctx: RunContext) -> dict:
-    task = next(t for t in s.tasks if t.label == cell["task"])
-    p = load_problem(task, ctx.data_root, ctx.device)
+    p = cell_problem(s.tasks, cell, ctx)
     attack = AttackSettings("pgd", s.eps, s.alpha, s.steps, seed=s.model.seed)
     train_attack = AttackSettings("pgd", s.eps, s.train_alpha, s.train_steps, seed=s.model.seed)
     standard, history = trained_model(cell["model"], p, s.model, s.train, ctx)

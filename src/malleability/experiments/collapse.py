@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..diagnostic import feature_collapse
-from .common import DataSettings, RunContext, load_problem
+from .common import DataSettings, RunContext, cell_problem
 
 
 @dataclass(frozen=True)
@@ -19,9 +19,8 @@ def cells(s: CollapseSettings) -> list[dict]:
 
 
 def run(s: CollapseSettings, cell: dict, ctx: RunContext) -> dict:
-    task = next(t for t in s.tasks if t.label == cell["task"])
-    p = load_problem(task, ctx.data_root, ctx.device)
-    return {"n": p.z.shape[0], "collapse": feature_collapse(p.z, p.z.shape[0], task.seed)}
+    p = cell_problem(s.tasks, cell, ctx)
+    return {"n": p.z.shape[0], "collapse": feature_collapse(p.z, p.z.shape[0], p.data.seed)}
 
 
 SETTINGS = CollapseSettings

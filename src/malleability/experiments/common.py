@@ -129,6 +129,31 @@ def load_problem(data: DataSettings, root: str | None = None, device: str = "cpu
                    train_set.features, train_set.class_names)
 
 
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Settings every experiment on trained networks shares: tasks × architectures, the
+    network and training settings, and the ridge λ of the NTK kernel ridge / influence."""
+
+    tasks: tuple[DataSettings, ...] = (DataSettings(),)
+    models: tuple[str, ...] = ("relu", "attn")
+    ridge: float = 1e-3
+    model: ModelSettings = ModelSettings()
+    train: TrainSettings = TrainSettings()
+
+
+def task_model_cells(s: NetworkSettings) -> list[dict]:
+    """One cell per task × architecture."""
+    return [{"task": t.label, "model": m} for t in s.tasks for m in s.models]
+
+
+def cell_problem(tasks: tuple[DataSettings, ...], cell: dict, ctx: RunContext) -> Problem:
+    """The loaded problem of the cell's task label."""
+    for task in tasks:
+        if task.label == cell["task"]:
+            return load_problem(task, ctx.data_root, ctx.device)
+    raise ValueError(f"task: {cell['task']!r} is not among the settings' tasks")
+
+
 def build_model(arch: str, problem: Problem, model: ModelSettings, width: int | None = None,
                 reference: torch.Tensor | None = None) -> TwoLayerNet:
     """An untrained network of architecture ``arch`` for ``problem``; MLP-Attn attends to

@@ -10,27 +10,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..malleability import network_influence
-from ..training import TrainSettings
-from .common import DataSettings, ModelSettings, RunContext, load_problem, trained_model
+from .common import NetworkSettings, RunContext, cell_problem, task_model_cells, trained_model
 
 
 @dataclass(frozen=True)
-class ComplexitySettings:
-    tasks: tuple[DataSettings, ...] = (DataSettings(),)
-    models: tuple[str, ...] = ("relu", "attn")
+class ComplexitySettings(NetworkSettings):
     groups: int = 10
-    ridge: float = 1e-3
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
 
 
-def cells(s: ComplexitySettings) -> list[dict]:
-    return [{"task": t.label, "model": m} for t in s.tasks for m in s.models]
+cells = task_model_cells
 
 
 def run(s: ComplexitySettings, cell: dict, ctx: RunContext) -> dict:
-    task = next(t for t in s.tasks if t.label == cell["task"])
-    p = load_problem(task, ctx.data_root, ctx.device)
+    p = cell_problem(s.tasks, cell, ctx)
     net, _ = trained_model(cell["model"], p, s.model, s.train, ctx)
     infl = network_influence(net, p.z, p.y, p.z_test, p.y_test, s.ridge)
     alpha = infl.alpha

@@ -8,22 +8,16 @@ from dataclasses import dataclass
 
 from ..interventions import intervene
 from ..malleability import AttackSettings, network_influence
-from ..training import TrainSettings
-from .common import DataSettings, ModelSettings, RunContext, load_problem, trained_model
+from .common import NetworkSettings, RunContext, cell_problem, trained_model
 
 
 @dataclass(frozen=True)
-class InterventionSettings:
-    tasks: tuple[DataSettings, ...] = (DataSettings(),)
-    models: tuple[str, ...] = ("relu", "attn")
+class InterventionSettings(NetworkSettings):
     interventions: tuple[str, ...] = ("curated", "transformed", "adversarial")
     eps: float = 0.3
     alpha: float = 0.01
     steps: int = 40
     fraction: float = 0.1
-    ridge: float = 1e-3
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
 
 
 def cells(s: InterventionSettings) -> list[dict]:
@@ -32,8 +26,7 @@ def cells(s: InterventionSettings) -> list[dict]:
 
 
 def run(s: InterventionSettings, cell: dict, ctx: RunContext) -> dict:
-    task = next(t for t in s.tasks if t.label == cell["task"])
-    p = load_problem(task, ctx.data_root, ctx.device)
+    p = cell_problem(s.tasks, cell, ctx)
     net, history = trained_model(cell["model"], p, s.model, s.train, ctx)
     baseline = network_influence(net, p.z, p.y, p.z_test, p.y_test, s.ridge)
     attack = AttackSettings("pgd", s.eps, s.alpha, s.steps, seed=s.model.seed)

@@ -10,23 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..malleability import AttackSettings, measure_malleability
-from ..training import TrainSettings
-from .common import DataSettings, ModelSettings, RunContext, load_problem, trained_model
+from .common import NetworkSettings, RunContext, cell_problem, trained_model
 
 
 @dataclass(frozen=True)
-class FlipRateSettings:
-    tasks: tuple[DataSettings, ...] = (DataSettings(),)
-    models: tuple[str, ...] = ("relu", "attn")
+class FlipRateSettings(NetworkSettings):
     attacks: tuple[str, ...] = ("fgsm", "pgd", "mim")
     eps: float = 0.3
     alpha: float = 0.01
     steps: int = 40
     momentum: float = 1.0
     fraction: float = 0.1
-    ridge: float = 1e-3
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
 
     def attack(self, name: str, eps: float | None = None) -> AttackSettings:
         return AttackSettings(name, self.eps if eps is None else eps, self.alpha, self.steps,
@@ -39,8 +33,7 @@ def cells(s: FlipRateSettings) -> list[dict]:
 
 
 def run(s: FlipRateSettings, cell: dict, ctx: RunContext) -> dict:
-    task = next(t for t in s.tasks if t.label == cell["task"])
-    p = load_problem(task, ctx.data_root, ctx.device)
+    p = cell_problem(s.tasks, cell, ctx)
     net, history = trained_model(cell["model"], p, s.model, s.train, ctx)
     result = measure_malleability(net, p.x, p.y, p.x_test, p.y_test, p.transform,
                                   s.attack(cell["attack"]), s.fraction, s.ridge)

@@ -8,34 +8,28 @@ from dataclasses import dataclass
 import torch
 
 from ..landscape import filter_normalized_direction, loss_surface
-from ..training import TrainSettings, loss_for_targets
+from ..training import loss_for_targets
 from .common import (
-    DataSettings,
-    ModelSettings,
+    NetworkSettings,
     RunContext,
     build_model,
-    load_problem,
+    cell_problem,
+    task_model_cells,
     trained_model,
 )
 
 
 @dataclass(frozen=True)
-class LandscapeSettings:
-    tasks: tuple[DataSettings, ...] = (DataSettings(),)
-    models: tuple[str, ...] = ("relu", "attn")
+class LandscapeSettings(NetworkSettings):
     resolution: int = 21
     span: float = 1.0
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
 
 
-def cells(s: LandscapeSettings) -> list[dict]:
-    return [{"task": t.label, "model": m} for t in s.tasks for m in s.models]
+cells = task_model_cells
 
 
 def run(s: LandscapeSettings, cell: dict, ctx: RunContext) -> dict:
-    task = next(t for t in s.tasks if t.label == cell["task"])
-    p = load_problem(task, ctx.data_root, ctx.device)
+    p = cell_problem(s.tasks, cell, ctx)
     net, _ = trained_model(cell["model"], p, s.model, s.train, ctx)
     w0 = build_model(cell["model"], p, s.model).weight.detach()
     u = filter_normalized_direction(net.weight, seed=s.model.seed + 100)

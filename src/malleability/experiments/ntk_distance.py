@@ -13,26 +13,15 @@ import torch
 
 from ..kernel_ridge import kernel_ridge_predict
 from ..ntk import empirical_ntk, function_distance, infinite_ntk, kernel_distance
-from ..training import TrainSettings, accuracy, evaluate
-from .common import (
-    DataSettings,
-    ModelSettings,
-    RunContext,
-    build_model,
-    load_problem,
-    trained_model,
-)
+from ..training import accuracy, evaluate
+from .common import NetworkSettings, RunContext, build_model, cell_problem, trained_model
 
 
 @dataclass(frozen=True)
-class NtkDistanceSettings:
-    tasks: tuple[DataSettings, ...] = (DataSettings(),)
+class NtkDistanceSettings(NetworkSettings):
     models: tuple[str, ...] = ("relu", "attn", "attn-softmax", "attn-exponential")
     widths: tuple[int, ...] = (16, 1024, 4096)
     variant_tasks: tuple[str, ...] | None = None  # tasks for softmax/exponential (None: all)
-    ridge: float = 1e-3
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
 
 
 def cells(s: NtkDistanceSettings) -> list[dict]:
@@ -42,8 +31,7 @@ def cells(s: NtkDistanceSettings) -> list[dict]:
 
 
 def run(s: NtkDistanceSettings, cell: dict, ctx: RunContext) -> dict:
-    task = next(t for t in s.tasks if t.label == cell["task"])
-    p = load_problem(task, ctx.data_root, ctx.device)
+    p = cell_problem(s.tasks, cell, ctx)
     width = cell["width"]
     initial = build_model(cell["model"], p, s.model, width)
     trained, history = trained_model(cell["model"], p, s.model, s.train, ctx, width)
