@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from malleability.experiments import EXPERIMENTS, RunContext
-from malleability.experiments.common import to_jsonable
+from malleability.experiments.common import to_jsonable, write_json_atomic
 from malleability.runner import load_preset, plan
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"
@@ -53,10 +53,25 @@ def test_each_experiment_runs_and_round_trips_json(tiny_settings, tmp_path, name
     settings = tiny_settings[name]
     ctx = RunContext(tmp_path, progress=False)
     cell = EXPERIMENTS[name].cells(settings)[0]
-    result = EXPERIMENTS[name].run(settings, cell, ctx)
-    text = json.dumps(to_jsonable(result))
-    assert _same(json.loads(text), json.loads(json.dumps(to_jsonable(result))))
-    assert json.loads(text)  # not empty
+    payload = to_jsonable(EXPERIMENTS[name].run(settings, cell, ctx))
+    assert isinstance(payload, dict) and payload
+    _assert_json_native(payload)
+    path = tmp_path / "cell.json"
+    write_json_atomic(path, payload)
+    assert _same(json.loads(path.read_text()), payload)
+
+
+def _assert_json_native(value) -> None:
+    """Only dicts with string keys, lists, strings, numbers, booleans and None."""
+    if isinstance(value, dict):
+        assert all(isinstance(k, str) for k in value)
+        for v in value.values():
+            _assert_json_native(v)
+    elif isinstance(value, list):
+        for v in value:
+            _assert_json_native(v)
+    else:
+        assert value is None or isinstance(value, (str, int, float, bool)), type(value)
 
 
 def test_bad_presets(tmp_path):
