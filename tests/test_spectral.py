@@ -79,7 +79,12 @@ def test_diagnose_attention_kappa_is_measured_beside_cube():
     x = torch.randn(20, 50, generator=torch.Generator().manual_seed(4), dtype=F64)
     x = x / x.norm(dim=1, keepdim=True)
     d = diagnose(x)
-    assert d.kappa_cubed == pytest.approx(d.inputs.kappa**3)
+    eig = np.linalg.eigvalsh((x @ x.T).numpy())
+    assert d.kappa_cubed == pytest.approx((eig[-1] / eig[0]) ** 3, rel=1e-8)
+    unit = x.numpy() @ (x.T @ x).numpy()
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    attn = np.linalg.eigvalsh(unit @ unit.T)
+    assert d.attention.kappa == pytest.approx(attn[-1] / attn[0], rel=1e-6)
     assert d.attention.kappa > d.inputs.kappa  # amplification survives row normalisation
     assert d.threshold_attention > d.threshold_relu
     assert set(d.collapse) == {"raw", "linear", "softmax", "exponential"}

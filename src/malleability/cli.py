@@ -29,7 +29,7 @@ def load_feature_file(path: Path) -> torch.Tensor:
         data = np.loadtxt(path, delimiter=",", ndmin=2)
     else:
         raise ValueError(f"features: expected a .npy, .pt or .csv file, got {path.name}")
-    data = torch.as_tensor(np.asarray(data) if not isinstance(data, torch.Tensor) else data)
+    data = torch.as_tensor(data)
     if data.ndim != 2:
         raise ValueError(f"features: expected a 2-d matrix (n × d), got shape {tuple(data.shape)}")
     return data.to(torch.float64)

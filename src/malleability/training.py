@@ -117,13 +117,18 @@ def train(
         check_rows_match(as_tensor(x_test, "x_test", dtype=None), y_test, "x_test", "y_test")
     device = model.weight.device
     x, y = x.to(device), y.to(device)
-    # Without an adversary the inputs never move: the preprocessing and the (parameter-free)
-    # attention front are applied once; with one, every batch goes through both.
+
+    def to_hidden(xb: torch.Tensor) -> torch.Tensor:
+        """Stored inputs → hidden-layer inputs: preprocessing, then the attention front."""
+        return model.features(transform(xb))
+
+    # Without an adversary the inputs never move, so they are mapped once; with one, every
+    # (perturbed) batch is mapped anew.
     with torch.no_grad():
-        h_test = None if x_test is None else model.features(transform(x_test.to(device)))
+        h_test = None if x_test is None else to_hidden(x_test.to(device))
         if adversary is None:
-            x, transform = model.features(transform(x)), _identity
-    hidden = model.features if adversary is not None else _identity
+            x = to_hidden(x)
+    batch_hidden = _identity if adversary is None else to_hidden
     w0 = model.weight.detach().clone()
     optimizer = torch.optim.Adam([model.weight], lr=settings.lr)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -132,7 +137,7 @@ def train(
         history.checkpoints[0] = w0.cpu().clone()
 
     def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return per_example_loss(model(transform(xb)), yb, loss)
+        return per_example_loss(model.head(to_hidden(xb)), yb, loss)
 
     n = x.shape[0]
     bar = tqdm(range(1, settings.epochs + 1), desc="train", disable=not settings.progress,
@@ -146,7 +151,7 @@ def train(
             if adversary is not None:
                 xb = adversary(batch_loss, xb, yb)
             optimizer.zero_grad(set_to_none=True)
-            value = objective(model, w0, hidden(transform(xb)), yb, loss, settings.l2_to_init)
+            value = objective(model, w0, batch_hidden(xb), yb, loss, settings.l2_to_init)
             value.backward()
             optimizer.step()
             total += float(value.detach()) * idx.numel()

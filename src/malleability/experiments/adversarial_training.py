@@ -9,10 +9,10 @@ from dataclasses import dataclass
 import torch
 
 from ..interventions import adversarial_train
-from ..malleability import AttackSettings, attack_points, measure_malleability
+from ..malleability import attack_points, measure_malleability
 from ..training import evaluate
 from .common import (
-    NetworkSettings,
+    AttackExperimentSettings,
     RunContext,
     build_model,
     cell_problem,
@@ -22,17 +22,13 @@ from .common import (
 
 
 @dataclass(frozen=True)
-class AdversarialTrainingSettings(NetworkSettings):
+class AdversarialTrainingSettings(AttackExperimentSettings):
     """``train_steps``/``train_alpha``: PGD inside training (the paper does not state them);
     ``epochs``: adversarial training epochs (None = those of ``train``)."""
 
-    eps: float = 0.3
-    alpha: float = 0.01
-    steps: int = 40
     train_steps: int = 10
     train_alpha: float = 0.04
     epochs: int | None = None
-    fraction: float = 0.1
 
 
 cells = task_model_cells
@@ -40,8 +36,8 @@ cells = task_model_cells
 
 def run(s: AdversarialTrainingSettings, cell: dict, ctx: RunContext) -> dict:
     p = cell_problem(s.tasks, cell, ctx)
-    attack = AttackSettings("pgd", s.eps, s.alpha, s.steps, seed=s.model.seed)
-    train_attack = AttackSettings("pgd", s.eps, s.train_alpha, s.train_steps, seed=s.model.seed)
+    attack = s.attack("pgd")
+    train_attack = s.attack("pgd", alpha=s.train_alpha, steps=s.train_steps)
     standard, history = trained_model(cell["model"], p, s.model, s.train, ctx)
     robust = build_model(cell["model"], p, s.model)
     adv_settings = dataclasses.replace(s.train, epochs=s.epochs or s.train.epochs,

@@ -19,6 +19,7 @@ import torch
 from .._validation import check_positive_int, parse_enum
 from ..attention import AttentionKind, Projection
 from ..data import load_dataset
+from ..malleability import AttackSettings
 from ..models import TwoLayerNet
 from ..training import TrainHistory, TrainSettings, train
 
@@ -139,6 +140,25 @@ class NetworkSettings:
     ridge: float = 1e-3
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
+
+
+@dataclass(frozen=True)
+class AttackExperimentSettings(NetworkSettings):
+    """Trained-network experiments that perturb training points: the ℓ∞ budget and attack
+    steps (paper: ε = 0.3, 40 steps of 0.01, μ = 1) and the fraction S of most helpful points."""
+
+    eps: float = 0.3
+    alpha: float = 0.01
+    steps: int = 40
+    momentum: float = 1.0
+    fraction: float = 0.1
+
+    def attack(self, name: str = "pgd", alpha: float | None = None,
+               steps: int | None = None) -> AttackSettings:
+        """The attack ``name`` with these settings (``alpha``/``steps`` override)."""
+        return AttackSettings(name, self.eps, self.alpha if alpha is None else alpha,
+                              self.steps if steps is None else steps, self.momentum,
+                              seed=self.model.seed)
 
 
 def task_model_cells(s: NetworkSettings) -> list[dict]:

@@ -7,17 +7,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..interventions import intervene
-from ..malleability import AttackSettings, network_influence
-from .common import NetworkSettings, RunContext, cell_problem, trained_model
+from ..malleability import network_influence
+from .common import AttackExperimentSettings, RunContext, cell_problem, trained_model
 
 
 @dataclass(frozen=True)
-class InterventionSettings(NetworkSettings):
+class InterventionSettings(AttackExperimentSettings):
     interventions: tuple[str, ...] = ("curated", "transformed", "adversarial")
-    eps: float = 0.3
-    alpha: float = 0.01
-    steps: int = 40
-    fraction: float = 0.1
 
 
 def cells(s: InterventionSettings) -> list[dict]:
@@ -29,10 +25,9 @@ def run(s: InterventionSettings, cell: dict, ctx: RunContext) -> dict:
     p = cell_problem(s.tasks, cell, ctx)
     net, history = trained_model(cell["model"], p, s.model, s.train, ctx)
     baseline = network_influence(net, p.z, p.y, p.z_test, p.y_test, s.ridge)
-    attack = AttackSettings("pgd", s.eps, s.alpha, s.steps, seed=s.model.seed)
     train_settings = dataclasses.replace(s.train, progress=ctx.progress)
     result = intervene(cell["intervention"], net, p.x, p.y, p.x_test, p.y_test, p.transform,
-                       train_settings, attack, s.fraction, s.ridge, baseline)
+                       train_settings, s.attack("pgd"), s.fraction, s.ridge, baseline)
     return {**result.summary(), "baseline_accuracy_by_epoch": {
         e: history["test_accuracy"][e - 1] for e in result.accuracy_by_epoch()}}
 

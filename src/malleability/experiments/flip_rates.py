@@ -9,22 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..malleability import AttackSettings, measure_malleability
-from .common import NetworkSettings, RunContext, cell_problem, trained_model
+from ..malleability import measure_malleability
+from .common import AttackExperimentSettings, RunContext, cell_problem, trained_model
 
 
 @dataclass(frozen=True)
-class FlipRateSettings(NetworkSettings):
+class FlipRateSettings(AttackExperimentSettings):
     attacks: tuple[str, ...] = ("fgsm", "pgd", "mim")
-    eps: float = 0.3
-    alpha: float = 0.01
-    steps: int = 40
-    momentum: float = 1.0
-    fraction: float = 0.1
-
-    def attack(self, name: str, eps: float | None = None) -> AttackSettings:
-        return AttackSettings(name, self.eps if eps is None else eps, self.alpha, self.steps,
-                              self.momentum, seed=self.model.seed)
 
 
 def cells(s: FlipRateSettings) -> list[dict]:
