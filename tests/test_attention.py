@@ -79,3 +79,104 @@ def test_attention_rejects_bad_input():
         AttentionFeatures(_data(5, 4))(_data(5, 3))
     with pytest.raises(ValueError, match="^projection: expected one of"):
         projection_matrices(4, "random")
+
+
+# Remark 4.10: truncated and stacked attention against exact spectral identities.
+
+def _unit_rows(n, d, seed):
+    x = _data(n, d, seed)
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def _gram_eigenvalues(x):
+    """Eigenvalues of G = X Xᵀ by numpy, descending."""
+    xn = x.numpy()
+    return np.linalg.eigvalsh(xn @ xn.T)[::-1]
+
+
+def test_truncated_reference_is_the_best_rank_k_approximation():
+    from malleability.attention import truncate_reference
+    r = _data(12, 9, 7)
+    u, s, vt = np.linalg.svd(r.numpy(), full_matrices=False)
+    want = u[:, :4] * s[:4] @ vt[:4]
+    np.testing.assert_allclose(truncate_reference(r, 4).numpy(), want, atol=1e-12)
+    with pytest.raises(ValueError, match="rank"):
+        truncate_reference(r, 10)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 6])
+def test_truncated_linear_attention_kappa_is_lambda1_over_lambdak_cubed(rank):
+    x = _unit_rows(10, 25, 8)  # n ≤ d: G full rank
+    lam = _gram_eigenvalues(x)
+    phi = AttentionFeatures(x, "linear", normalize=False, rank=rank)(x)
+    report = effective_condition_number(phi)
+    assert report.rank == rank
+    assert report.kappa_effective == pytest.approx((lam[0] / lam[rank - 1]) ** 3, rel=1e-8)
+    # the features' Gram is G_k³ = U_k Λ_k³ U_kᵀ
+    gram = (phi @ phi.T).numpy()
+    w, u = np.linalg.eigh(x.numpy() @ x.numpy().T)
+    u_k, w_k = u[:, ::-1][:, :rank], w[::-1][:rank]
+    np.testing.assert_allclose(gram, (u_k * w_k**3) @ u_k.T, atol=1e-10)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_stacking_on_the_original_reference_gives_g_to_the_2l_plus_1(layers):
+    x = _unit_rows(8, 20, 9)
+    g = (x @ x.T).numpy()
+    phi = attention_features(x, x, "linear", normalize=False, layers=layers,
+                             stacking="reference").numpy()
+    want = np.linalg.matrix_power(g, 2 * layers + 1)
+    np.testing.assert_allclose(phi @ phi.T, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    lam = _gram_eigenvalues(x)
+    kappa = effective_condition_number(torch.from_numpy(phi)).kappa_effective
+    assert kappa == pytest.approx((lam[0] / lam[-1]) ** (2 * layers + 1), rel=1e-6)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_stacking_on_the_previous_output_gives_g_to_the_3_to_the_l(layers):
+    x = _unit_rows(8, 20, 10)
+    g = (x @ x.T).numpy()
+    phi = attention_features(x, x, "linear", normalize=False, layers=layers,
+                             stacking="previous").numpy()
+    want = np.linalg.matrix_power(g, 3**layers)
+    np.testing.assert_allclose(phi @ phi.T, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+    lam = _gram_eigenvalues(x)
+    kappa = effective_condition_number(torch.from_numpy(phi)).kappa_effective
+    assert kappa == pytest.approx((lam[0] / lam[-1]) ** (3**layers), rel=1e-6)
+
+
+def test_truncated_and_stacked_on_reference_gives_lambda_ratio_to_2l_plus_1():
+    x = _unit_rows(9, 20, 11)
+    lam = _gram_eigenvalues(x)
+    phi = attention_features(x, x, "linear", normalize=False, rank=4, layers=2)
+    report = effective_condition_number(phi)
+    assert report.rank == 4
+    assert report.kappa_effective == pytest.approx((lam[0] / lam[3]) ** 5, rel=1e-8)
+
+
+@pytest.mark.parametrize("stacking", ["reference", "previous"])
+@pytest.mark.parametrize("kind", ["softmax", "exponential", "linear"])
+def test_stacked_maps_compose_single_layer_maps(kind, stacking):
+    r = _data(15, 6, 12)
+    x = _data(4, 6, 13)
+    mats = projection_matrices(6, "orthogonal", seed=1)
+    got = attention_features(x, r, kind, mats, layers=3, stacking=stacking, rank=5)
+    ref, out = r, x
+    for _ in range(3):  # each layer: one-layer map against R (reference) or φ(R) (previous)
+        out_next = attention_features(out, ref, kind, mats, rank=5)
+        if stacking == "previous":
+            ref = attention_features(ref, ref, kind, mats, rank=5)
+        out = out_next
+    torch.testing.assert_close(got, out, rtol=1e-12, atol=1e-14)
+
+
+def test_two_layer_net_threads_rank_and_layers():
+    from malleability import TwoLayerNet
+    r = _data(12, 6, 14)
+    net = TwoLayerNet(6, 32, 2, "linear", r, attention_rank=2, attention_layers=2,
+                      stacking="previous")
+    want = AttentionFeatures(r, "linear", rank=2, layers=2, stacking="previous")(r)
+    torch.testing.assert_close(net.features(r), want, rtol=0, atol=0)
+    again = net.reinitialized()
+    torch.testing.assert_close(again.features(r), want, rtol=0, atol=0)
+    assert again.front.rank == 2 and again.front.layers == 2

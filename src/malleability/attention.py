@@ -11,6 +11,13 @@ For inputs x (rows) and a reference set R (the training split, fixed before trai
 Projections W_Q = W_K = W_V = I by default; orthogonal or He-initialised N(0, 2/d) projections
 are options (Proposition 4.13). Without row normalisation and with identity projections the
 linearized map of the reference set is φ(X) = X XᵀX, so φ(X)φ(X)ᵀ = G³ (Theorem 4.2).
+
+Remark 4.10 options: ``rank=k`` attends to the best rank-k approximation R_k = R V_k V_kᵀ of the
+reference (its top-k right singular directions), so the unnormalised linear Gram on R is
+U_k Σ_k⁶ U_kᵀ and its κ is (λ₁/λ_k)³ over the eigenvalues λ of G. ``layers=L`` stacks L maps:
+with ``Stacking.REFERENCE`` every layer attends to the original R (φ_L(X) = X (XᵀX)^L, Gram
+G^{2L+1}); with ``Stacking.PREVIOUS`` layer l attends to layer l−1's output on R
+(singular values σ^{3^L}, Gram G^{3^L}). Both identities hold without row normalisation.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from enum import StrEnum
 import torch
 from torch import nn
 
-from ._validation import as_tensor, parse_enum
+from ._validation import as_tensor, check_positive_int, parse_enum
 from .linalg import rownorm
 
 
@@ -39,6 +46,27 @@ class Projection(StrEnum):
     IDENTITY = "identity"
     ORTHOGONAL = "orthogonal"
     HE = "he"
+
+
+class Stacking(StrEnum):
+    """What each stacked attention layer attends to (Remark 4.10)."""
+
+    REFERENCE = "reference"  # the original reference R: Gram G^{2L+1}
+    PREVIOUS = "previous"  # the previous layer's output on R: Gram G^{3^L}
+
+
+def truncate_reference(reference: torch.Tensor, rank: int) -> torch.Tensor:
+    """R_k = R V_k V_kᵀ: the best rank-k approximation of R (Eckart–Young), same shape and dtype.
+
+    V_k holds the top-k right singular vectors of R; k may not exceed min(n_R, d).
+    """
+    rank = check_positive_int(rank, "rank")
+    if rank > min(reference.shape):
+        raise ValueError(f"rank: expected at most min(n_R, d) = {min(reference.shape)}, "
+                         f"got {rank}")
+    _, _, vh = torch.linalg.svd(reference, full_matrices=False)
+    top = vh[:rank]
+    return reference @ top.T @ top
 
 
 def projection_matrices(
@@ -69,13 +97,16 @@ def attention_features(
     kind: AttentionKind | str = AttentionKind.LINEAR,
     projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     normalize: bool = True,
+    rank: int | None = None,
+    layers: int = 1,
+    stacking: Stacking | str = Stacking.REFERENCE,
 ) -> torch.Tensor:
     """φ(x) for rows of ``x`` (n×d) against ``reference`` R (n_R×d); pure and differentiable.
 
     For repeated calls with the same reference use :class:`AttentionFeatures`, which caches
-    the reference-side products.
+    the reference-side products. ``rank``, ``layers``, ``stacking``: see the module docstring.
     """
-    return AttentionFeatures(reference, kind, projections, normalize)(x)
+    return AttentionFeatures(reference, kind, projections, normalize, rank, layers, stacking)(x)
 
 
 class AttentionFeatures(nn.Module):
@@ -83,7 +114,11 @@ class AttentionFeatures(nn.Module):
 
     Reference-side products are computed once at construction: for the linearized map the
     d×d matrix W_Kᵀ RᵀR W_V; for softmax/exponential the keys R W_K and values R W_V.
-    Buffers keep the reference's dtype.
+    Buffers keep the reference's dtype. With ``rank=k`` keys and values come from R_k
+    (:func:`truncate_reference`); ``reference`` keeps R itself. With ``layers=L > 1`` the map
+    is applied L times, each layer with the same projections and row normalisation; under
+    ``Stacking.PREVIOUS`` the next layer is a nested front whose reference is this layer's
+    output on R (truncated again to ``rank``).
     """
 
     def __init__(
@@ -92,11 +127,18 @@ class AttentionFeatures(nn.Module):
         kind: AttentionKind | str = AttentionKind.LINEAR,
         projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         normalize: bool = True,
+        rank: int | None = None,
+        layers: int = 1,
+        stacking: Stacking | str = Stacking.REFERENCE,
     ) -> None:
         super().__init__()
         reference = as_tensor(reference, "reference", ndim=2, dtype=None)
         self.kind = parse_enum(kind, AttentionKind, "attention")
         self.normalize = normalize
+        self.layers = check_positive_int(layers, "layers")
+        self.stacking = parse_enum(stacking, Stacking, "stacking")
+        self.rank = rank
+        attended = reference if rank is None else truncate_reference(reference, rank)
         d = reference.shape[1]
         if projections is None:
             w_q = w_k = w_v = None
@@ -109,8 +151,8 @@ class AttentionFeatures(nn.Module):
                         f"projections: expected {d}×{d} matrices, got {tuple(w.shape)}")
         self.register_buffer("w_q", w_q)
         self.register_buffer("reference", reference)
-        keys = reference if w_k is None else reference @ w_k
-        values = reference if w_v is None else reference @ w_v
+        keys = attended if w_k is None else attended @ w_k
+        values = attended if w_v is None else attended @ w_v
         if self.kind is AttentionKind.LINEAR:
             self.register_buffer("kv", keys.T @ values)  # W_Kᵀ RᵀR W_V, d×d
             self.register_buffer("keys", None)
@@ -120,11 +162,25 @@ class AttentionFeatures(nn.Module):
             self.register_buffer("keys", keys)
             self.register_buffer("values", values)
         self.in_features = d
+        self.next_layer: AttentionFeatures | None = None
+        if self.layers > 1 and self.stacking is Stacking.PREVIOUS:
+            self.next_layer = AttentionFeatures(
+                self._layer(reference), self.kind, projections, normalize, rank,
+                self.layers - 1, self.stacking)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"x: expected shape (n, {self.in_features}), got {tuple(x.shape)}")
+        out = self._layer(x)
+        if self.next_layer is not None:
+            return self.next_layer(out)
+        for _ in range(self.layers - 1):  # Stacking.REFERENCE
+            out = self._layer(out)
+        return out
+
+    def _layer(self, x: torch.Tensor) -> torch.Tensor:
+        """One attention layer against this front's (possibly truncated) reference."""
         q = x if self.w_q is None else x @ self.w_q
         if self.kind is AttentionKind.LINEAR:
             out = q @ self.kv
@@ -139,4 +195,5 @@ class AttentionFeatures(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind.value}, reference={tuple(self.reference.shape)}, "
-                f"normalize={self.normalize}")
+                f"normalize={self.normalize}, rank={self.rank}, layers={self.layers}, "
+                f"stacking={self.stacking.value}")

@@ -13,15 +13,23 @@ import torch
 from torch import nn
 
 from ._validation import as_tensor, check_positive, check_positive_int, parse_enum
-from .attention import AttentionFeatures, AttentionKind, Projection, projection_matrices
+from .attention import (
+    AttentionFeatures,
+    AttentionKind,
+    Projection,
+    Stacking,
+    projection_matrices,
+)
 
 
 class TwoLayerNet(nn.Module):
     """2L-ReLU (``attention=None``) or MLP-Attn (``attention`` = linear/softmax/exponential).
 
     ``reference`` is the training inputs (n_R × in_features) the attention front attends to;
-    ``projection`` picks the QKV projections of the front (identity by default). The
-    random draws (W, A, projections) come from ``seed``; parameters have ``dtype``.
+    ``projection`` picks the QKV projections of the front (identity by default);
+    ``attention_rank``, ``attention_layers`` and ``stacking`` are the truncation and stacking
+    options of :class:`AttentionFeatures` (Remark 4.10). The random draws (W, A, projections)
+    come from ``seed``; parameters have ``dtype``.
     """
 
     def __init__(
@@ -35,6 +43,10 @@ class TwoLayerNet(nn.Module):
         seed: int = 0,
         projection: Projection | str = Projection.IDENTITY,
         dtype: torch.dtype = torch.float64,
+        *,
+        attention_rank: int | None = None,
+        attention_layers: int = 1,
+        stacking: Stacking | str = Stacking.REFERENCE,
     ) -> None:
         super().__init__()
         d = check_positive_int(in_features, "in_features")
@@ -48,6 +60,8 @@ class TwoLayerNet(nn.Module):
         signs = torch.randint(0, 2, (m, c), generator=gen).to(dtype) * 2 - 1
         self.register_buffer("readout", signs)
         self.projection = parse_enum(projection, Projection, "projection")
+        self.attention_rank, self.attention_layers = attention_rank, attention_layers
+        self.stacking = parse_enum(stacking, Stacking, "stacking")
         if attention is None:
             if reference is not None:
                 raise ValueError("reference: given without an attention front (attention=None)")
@@ -88,7 +102,9 @@ class TwoLayerNet(nn.Module):
             reference = self.front.reference
         return TwoLayerNet(self.in_features, self.width, self.num_classes, self.attention,
                            reference, self.init_scale, self.seed, self.projection,
-                           self.dtype).to(self.weight.device)
+                           self.dtype, attention_rank=self.attention_rank,
+                           attention_layers=self.attention_layers,
+                           stacking=self.stacking).to(self.weight.device)
 
     def with_reference(self, reference: torch.Tensor) -> TwoLayerNet:
         """A copy with the same weights whose attention front attends to ``reference``."""
@@ -108,4 +124,5 @@ class TwoLayerNet(nn.Module):
         mats = projection_matrices(self.in_features, self.projection, seed=self.seed + 1)
         if mats is not None:
             mats = (mats[0].to(dtype), mats[1].to(dtype), mats[2].to(dtype))
-        return AttentionFeatures(reference, kind, mats)
+        return AttentionFeatures(reference, kind, mats, rank=self.attention_rank,
+                                 layers=self.attention_layers, stacking=self.stacking)
