@@ -88,6 +88,12 @@ def test_diagnose_attention_kappa_is_measured_beside_cube():
     assert d.attention.kappa > d.inputs.kappa  # amplification survives row normalisation
     assert d.threshold_attention > d.threshold_relu
     assert set(d.collapse) == {"raw", "linear", "softmax", "exponential"}
+    # intrinsic sensitivity (Def. C.12, Prop. C.13): unit rows, ‖Y‖ = √n, λ = 1e-3
+    s_attn = eig[-1] ** 2 * math.sqrt(20) * math.sqrt(20) / 1e-6
+    s_relu = (1 + math.pi) / (2 * math.pi) * math.sqrt(20) * math.sqrt(20) / 1e-6
+    assert d.sensitivity["attention"] == pytest.approx(s_attn, rel=1e-10)
+    assert d.sensitivity["relu"] == pytest.approx(s_relu, rel=1e-10)
+    assert d.sensitivity["gap"] == pytest.approx(s_attn / s_relu, rel=1e-10)
 
 
 def test_bad_inputs():

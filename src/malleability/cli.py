@@ -55,6 +55,9 @@ def format_diagnosis(name: str, d: Diagnosis) -> str:
     lines += [f"  largest in use: {k:<38} {_fmt(v)}" for k, v in PRACTICAL_SCALES.items()]
     lines.append(f"  feature collapse (mean pairwise cosine, {d.collapse_n} rows): "
                  + ", ".join(f"{k} {v:.3f}" for k, v in d.collapse.items()))
+    s = d.sensitivity
+    lines.append(f"  intrinsic sensitivity S = L_K‖Y‖/λ² (Def. C.12, λ = {s['ridge']:g}): MLP-Attn "
+                 f"{_fmt(s['attention'])}, 2L-ReLU {_fmt(s['relu'])}, gap {_fmt(s['gap'])}")
     lines.append(f"Verdict: {d.verdict}")
     return "\n".join(lines)
 

@@ -2,7 +2,9 @@
 the kernel regime at any practical width?
 
 κ of the input Gram, its cube, the measured κ of row-normalised linearized attention features,
-the width thresholds κ⁶·n log n (MLP-Attn) and κ²·n log n (2L-ReLU), and feature collapse.
+the width thresholds κ⁶·n log n (MLP-Attn) and κ²·n log n (2L-ReLU), feature collapse, and
+the intrinsic influence sensitivity S = L_K‖Y‖/λ² (Def. C.12) of both architectures with the
+analytic constants of Prop. C.13 and ‖Y‖_F = √n (±1 labels or one-hot rows).
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._validation import as_tensor, check_positive_int
+from ._validation import as_tensor, check_positive, check_positive_int
 from .attention import AttentionKind, attention_features
+from .bounds import influence_change_bound
+from .sensitivity import attention_kernel_lipschitz, relu_ntk_lipschitz, sensitivity_gap
 from .spectral import (
     ConditionReport,
     effective_condition_number,
@@ -41,6 +45,7 @@ class Diagnosis:
     threshold_relu: float  # κ_eff² · n log n
     collapse: dict[str, float]  # mean pairwise cosine of raw / linear / softmax / exponential
     collapse_n: int  # rows used for the collapse measurement
+    sensitivity: dict[str, float]  # Def. C.12 at ridge λ: attention, relu, gap (= ratio), ridge
 
     @property
     def verdict(self) -> str:
@@ -67,30 +72,39 @@ class Diagnosis:
             "practical_scales": PRACTICAL_SCALES,
             "collapse": self.collapse,
             "collapse_n": self.collapse_n,
+            "sensitivity": self.sensitivity,
             "verdict": self.verdict,
         }
 
 
 def diagnose(x: torch.Tensor, tol: float | None = None, collapse_n: int = 2000,
-             seed: int = 0) -> Diagnosis:
+             seed: int = 0, ridge: float = 1e-3) -> Diagnosis:
     """Run the A.12 step-1 diagnostic on network inputs ``x`` (rows, float64).
 
     Feature collapse of the softmax/exponential maps needs an n×n score matrix, so it is
     measured on at most ``collapse_n`` rows drawn with ``seed`` (used as their own reference).
+    ``ridge`` is the λ of the intrinsic sensitivity.
     """
     x = as_tensor(x, "x", ndim=2)
     collapse_n = check_positive_int(collapse_n, "collapse_n")
+    ridge = check_positive(ridge, "ridge")
     n = x.shape[0]
     inputs = effective_condition_number(x, tol=tol)
     attention = effective_condition_number(linear_attention_features(x))
     kappa = inputs.kappa_effective
     collapse = feature_collapse(x, collapse_n, seed)
+    l_attn = attention_kernel_lipschitz(x, gram_norm=float(inputs.eigenvalues[0]))
+    l_relu = relu_ntk_lipschitz(x)
+    labels = torch.ones(n, dtype=x.dtype)  # ‖Y‖_F = √n
+    sensitivity = {"attention": influence_change_bound(l_attn, 1.0, labels, ridge),
+                   "relu": influence_change_bound(l_relu, 1.0, labels, ridge),
+                   "gap": sensitivity_gap(l_attn, l_relu), "ridge": ridge}
     return Diagnosis(
         inputs=inputs, attention=attention,
         kappa_cubed=kappa**3 if kappa < 1e100 else math.inf,
         threshold_attention=width_threshold(kappa, n, 6),
         threshold_relu=width_threshold(kappa, n, 2),
-        collapse=collapse, collapse_n=min(n, collapse_n))
+        collapse=collapse, collapse_n=min(n, collapse_n), sensitivity=sensitivity)
 
 
 def feature_collapse(x: torch.Tensor, max_rows: int = 2000, seed: int = 0) -> dict[str, float]:

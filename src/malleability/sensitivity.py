@@ -29,6 +29,7 @@ import torch
 
 from ._validation import as_tensor, check_nonnegative, check_positive, check_positive_int
 from .attacks import pgd
+from .bounds import influence_change_bound
 from .kernel_ridge import as_targets, fit_kernel_ridge
 
 _F64 = torch.float64
@@ -42,14 +43,17 @@ def _gram_norm(reference: torch.Tensor) -> float:
     return float(torch.linalg.matrix_norm(reference.to(_F64), ord=2)) ** 2
 
 
-def attention_kernel_lipschitz(reference: torch.Tensor) -> float:
+def attention_kernel_lipschitz(reference: torch.Tensor, gram_norm: float | None = None
+                               ) -> float:
     """L_attn = ‖G‖²·‖R‖_F (Prop. 4.6 / C.13): bounds ‖K(x+δ, R) − K(x, R)‖₂ / ‖δ‖₂ for the
     unnormalised linearized-attention kernel φ(x)·φ(x'), φ(x) = x RᵀR, reference R fixed.
 
-    The exact constant of this linear row map is ‖G‖^{5/2} ≤ L_attn (since ‖G‖ ≤ ‖R‖_F²).
+    ``gram_norm``: ‖G‖ = λ₁(R Rᵀ) if already known (else one SVD of R). The exact constant of
+    this linear row map is ‖G‖^{5/2} ≤ L_attn (since ‖G‖ ≤ ‖R‖_F²).
     """
     r = as_tensor(reference, "reference", ndim=2)
-    return _gram_norm(r) ** 2 * float(torch.linalg.norm(r))
+    g = _gram_norm(r) if gram_norm is None else check_nonnegative(gram_norm, "gram_norm")
+    return g**2 * float(torch.linalg.norm(r))
 
 
 def relu_ntk_lipschitz(reference: torch.Tensor) -> float:
@@ -113,7 +117,8 @@ def intrinsic_sensitivity(k_train: torch.Tensor, y_train: torch.Tensor, ridge: f
     label_norm = float(torch.linalg.norm(y))
     alpha_norm = float(torch.linalg.norm(fit.alpha))
     return IntrinsicSensitivity(
-        bound=lipschitz * label_norm / ridge**2, alpha_bound=lipschitz * alpha_norm / ridge,
+        bound=influence_change_bound(lipschitz, 1.0, y, ridge),
+        alpha_bound=lipschitz * alpha_norm / ridge,
         lipschitz=lipschitz, ridge=ridge, label_norm=label_norm, alpha_norm=alpha_norm)
 
 
