@@ -13,7 +13,7 @@ from malleability.bounds import (
     influence_change_lower_bound,
     prediction_change_bound,
 )
-from malleability.sensitivity import kernel_row_change, relu_ntk_lipschitz
+from malleability.sensitivity import ChangeSearch, kernel_row_change, relu_ntk_lipschitz
 
 F64 = torch.float64
 RIDGES = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
@@ -87,7 +87,7 @@ def test_prediction_change_stays_under_the_c11_bound():
         return (infinite_ntk(xb, x_train) @ fit.alpha)[:, 0]
 
     x_test = _pixels(5, 5, 5)
-    worst = kernel_row_change(lambda xb: predictions(xb)[:, None], x_test, eps)
+    worst = kernel_row_change(lambda xb: predictions(xb)[:, None], x_test, ChangeSearch(eps))
     # ‖Δf‖ over the ℓ∞ ball, whose ℓ2 radius is ε√d
     bound = prediction_change_bound(relu_ntk_lipschitz(x_train), eps * math.sqrt(5), y, ridge)
     assert float(worst.change.max()) <= bound

@@ -12,6 +12,7 @@ from malleability import fit_kernel_ridge, infinite_ntk
 from malleability.attention import AttentionFeatures
 from malleability.sensitivity import (
     RELU_NTK_FACTOR,
+    ChangeSearch,
     attention_gram_change_bound,
     attention_kernel_lipschitz,
     gram_change,
@@ -54,7 +55,8 @@ def test_measured_row_change_matches_the_brute_force_maximum_over_box_vertices(s
     # box (ε-ball ∩ [0,1]) sits at a vertex: 2^6 vertices give the exact maximum
     r, x, eps = _pixels(10, 6, seed), _pixels(4, 6, seed + 10), 0.1
     rows = _attention_rows(r)
-    measured = kernel_row_change(rows, x, eps, restarts=8, random_directions=8, seed=seed)
+    search = ChangeSearch(eps, restarts=8, random_directions=8, seed=seed)
+    measured = kernel_row_change(rows, x, search)
     base = rows(x)
     for b in range(x.shape[0]):
         exact = float((rows(_box_vertices(x[b], eps)) - base[b]).norm(dim=1).max())
@@ -76,7 +78,7 @@ def test_attention_lipschitz_dominates_the_exact_constant_which_is_attained():
     assert attained == pytest.approx(exact, rel=1e-9)
     assert attention_kernel_lipschitz(r) == pytest.approx(top**2 * np.linalg.norm(r.numpy()))
     assert exact <= attention_kernel_lipschitz(r)
-    measured = kernel_row_change(rows, _pixels(3, 7, 4), 0.2)
+    measured = kernel_row_change(rows, _pixels(3, 7, 4), ChangeSearch(0.2))
     assert float(measured.ratio_l2.max()) <= exact * (1 + 1e-9)
 
 
@@ -97,7 +99,8 @@ def test_relu_ntk_lipschitz_bounds_finite_differences_and_pgd():
         worst = max(worst, float(fd.abs()) / float(b.norm()))
     assert worst <= RELU_NTK_FACTOR * (1 + 1e-6)
     assert worst >= RELU_NTK_FACTOR / 1.5  # the bound is within 1.5× of what is attained
-    measured = kernel_row_change(lambda xb: infinite_ntk(xb, z), _pixels(4, 5, 7), 0.3)
+    measured = kernel_row_change(lambda xb: infinite_ntk(xb, z), _pixels(4, 5, 7),
+                                 ChangeSearch(0.3))
     assert float(measured.ratio_l2.max()) <= relu_ntk_lipschitz(z)
 
 
@@ -116,7 +119,7 @@ def test_polynomial_lipschitz_bounds_random_perturbations():
 
 def test_gram_change_of_data_dependent_attention_stays_under_the_analytic_bound():
     x, eps = _pixels(8, 5, 11), 0.05
-    measured = gram_change(_attention_gram, x, eps, indices=[0, 3])
+    measured = gram_change(_attention_gram, x, ChangeSearch(eps), indices=[0, 3])
     radius = eps * math.sqrt(5)  # the ℓ∞ ball of radius ε lies in the ℓ2 ball of radius ε√d
     assert float(measured.change.max()) <= attention_gram_change_bound(x, radius)
     # the search reaches the best vertex of the ε-box (brute force over its 2^5 vertices)
@@ -128,7 +131,9 @@ def test_gram_change_of_data_dependent_attention_stays_under_the_analytic_bound(
             best = max(best, float(torch.linalg.matrix_norm(_attention_gram(moved) - base, ord=2)))
         assert float(measured.change[col]) >= 0.99 * best
     with pytest.raises(ValueError, match="indices"):
-        gram_change(_attention_gram, x, eps, indices=[8])
+        gram_change(_attention_gram, x, ChangeSearch(eps), indices=[8])
+    with pytest.raises(ValueError, match="^eps: expected a positive number"):
+        ChangeSearch(0.0)
 
 
 @pytest.mark.parametrize("ridge", [1e-2, 1e-1, 1.0])

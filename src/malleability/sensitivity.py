@@ -140,49 +140,59 @@ class KernelChange:
         return float(self.change.max()) / self.eps
 
 
-def _maximise_change(change_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                     eps: float, steps: int, alpha: float | None, restarts: int,
-                     random_directions: int, seed: int) -> KernelChange:
-    """Maximise change_fn (per row) over the ℓ∞ ε-ball ∩ [0,1] around each row of ``x``."""
-    eps = check_positive(eps, "eps")
-    steps = check_positive_int(steps, "steps")
-    alpha = 2.5 * eps / steps if alpha is None else check_positive(alpha, "alpha")
-    dummy = torch.zeros(x.shape[0], dtype=_F64)
-    candidates = [pgd(lambda xb, _: change_fn(xb), x, dummy, eps, alpha=alpha, steps=steps,
-                      random_start=True, seed=seed + r) for r in range(restarts)]
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(random_directions):
-        signs = torch.randint(0, 2, x.shape, generator=gen).to(_F64) * 2 - 1
-        candidates.append((x + eps * signs).clamp(0.0, 1.0))
-    best = torch.zeros(x.shape[0], dtype=_F64)
-    ratio = torch.zeros(x.shape[0], dtype=_F64)
-    with torch.no_grad():
-        for cand in candidates:
-            change = change_fn(cand)
-            step = (cand - x).norm(dim=1)
-            best = torch.maximum(best, change)
-            ratio = torch.maximum(ratio, torch.where(step > 0, change / step.clamp_min(1e-300),
-                                                     torch.zeros_like(change)))
-    return KernelChange(change=best, ratio_l2=ratio, eps=eps)
+@dataclass(frozen=True)
+class ChangeSearch:
+    """How a kernel change is maximised over the ℓ∞ ε-ball ∩ [0,1]: PGD with ``restarts``
+    random starts, ``steps`` sign steps of ``alpha`` (default 2.5ε/steps), plus
+    ``random_directions`` random corners of the ball."""
+
+    eps: float
+    steps: int = 40
+    alpha: float | None = None
+    restarts: int = 4
+    random_directions: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_positive(self.eps, "eps")
+        check_positive_int(self.steps, "steps")
+        check_positive_int(self.restarts, "restarts")
+        if self.alpha is not None:
+            check_positive(self.alpha, "alpha")
+        if self.random_directions < 0:
+            raise ValueError(f"random_directions: expected a non-negative integer, "
+                             f"got {self.random_directions!r}")
+
+    def maximise(self, change_fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+                 ) -> KernelChange:
+        """The largest ``change_fn`` (per row) found around each row of ``x``."""
+        eps = self.eps
+        alpha = 2.5 * eps / self.steps if self.alpha is None else self.alpha
+        dummy = torch.zeros(x.shape[0], dtype=_F64)
+        candidates = [pgd(lambda xb, _: change_fn(xb), x, dummy, eps, alpha=alpha,
+                          steps=self.steps, random_start=True, seed=self.seed + r)
+                      for r in range(self.restarts)]
+        gen = torch.Generator().manual_seed(self.seed)
+        for _ in range(self.random_directions):
+            signs = torch.randint(0, 2, x.shape, generator=gen).to(_F64) * 2 - 1
+            candidates.append((x + eps * signs).clamp(0.0, 1.0))
+        best = torch.zeros(x.shape[0], dtype=_F64)
+        ratio = torch.zeros(x.shape[0], dtype=_F64)
+        with torch.no_grad():
+            for cand in candidates:
+                change = change_fn(cand)
+                step = (cand - x).norm(dim=1)
+                best = torch.maximum(best, change)
+                ratio = torch.maximum(ratio, torch.where(
+                    step > 0, change / step.clamp_min(1e-300), torch.zeros_like(change)))
+        return KernelChange(change=best, ratio_l2=ratio, eps=eps)
 
 
-def kernel_row_change(
-    kernel_rows: Callable[[torch.Tensor], torch.Tensor],
-    x: torch.Tensor,
-    eps: float,
-    *,
-    steps: int = 40,
-    alpha: float | None = None,
-    restarts: int = 4,
-    random_directions: int = 16,
-    seed: int = 0,
-) -> KernelChange:
+def kernel_row_change(kernel_rows: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                      search: ChangeSearch) -> KernelChange:
     """Measured max ‖K(x', X) − K(x, X)‖₂ over x' in the ℓ∞ ε-ball ∩ [0,1] around each row of
     ``x`` (pixels in [0,1]); ``kernel_rows`` maps (B, d) → (B, n) kernel rows, differentiably
     (any row map works, e.g. predictions K(x, X)α for Theorem C.11's prediction change).
-
-    PGD (``restarts`` random starts, ``steps`` sign steps of ``alpha``, default 2.5ε/steps)
-    plus ``random_directions`` random corners of the ball (float64).
     """
     x = as_tensor(x, "x", ndim=2)
     with torch.no_grad():
@@ -191,21 +201,11 @@ def kernel_row_change(
     def change(xb: torch.Tensor) -> torch.Tensor:
         return (kernel_rows(xb) - base).norm(dim=1)
 
-    return _maximise_change(change, x, eps, steps, alpha, restarts, random_directions, seed)
+    return search.maximise(change, x)
 
 
-def gram_change(
-    gram: Callable[[torch.Tensor], torch.Tensor],
-    x_train: torch.Tensor,
-    eps: float,
-    indices: list[int] | None = None,
-    *,
-    steps: int = 40,
-    alpha: float | None = None,
-    restarts: int = 4,
-    random_directions: int = 16,
-    seed: int = 0,
-) -> KernelChange:
+def gram_change(gram: Callable[[torch.Tensor], torch.Tensor], x_train: torch.Tensor,
+                search: ChangeSearch, indices: list[int] | None = None) -> KernelChange:
     """Measured max ‖K(X') − K(X)‖₂ (operator norm) when one training point x_j moves in the
     ℓ∞ ε-ball ∩ [0,1], for each j in ``indices`` (default all). ``gram`` maps X (n, d) to
     K(X, X) and may use X as its own reference (attention), so every entry may move."""
@@ -224,5 +224,4 @@ def gram_change(
             norms.append(torch.linalg.matrix_norm(gram(moved) - base, ord=2))
         return torch.stack(norms)
 
-    return _maximise_change(change, x_train[indices], eps, steps, alpha, restarts,
-                            random_directions, seed)
+    return search.maximise(change, x_train[indices])
