@@ -2,6 +2,7 @@
 influence scores be trusted? An implementation of arXiv 2603.13085."""
 
 from . import _env  # noqa: F401  (must run before torch is imported)
+from ._validation import NonFiniteError
 from .attacks import Attack, fgsm, mim, pgd, run_attack
 from .attention import AttentionFeatures, AttentionKind, Projection, attention_features
 from .data import Dataset, DownloadError, dataset_status, load_dataset, preprocess
@@ -45,6 +46,7 @@ __all__ = [
     "KernelRidgeFit",
     "Loss",
     "MalleabilityResult",
+    "NonFiniteError",
     "Projection",
     "SpectrumMethod",
     "StabilityReport",

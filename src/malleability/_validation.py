@@ -26,6 +26,9 @@ def as_tensor(
     ``dtype=None`` keeps the input's floating dtype (float64 for non-float input).
     """
     if isinstance(x, np.ndarray):
+        if x.dtype.kind not in "biufc":
+            raise ValueError(f"{name}: expected an array of numbers, got a NumPy array of "
+                             f"{_numpy_kind(x.dtype)}")
         x = torch.from_numpy(x)
     elif not isinstance(x, torch.Tensor):
         try:
@@ -33,6 +36,8 @@ def as_tensor(
         except (TypeError, ValueError, RuntimeError):
             kind = type(x).__name__
             raise ValueError(f"{name}: expected an array of numbers, got {kind}") from None
+    if x.is_complex():
+        raise ValueError(f"{name}: expected real numbers, got complex values ({x.dtype})")
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else ndim
         if x.ndim not in allowed:
@@ -49,6 +54,30 @@ def as_tensor(
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return x
+
+
+def _numpy_kind(dtype: np.dtype) -> str:
+    kinds = {"U": "strings", "S": "bytes", "O": "Python objects", "V": "records",
+             "M": "datetimes", "m": "timedeltas"}
+    return f"{kinds.get(dtype.kind, 'non-numbers')} ({dtype})"
+
+
+class NonFiniteError(ValueError):
+    """A computation on finite inputs produced NaN or ±inf (overflow, a NaN loss, ...)."""
+
+
+def check_finite(t: torch.Tensor, name: str, stage: str,
+                 source: torch.Tensor | None = None) -> torch.Tensor:
+    """``t`` unchanged when every entry is finite, else :class:`NonFiniteError` naming the
+    input ``name`` and the ``stage`` that produced ``t`` (with the largest |source| entry)."""
+    finite = torch.isfinite(t)
+    if bool(finite.all()):
+        return t
+    bad = int((~finite).sum())
+    why = f"{bad} of {t.numel()} entries NaN or infinite"
+    if source is not None and source.numel():
+        why += f"; largest |{name}| is {float(source.detach().abs().max()):.3g}"
+    raise NonFiniteError(f"{name}: {stage} is not finite ({why})")
 
 
 def check_positive_int(value: Any, name: str) -> int:

@@ -18,6 +18,7 @@ import torch
 from malleability._validation import (
     as_tensor,
     check_choice,
+    check_finite,
     check_nonnegative,
     check_positive,
     check_positive_int,
@@ -50,8 +51,12 @@ def _check_inputs(x: Any, y: Any, eps: Any) -> tuple[torch.Tensor, Any, float]:
     return x, y, check_nonnegative(eps, "eps")
 
 
-def _input_grad(loss_fn: LossFn, x: torch.Tensor, y: Any) -> torch.Tensor:
-    """∇_x Σ_b loss_fn(x, y)_b, with respect to the input only."""
+def _input_grad(loss_fn: LossFn, x: torch.Tensor, y: Any, stage: str) -> torch.Tensor:
+    """∇_x Σ_b loss_fn(x, y)_b, with respect to the input only.
+
+    A NaN or infinite loss or gradient raises NonFiniteError naming ``stage`` (its sign
+    would silently freeze the attack at its start).
+    """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         loss = loss_fn(x, y)
@@ -60,8 +65,9 @@ def _input_grad(loss_fn: LossFn, x: torch.Tensor, y: Any) -> torch.Tensor:
                 f"loss_fn: expected per-example losses of shape ({x.shape[0]},), "
                 f"got shape {tuple(loss.shape)}"
             )
+        check_finite(loss.detach(), "loss_fn", f"the loss at {stage}")
         (grad,) = torch.autograd.grad(loss.sum(), x)
-    return grad
+    return check_finite(grad, "loss_fn", f"the input gradient at {stage}")
 
 
 def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -74,7 +80,7 @@ def fgsm(loss_fn: LossFn, x: Any, y: Any, eps: float) -> torch.Tensor:
     x, y, eps = _check_inputs(x, y, eps)
     if eps == 0:
         return x.clone()
-    return _project(x + eps * _input_grad(loss_fn, x, y).sign(), x, eps)
+    return _project(x + eps * _input_grad(loss_fn, x, y, "fgsm").sign(), x, eps)
 
 
 def pgd(
@@ -103,8 +109,9 @@ def pgd(
         gen = torch.Generator(device=x.device).manual_seed(seed)
         u = torch.rand(x.shape, generator=gen, dtype=x.dtype, device=x.device)
         x_adv = _project(x + eps * (2 * u - 1), x, eps)
-    for _ in range(steps):
-        x_adv = _project(x_adv + alpha * _input_grad(loss_fn, x_adv, y).sign(), x, eps)
+    for t in range(steps):
+        grad = _input_grad(loss_fn, x_adv, y, f"pgd step {t + 1}")
+        x_adv = _project(x_adv + alpha * grad.sign(), x, eps)
     return x_adv
 
 
@@ -129,8 +136,8 @@ def mim(
     if eps == 0:
         return x.clone()
     x_adv, g = x, torch.zeros_like(x)
-    for _ in range(steps):
-        grad = _input_grad(loss_fn, x_adv, y)
+    for t in range(steps):
+        grad = _input_grad(loss_fn, x_adv, y, f"mim step {t + 1}")
         l1 = grad.abs().reshape(x.shape[0], -1).sum(dim=1)
         l1 = l1.clamp_min(torch.finfo(x.dtype).tiny).reshape((-1,) + (1,) * (x.ndim - 1))
         g = momentum * g + grad / l1

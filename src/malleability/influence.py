@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import torch
 
-from ._validation import as_tensor, parse_enum
+from ._validation import as_tensor, check_finite, parse_enum
 from .kernel_ridge import StabilityReport, as_targets, fit_kernel_ridge
 
 
@@ -57,7 +57,8 @@ def ntk_influence(
 
     One Cholesky of K + λI and matrix products; for MSE the loss change has the closed form
     B ⊙ (R βᵀ) + ½ B² ⊙ ‖β‖² with β_i = −α_i/H_ii and R = f − Y_test; for cross-entropy the
-    log-sum-exp is evaluated in test-row blocks of at most ``block_bytes``.
+    log-sum-exp is evaluated in test-row blocks of at most ``block_bytes``. A non-finite
+    influence (overflow) raises NonFiniteError.
     """
     loss = parse_enum(loss, Loss, "loss")
     fit = fit_kernel_ridge(k_train, y_train, ridge)
@@ -86,6 +87,7 @@ def ntk_influence(
             shifted = f[s:s + rows, None, :] + b[s:s + rows, :, None] * beta[None, :, :]
             matrix[s:s + rows] = (per_example_loss(shifted, y_t[s:s + rows, None, :], loss)
                                   - base[s:s + rows, None])
+    check_finite(matrix, "k_test_train", "the leave-one-out influence matrix", k_t)
     return InfluenceResult(matrix=matrix, scores=matrix.mean(0), predictions=f,
                            alpha=fit.alpha, stability=fit.stability)
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ._validation import as_tensor, check_nonnegative
+from ._validation import as_tensor, check_finite, check_nonnegative
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,8 @@ def fit_kernel_ridge(k_train: torch.Tensor, y_train: torch.Tensor, ridge: float
                      ) -> KernelRidgeFit:
     """Factor K + λI once (Cholesky), form H and α = H Y, and run the A.9 checks.
 
-    Raises ValueError when K + λI is not positive definite.
+    Raises ValueError when K + λI is not positive definite, NonFiniteError when H or α
+    overflows.
     """
     k = as_tensor(k_train, "k_train", ndim=2)
     n = k.shape[0]
@@ -75,8 +76,8 @@ def fit_kernel_ridge(k_train: torch.Tensor, y_train: torch.Tensor, ridge: float
     if int(info) != 0 or eig[0] <= 0:
         raise ValueError(f"k_train: K + λI is not positive definite (min eigenvalue "
                          f"{float(eig[0]):.3e}, ridge {ridge:g}); raise the ridge")
-    inverse = torch.cholesky_inverse(chol)
-    alpha = inverse @ y
+    inverse = check_finite(torch.cholesky_inverse(chol), "k_train", "(K + λI)⁻¹", k)
+    alpha = check_finite(inverse @ y, "y_train", "the ridge coefficients α = (K + λI)⁻¹Y", y)
     residual = float(torch.linalg.norm(reg @ inverse - eye)) / n**0.5
     report = StabilityReport(
         min_eigenvalue=float(eig[0]), max_eigenvalue=float(eig[-1]),

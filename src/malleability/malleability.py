@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from ._validation import as_tensor, check_fraction, check_nonnegative, parse_enum
+from ._validation import (
+    as_tensor,
+    check_finite,
+    check_fraction,
+    check_nonnegative,
+    parse_enum,
+)
 from .attacks import Attack, run_attack
 from .influence import InfluenceResult, Loss, ntk_influence, per_example_loss
 from .kernel_ridge import StabilityReport
@@ -168,13 +174,18 @@ def measure_malleability(
     retrain: TrainSettings | None = None,
 ) -> MalleabilityResult:
     """Definition 3.4 on a trained ``model``: perturb the top ``fraction`` of training points
-    (pixels ``x``) and recompute influence, with the same weights or after ``retrain``."""
+    (pixels ``x``) and recompute influence, with the same weights or after ``retrain``.
+
+    Non-finite network inputs, kernels, losses or influence scores raise NonFiniteError
+    naming the stage."""
     fraction = check_fraction(fraction, "fraction")
-    z, z_test = transform(x), transform(x_test)
+    z = check_finite(transform(x), "x", "transform(x)")
+    z_test = check_finite(transform(x_test), "x_test", "transform(x_test)")
     before = network_influence(model, z, y, z_test, y_test, ridge)
     selected = top_fraction(before.scores, fraction)
     x_new = attack_points(model, transform, x, y, selected, attack)
-    z_new = transform(x_new)
+    z_new = check_finite(transform(x_new), "x", f"transform of the {attack.attack.value}-"
+                         "perturbed training points")
     if retrain is not None:
         new_model = model.reinitialized(z_new if model.front is not None else None)
         train(new_model, x_new, y, retrain, transform)

@@ -20,6 +20,7 @@ from .attention import (
     Stacking,
     projection_matrices,
 )
+from .memory import check_memory, network_bytes
 
 
 class TwoLayerNet(nn.Module):
@@ -53,6 +54,8 @@ class TwoLayerNet(nn.Module):
         m = check_positive_int(width, "width")
         c = check_positive_int(num_classes, "num_classes")
         s = check_positive(init_scale, "init_scale")
+        check_memory(network_bytes(d, m, c, itemsize=dtype.itemsize), "width",
+                     f"TwoLayerNet({d}, {m}, {c}) with {dtype} parameters")
         gen = torch.Generator().manual_seed(int(seed))
         self.width, self.num_classes, self.init_scale, self.seed = m, c, s, int(seed)
         self.dtype = dtype

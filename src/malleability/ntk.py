@@ -20,7 +20,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
-from ._validation import as_tensor
+from ._validation import as_tensor, check_finite
+from .memory import check_memory, ntk_bytes
 from .models import TwoLayerNet
 
 _F64 = torch.float64
@@ -42,16 +43,45 @@ def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None 
                   ) -> torch.Tensor:
     """Θ_m(x1, x2) = (Z₁Z₂ᵀ) ⊙ (D₁D₂ᵀ)/m in closed form, on the network's raw inputs (float64).
 
-    The attention front, if any, is applied first (z = φ(x)).
+    The attention front, if any, is applied first (z = φ(x)). Raises NonFiniteError when
+    the kernel overflows float64.
     """
+    if not isinstance(model, TwoLayerNet):
+        raise TypeError(f"model: empirical_ntk (closed form) needs a TwoLayerNet, got "
+                        f"{type(model).__name__}; use autograd_ntk(model, x1, x2) for other "
+                        "modules")
+    _check_materialised(model)
     x1, x2 = _pair(x1, x2, model.in_features)
+    n1, n2 = x1.shape[0], x2.shape[0]
+    check_memory(ntk_bytes(model.width, n1, 0 if x2 is x1 else n2), "x1",
+                 f"the empirical NTK of {n1}×{n2} points at width {model.width}",
+                 model.weight.device)
     model = _as_float64(model)
     w, front = model.weight.detach(), model.front
     z1 = x1 if front is None else front(x1)
     z2 = z1 if x2 is x1 else (x2 if front is None else front(x2))
     d1 = (z1 @ w.T > 0).to(_F64)
     d2 = d1 if z2 is z1 else (z2 @ w.T > 0).to(_F64)
-    return (z1 @ z2.T) * (d1 @ d2.T) / model.width
+    kernel = (z1 @ z2.T) * (d1 @ d2.T) / model.width
+    return _check_kernel(kernel, "the empirical NTK Θ_m", x1, x2)
+
+
+def _check_materialised(model: nn.Module) -> None:
+    """Refuse modules whose parameters or buffers hold no values (meta device, lazy modules)."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.is_meta or isinstance(t, nn.parameter.UninitializedTensorMixin):
+            raise ValueError(f"model: {name} is on the meta device or uninitialised; expected "
+                             "materialised weights (model.to_empty(device=...), then load them)")
+
+
+def _check_kernel(kernel: torch.Tensor, stage: str, x1: torch.Tensor, x2: torch.Tensor,
+                  names: tuple[str, str] = ("x1", "x2")) -> torch.Tensor:
+    """``kernel`` if finite, else NonFiniteError naming the stage and the inputs."""
+    a, b = names
+    if x2 is x1:
+        return check_finite(kernel, a, f"{stage}({a}, {a})", x1)
+    return check_finite(kernel, f"{a}, {b}", f"{stage}({a}, {b})",
+                        torch.stack([x1.abs().amax(), x2.abs().amax()]))
 
 
 def _as_float64(module: nn.Module) -> nn.Module:
@@ -71,7 +101,8 @@ def infinite_ntk(z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tens
     dot = z1 @ z2.T
     norms = z1.norm(dim=1)[:, None] * z2.norm(dim=1)[None, :]
     rho = torch.where(norms > 0, dot / norms.clamp_min(1e-300), torch.zeros_like(dot))
-    return dot * (math.pi - torch.arccos(rho.clamp(-1.0, 1.0))) / (2 * math.pi)
+    kernel = dot * (math.pi - torch.arccos(rho.clamp(-1.0, 1.0))) / (2 * math.pi)
+    return _check_kernel(kernel, "the infinite-width NTK Θ_∞", z1, z2, ("z1", "z2"))
 
 
 def autograd_ntk(
@@ -92,6 +123,7 @@ def autograd_ntk(
     if x2.shape[1:] != x1.shape[1:]:
         raise ValueError(f"x2: expected trailing shape {tuple(x1.shape[1:])}, "
                          f"got {tuple(x2.shape[1:])}")
+    _check_materialised(model)
     model = _as_float64(model)
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     if not params:
@@ -117,7 +149,7 @@ def autograd_ntk(
         for j in range(0, x2.shape[0], rows):
             j2 = j1 if symmetric and i == j else jacobian(x2[j:j + rows])
             out[i:i + rows, j:j + rows] = torch.einsum("acp,bcp->ab", j1, j2) / n_out
-    return out
+    return _check_kernel(out, "the autograd NTK", x1, x1 if symmetric else x2)
 
 
 def function_distance(f_a: torch.Tensor, f_b: torch.Tensor) -> float:

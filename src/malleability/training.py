@@ -7,6 +7,7 @@ targets are one-hot with cross-entropy; binary targets are ±1 with ½(f − y)�
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -14,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ._validation import (
+    NonFiniteError,
     as_tensor,
     check_nonnegative,
     check_positive,
@@ -22,6 +24,7 @@ from ._validation import (
     parse_enum,
 )
 from .influence import Loss, per_example_loss
+from .memory import check_memory, network_bytes
 from .models import TwoLayerNet
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
@@ -116,6 +119,10 @@ def train(
                            device=model.weight.device)
         check_rows_match(as_tensor(x_test, "x_test", dtype=None), y_test, "x_test", "y_test")
     device = model.weight.device
+    check_memory(network_bytes(model.in_features, model.width, model.num_classes,
+                               itemsize=model.weight.element_size(),
+                               train_batch=min(settings.batch_size, x.shape[0])),
+                 "width", f"training at width {model.width}", device)
     x, y = x.to(device), y.to(device)
 
     def to_hidden(xb: torch.Tensor) -> torch.Tensor:
@@ -155,6 +162,10 @@ def train(
             value.backward()
             optimizer.step()
             total += float(value.detach()) * idx.numel()
+        if not math.isfinite(total):
+            raise NonFiniteError(f"x: the training loss at epoch {epoch} is not finite "
+                                 f"({total}); expected finite inputs and a stable lr "
+                                 f"({settings.lr:g})")
         history.train_loss.append(total / n)
         if h_test is not None:
             with torch.no_grad():
