@@ -50,11 +50,11 @@ def test_diagnose_errors_are_one_line(runner, tmp_path):
     bad = tmp_path / "bad.npy"
     np.save(bad, np.ones(5))
     result = runner.invoke(main, ["diagnose", "--features", str(bad)])
-    assert result.exit_code != 0 and "features: expected a 2-d matrix" in result.output
+    assert result.exit_code != 0 and "bad.npy): expected a 2-d array" in result.output
     nan = tmp_path / "nan.npy"
     np.save(nan, np.full((3, 2), np.nan))
     result = runner.invoke(main, ["diagnose", "--features", str(nan)])
-    assert result.exit_code != 0 and "x: contains NaN" in result.output
+    assert result.exit_code != 0 and "nan.npy): contains NaN" in result.output
 
 
 def test_datasets_lists_every_dataset(runner, tmp_path):

@@ -2,37 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
+from .data.features import read_feature_file
 from .diagnostic import PRACTICAL_SCALES, Diagnosis, diagnose
+from .jsonsafe import dumps_strict
 
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)
-
-
-def load_feature_file(path: Path) -> torch.Tensor:
-    """An (n × d) matrix from a .npy, .pt or .csv file, as float64."""
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        data = np.load(path, allow_pickle=False)
-    elif suffix == ".pt":
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    elif suffix == ".csv":
-        data = np.loadtxt(path, delimiter=",", ndmin=2)
-    else:
-        raise ValueError(f"features: expected a .npy, .pt or .csv file, got {path.name}")
-    data = torch.as_tensor(data)
-    if data.ndim != 2:
-        raise ValueError(f"features: expected a 2-d matrix (n × d), got shape {tuple(data.shape)}")
-    return data.to(torch.float64)
 
 
 def _fmt(v: float) -> str:
@@ -88,7 +71,7 @@ def diagnose_command(dataset: str | None, features_path: Path | None, split: str
         if features_path is not None:
             if dataset is not None:
                 raise ValueError("features: give either --features or --dataset, not both")
-            x = load_feature_file(features_path)
+            x = read_feature_file(features_path)
             if n is not None:
                 if not 0 < n <= x.shape[0]:
                     raise ValueError(f"n: expected 1..{x.shape[0]}, got {n}")
@@ -105,7 +88,7 @@ def diagnose_command(dataset: str | None, features_path: Path | None, split: str
     except (ValueError, OSError) as err:
         _fail(str(err))
     if as_json:
-        click.echo(json.dumps({"name": name, **result.to_dict()}, indent=2))
+        click.echo(dumps_strict({"name": name, **result.to_dict()}, indent=2))
     else:
         click.echo(format_diagnosis(name, result))
 
@@ -169,8 +152,8 @@ def flip_rate_command(dataset: str, classes: str | None, n_train: int, n_test: i
     except (ValueError, OSError) as err:
         _fail(str(err))
     if as_json:
-        click.echo(json.dumps({"dataset": dataset, "classes": classes, "n_train": n_train,
-                               "width": width, "epochs": epochs, "rows": rows}, indent=2))
+        click.echo(dumps_strict({"dataset": dataset, "classes": classes, "n_train": n_train,
+                                 "width": width, "epochs": epochs, "rows": rows}, indent=2))
         return
     click.echo(f"{dataset} ({classes or 'all classes'}), n = {p.x.shape[0]}, width {width}, "
                f"{epochs} epochs, ε = {eps}")

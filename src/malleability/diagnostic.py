@@ -85,7 +85,7 @@ def diagnose(x: torch.Tensor, tol: float | None = None, collapse_n: int = 2000,
     measured on at most ``collapse_n`` rows drawn with ``seed`` (used as their own reference).
     ``ridge`` is the λ of the intrinsic sensitivity.
     """
-    x = as_tensor(x, "x", ndim=2)
+    x = check_input_scale(as_tensor(x, "x", ndim=2), "x")
     collapse_n = check_positive_int(collapse_n, "collapse_n")
     ridge = check_positive(ridge, "ridge")
     n = x.shape[0]
@@ -105,6 +105,25 @@ def diagnose(x: torch.Tensor, tol: float | None = None, collapse_n: int = 2000,
         threshold_attention=width_threshold(kappa, n, 6),
         threshold_relu=width_threshold(kappa, n, 2),
         collapse=collapse, collapse_n=min(n, collapse_n), sensitivity=sensitivity)
+
+
+def max_input_magnitude(n: int, d: int) -> float:
+    """The largest |entry| of an (n × d) input the diagnostic takes without float64 overflow:
+    it forms the row norms of X XᵀX, up to d·(n·d·M³)², so M < (max_float64 / (d·(n d)²))^{1/6}.
+    """
+    log_max = math.log(torch.finfo(torch.float64).max)
+    return math.exp((log_max - math.log(d) - 2 * math.log(n * d)) / 6)
+
+
+def check_input_scale(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x`` unchanged if its entries are below :func:`max_input_magnitude`, else a one-line
+    ValueError naming ``name`` (κ is scale-free, so rescaling loses nothing)."""
+    top, limit = float(x.abs().max()), max_input_magnitude(*x.shape)
+    if top >= limit:
+        raise ValueError(f"{name}: values up to {top:.3g} overflow float64 in the diagnostic "
+                         f"(sixth powers, via the row norms of XXᵀX); expected magnitudes below "
+                         f"{limit:.3g}: rescale the matrix (κ does not depend on its scale)")
+    return x
 
 
 def feature_collapse(x: torch.Tensor, max_rows: int = 2000, seed: int = 0) -> dict[str, float]:
