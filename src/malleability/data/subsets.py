@@ -58,13 +58,6 @@ def parse_classes(
     return tuple(chosen)
 
 
-def check_seed(seed: object) -> int:
-    """A non-negative integer seed."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
 def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Sorted indices of ``n`` entries of ``labels``, stratified by label.
 
