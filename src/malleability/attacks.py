@@ -34,7 +34,7 @@ LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 class Attack(StrEnum):
-    """The attacks of SPEC §6, by name."""
+    """The attacks of docs/method.md §6, by name."""
 
     FGSM = "fgsm"
     PGD = "pgd"

@@ -1,4 +1,4 @@
-"""Per-example losses, the loss a target encoding implies, and accuracy (SPEC §1, §3).
+"""Per-example losses, the loss a target encoding implies, and accuracy (docs/method.md §1, §3).
 
 Multi-class targets are one-hot with cross-entropy; binary targets are one ±1 column with the
 squared error ½(f − y)².

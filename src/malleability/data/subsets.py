@@ -1,4 +1,4 @@
-"""Class selection, stratified seeded sampling and label encodings (SPEC §1)."""
+"""Class selection, stratified seeded sampling and label encodings (docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -64,9 +64,9 @@ def _save(fig, path: Path, legend: bool = False) -> Path:
 
 
 def _tick_label(value: float) -> str:
-    """A compact tick label: 500, 2k, 60k, 1.2M."""
+    """A compact tick label for round thousands (2k, 60k, 1M); other values as they are."""
     for scale, suffix in ((1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
+        if abs(value) >= scale and value % scale == 0:
             return f"{value / scale:g}{suffix}"
     return f"{value:g}"
 
