@@ -1,6 +1,6 @@
 """Which data a run uses: the data set, the classes, and the three sample sizes
-(docs/method.md §1): the network trains on n_train points; kernels, influence, attacks and flip rates
-use a seeded stratified subset of n_influence of them and n_test test points."""
+(docs/method.md §1): the network trains on n_train points; kernels, influence, attacks and
+flip rates use a seeded stratified subset of n_influence of them and n_test test points."""
 
 from __future__ import annotations
 
