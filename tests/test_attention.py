@@ -176,7 +176,7 @@ def test_two_layer_net_threads_rank_and_layers():
     net = TwoLayerNet(6, 32, 2, "linear", r, attention_rank=2, attention_layers=2,
                       stacking="previous")
     want = AttentionFeatures(r, "linear", rank=2, layers=2, stacking="previous")(r)
-    torch.testing.assert_close(net.features(r), want, rtol=0, atol=0)
+    torch.testing.assert_close(net.hidden_inputs(r), want, rtol=0, atol=0)
     again = net.reinitialized()
-    torch.testing.assert_close(again.features(r), want, rtol=0, atol=0)
+    torch.testing.assert_close(again.hidden_inputs(r), want, rtol=0, atol=0)
     assert again.front.rank == 2 and again.front.layers == 2

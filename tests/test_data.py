@@ -260,16 +260,16 @@ def test_preprocess_formula_and_unit_rows():
     np.testing.assert_allclose(z.norm(dim=1).numpy(), 1.0, rtol=1e-12)
 
 
-def test_features_are_differentiable_in_pixels():
+def test_inputs_are_differentiable_in_pixels():
     ds = load_dataset("digits", n=20)
     pixels = ds.pixels.clone().requires_grad_(True)
-    z = ds.features(pixels)
-    assert torch.equal(z.detach(), ds.features())
+    z = ds.preprocessing(pixels)
+    assert torch.equal(z.detach(), ds.inputs())
     (z @ torch.linspace(-1, 1, 64, dtype=torch.float64)).sum().backward()
     assert pixels.grad is not None and pixels.grad.abs().sum() > 0
     assert torch.isfinite(pixels.grad).all()
-    moved = ds.features((ds.pixels + 0.1).clamp(0, 1))
-    assert not torch.allclose(moved, ds.features())
+    moved = ds.preprocessing((ds.pixels + 0.1).clamp(0, 1))
+    assert not torch.allclose(moved, ds.inputs())
 
     # Directional derivative against a central difference, in float64.
     gen = torch.Generator().manual_seed(1)
@@ -296,7 +296,7 @@ def test_user_array_files(tmp_path):
     ds = load_dataset(str(tmp_path / "plain.npz"), classes="0,2")
     np.testing.assert_array_equal(ds.pixels.numpy(), x[y != 1].transpose(0, 3, 1, 2))
     assert ds.class_names == ("0", "2") and ds.mean == (0.5,) * 3 and ds.std == (0.5,) * 3
-    assert ds.features().shape == (8, 75)
+    assert ds.inputs().shape == (8, 75)
 
     u8 = rng.integers(0, 256, (6, 4, 4), dtype=np.uint8)
     np.savez(

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from malleability.experiments import EXPERIMENTS, RunContext
-from malleability.experiments.common import to_jsonable, write_json_atomic
-from malleability.runner import load_preset, plan, reproduce
+from malleability.repro.experiments import EXPERIMENTS
+from malleability.repro.problem import RunContext
+from malleability.repro.runner import load_preset, plan, reproduce
+from malleability.repro.store import to_jsonable, write_json
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"
 
@@ -39,25 +40,32 @@ def tiny_settings():
 
 
 def test_preset_covers_every_experiment(tiny_settings):
-    assert list(tiny_settings) == list(EXPERIMENTS)
+    assert list(tiny_settings.experiments) == list(EXPERIMENTS)
     for name in ("quick", "paper"):
         settings = load_preset(name)
-        assert list(settings) == list(EXPERIMENTS)
-    paper = load_preset("paper")
-    assert paper["flip_rates"].train.epochs == 500 and paper["flip_rates"].eps == 0.3
+        assert list(settings.experiments) == list(EXPERIMENTS)
+    paper = load_preset("paper").experiments
+    assert paper["flip_rates"].train.epochs == 500 and paper["flip_rates"].attack.eps == 0.3
     assert paper["ntk_distance"].widths == (16, 1024, 4096)
+
+
+def test_every_experiment_module_meets_the_contract():
+    for name, module in EXPERIMENTS.items():
+        assert module.__name__.endswith(f".{name}")  # registry keys are module names
+        for attribute in ("SETTINGS", "TITLE", "INTRO", "cells", "run", "section"):
+            assert hasattr(module, attribute), (name, attribute)
 
 
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_each_experiment_runs_and_round_trips_json(tiny_settings, tmp_path, name):
-    settings = tiny_settings[name]
+    settings = tiny_settings.experiments[name]
     ctx = RunContext(tmp_path, progress=False)
     cell = EXPERIMENTS[name].cells(settings)[0]
     payload = to_jsonable(EXPERIMENTS[name].run(settings, cell, ctx))
     assert isinstance(payload, dict) and payload
     _assert_json_native(payload)
     path = tmp_path / "cell.json"
-    write_json_atomic(path, payload)
+    write_json(path, payload)
     assert _same(json.loads(path.read_text()), payload)
 
 
@@ -84,6 +92,42 @@ def test_bad_presets(tmp_path):
         load_preset(str(bad))
     with pytest.raises(ValueError, match="^preset: expected one of quick, paper"):
         load_preset("fast")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[experiments.flip_rates.attack]\neps = \"big\"\n",
+     r"^flip_rates\.attack\.eps: expected a number, got 'big'"),
+    ("[experiments.ntk_distance]\nwidths = [0, 64]\n",
+     r"^ntk_distance\.widths\[0\]: expected a positive integer, got 0"),
+    ("[experiments.flip_rates]\nattacks = [\"cw\"]\n",
+     r"^flip_rates\.attacks\[0\]: expected one of fgsm, pgd, mim"),
+    ("[experiments.flip_rates]\nmodels = [\"vit\"]\n", r"^flip_rates\.models\[0\]: expected one"),
+    ("[experiments.spectrum]\nns = 20\n", r"^spectrum\.ns: expected a list, got 20"),
+    ("[experiments.spectrum]\nfull = \"no\"\n", r"^spectrum\.full: expected true or false"),
+    ("[experiments.landscape]\nresolution = 0\n", r"^landscape\.resolution: expected an integer"),
+    ("[experiments.influential]\ntest_index = 500\n",
+     r"^influential\.test_index: expected an index below tasks\[0\]\.n_test"),
+    ("[shared]\n", r"^experiments: expected at least one"),
+    ("seeds = [1.5]\n[experiments.collapse]\n", r"^seeds\[0\]: expected an integer"),
+    ("[shared.train]\nl2_convention = \"max\"\n[experiments.complexity]\n",
+     r"^complexity\.train\.l2_convention: expected one of sum, mean"),
+    ("[experiments.collapse]\ntasks = [{ n_train = 10, n_influence = 20 }]\n",
+     r"^collapse\.tasks\[0\]\.n_influence: expected at most n_train"),
+])
+def test_bad_preset_values_fail_at_load_naming_experiment_and_key(tmp_path, text, message):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        load_preset(str(bad))
+    assert "\n" not in str(info.value)
+
+
+def test_seeds_are_part_of_cell_identity(tmp_path):
+    bad = tmp_path / "seeds.toml"
+    bad.write_text("seeds = [0, 3]\n[experiments.collapse]\n")
+    jobs = plan(load_preset(str(bad)), tmp_path)
+    assert [j.cell["seed"] for j in jobs] == [0, 3]
+    assert len({j.path for j in jobs}) == 2
 
 
 def _run_cli(out: Path, *extra: str) -> subprocess.Popen:

@@ -11,7 +11,7 @@ from malleability import (
     loo_influence,
     ntk_influence,
 )
-from malleability.influence import per_example_loss
+from malleability.losses import per_example_loss
 
 F64 = torch.float64
 

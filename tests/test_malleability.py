@@ -7,17 +7,11 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from malleability import TwoLayerNet
+from malleability import AttackSettings, InfluenceSettings, ModelSettings, TwoLayerNet
 from malleability.data import load_dataset
 from malleability.interventions import Intervention, intervene, report_epochs
-from malleability.malleability import (
-    AttackSettings,
-    flip_rate,
-    measure_malleability,
-    spearman,
-    top_fraction,
-    top_k_overlap,
-)
+from malleability.measure import measure_malleability
+from malleability.metrics import flip_rate, spearman, top_fraction, top_k_overlap
 from malleability.training import TrainSettings, train
 
 F64 = torch.float64
@@ -25,14 +19,14 @@ F64 = torch.float64
 
 def test_flip_rate_identical_and_negated():
     s = torch.arange(-10, 30, dtype=F64) / 10  # holds an exact 0
-    assert flip_rate(s, s.clone()) == 0.0
+    assert flip_rate(s, s.clone(), 0.1) == 0.0
     negated = s.clone()
     top = top_fraction(s, 0.1)
     negated[top] *= -1
-    assert flip_rate(s, negated) == 1.0
+    assert flip_rate(s, negated, 0.1) == 1.0
     half = s.clone()
     half[top[:2]] *= -1
-    assert flip_rate(s, half) == 0.5  # |S| = ⌈0.1·40⌉ = 4
+    assert flip_rate(s, half, 0.1) == 0.5  # |S| = ⌈0.1·40⌉ = 4
     assert flip_rate(s, -s, fraction=1.0) == pytest.approx(39 / 40)  # the 0 keeps its sign
 
 
@@ -66,7 +60,7 @@ def test_bad_metric_inputs():
         with pytest.raises(ValueError, match="^fraction: expected a number in"):
             flip_rate(s, s, fraction)
     with pytest.raises(ValueError, match="^perturbed_scores: expected 5 scores"):
-        flip_rate(s, s[:3])
+        flip_rate(s, s[:3], 0.1)
     with pytest.raises(ValueError, match="^scores: contains NaN"):
         spearman(s * math.nan, s)
 
@@ -75,13 +69,10 @@ def test_bad_metric_inputs():
 def trained():
     tr = load_dataset("digits", "train", n=150, seed=0)
     te = load_dataset("digits", "test", n=60, seed=0)
-    z = tr.features()
     models = {}
     for name, attention in (("relu", None), ("attn", "linear")):
-        model = TwoLayerNet(z.shape[1], 64, 10, attention=attention,
-                            reference=z if attention else None, seed=0)
-        train(model, tr.pixels, tr.targets(), TrainSettings(epochs=5, lr=1e-2, progress=False),
-              tr.features)
+        model = TwoLayerNet.for_data(tr, ModelSettings(width=64, seed=0), attention)
+        train(model, tr.pixels, tr.targets(), TrainSettings(epochs=5, lr=1e-2, progress=False))
         models[name] = model
     return tr, te, models
 
@@ -92,7 +83,7 @@ def test_measure_malleability_end_to_end(trained, name, attack):
     tr, te, models = trained
     settings = AttackSettings(attack, eps=0.3, steps=5, alpha=0.05)
     result = measure_malleability(models[name], tr.pixels.to(F64), tr.targets(),
-                                  te.pixels.to(F64), te.targets(), tr.features, settings)
+                                  te.pixels.to(F64), te.targets(), settings)
     assert result.selected.numel() == 15
     assert 0.0 <= result.flip_rate <= 1.0 and -1.0 <= result.spearman <= 1.0
     assert result.max_perturbation <= 0.3 + 1e-12 and result.max_perturbation > 0.1
@@ -104,7 +95,7 @@ def test_zero_budget_changes_nothing(trained):
     tr, te, models = trained
     for model in models.values():
         result = measure_malleability(model, tr.pixels.to(F64), tr.targets(), te.pixels.to(F64),
-                                      te.targets(), tr.features, AttackSettings("pgd", eps=0.0))
+                                      te.targets(), AttackSettings("pgd", eps=0.0))
         assert result.flip_rate == 0.0 and result.top_k_overlap == 1.0
         torch.testing.assert_close(result.scores, result.perturbed_scores)
 
@@ -114,8 +105,8 @@ def test_interventions(trained, intervention):
     tr, te, models = trained
     settings = TrainSettings(epochs=3, lr=1e-2, progress=False)
     result = intervene(intervention, models["attn"], tr.pixels.to(F64), tr.targets(),
-                       te.pixels.to(F64), te.targets(), tr.features, settings,
-                       AttackSettings("pgd", steps=3, alpha=0.1))
+                       te.pixels.to(F64), te.targets(), settings,
+                       AttackSettings("pgd", steps=3, alpha=0.1), InfluenceSettings())
     expected_n = 135 if intervention is Intervention.CURATED else 150
     assert result.n_train == expected_n
     assert result.malleability.scores.numel() == expected_n

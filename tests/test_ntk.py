@@ -131,5 +131,5 @@ def test_with_reference_keeps_weights_and_moves_features():
     model = TwoLayerNet(4, 8, 2, attention="linear", reference=x, seed=3)
     moved = model.with_reference(x + 0.1)
     assert torch.equal(moved.weight, model.weight)
-    assert not torch.allclose(moved.features(x), model.features(x))
-    assert math.isclose(float(moved.features(x).norm(dim=1).max()), 1.0)
+    assert not torch.allclose(moved.hidden_inputs(x), model.hidden_inputs(x))
+    assert math.isclose(float(moved.hidden_inputs(x).norm(dim=1).max()), 1.0)

@@ -73,18 +73,29 @@ def test_kernel_ridge_and_influence_overflow_raise():
                         torch.ones(2, dtype=torch.float64), 1.0)
 
 
-def test_training_loss_nonfinite_raises(net8, x8):
+class _Map(nn.Module):
+    """A preprocessing module x → fn(x), standing in for a broken user preprocessing."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def test_training_loss_nonfinite_raises(x8):
+    net = M.TwoLayerNet(8, 16, 1, seed=0, preprocessing=_Map(lambda t: t * 1e200))
     y = torch.ones(6, 1, dtype=torch.float64)
     with pytest.raises(NonFiniteError, match=r"^x: the training loss at epoch 1 is not finite"):
-        M.train(net8, x8, y, M.TrainSettings(epochs=2, progress=False),
-                transform=lambda t: t * 1e200)
+        M.train(net, x8, y, M.TrainSettings(epochs=2, progress=False))
 
 
-def test_malleability_nonfinite_transform_raises(net8, x8):
+def test_malleability_nonfinite_inputs_raise(x8):
+    net = M.TwoLayerNet(8, 16, 1, seed=0, preprocessing=_Map(lambda t: t / 0.0 - t / 0.0))
     y = torch.ones(6, 1, dtype=torch.float64)
-    with pytest.raises(NonFiniteError, match=r"^x: transform\(x\) is not finite"):
-        M.measure_malleability(net8, x8, y, x8, y, lambda t: t / 0.0 - t / 0.0,
-                               M.AttackSettings("fgsm", 0.1))
+    with pytest.raises(NonFiniteError, match=r"^x_train: model\.inputs\(x_train\) is not finite"):
+        M.measure_malleability(net, x8, y, x8, y, M.AttackSettings("fgsm", 0.1))
 
 
 @pytest.mark.parametrize("make", [

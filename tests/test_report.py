@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from malleability import figures
-from malleability.experiments import EXPERIMENTS
-from malleability.report import fmt, paper_task, trend, write_report
+from malleability.repro import figures
+from malleability.repro.experiments import EXPERIMENTS
+from malleability.repro.experiments.base import paper_task, trend
+from malleability.repro.report import fmt, write_report
 
 RUN = Path(__file__).parent / "data" / "report_run"
 
@@ -56,6 +57,18 @@ def test_every_figure_exists_and_is_png(built: Path) -> None:
     assert set(paths) == set(re.findall(r'<img src="([^"]+)"', page))
     for path in paths:
         assert (built / path).read_bytes().startswith(b"\x89PNG"), path
+        assert b"<svg" in (built / path).with_suffix(".svg").read_bytes()[:2000], path
+
+
+def test_a_missing_result_key_is_an_error(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(RUN / "collapse", out / "collapse")
+    path = next((out / "collapse").glob("*.json"))
+    record = json.loads(path.read_text())
+    del record["result"]["collapse"]["softmax"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(KeyError, match="softmax"):
+        write_report(out)
 
 
 def test_missing_experiments_say_not_run(tmp_path: Path) -> None:

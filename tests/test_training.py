@@ -3,10 +3,9 @@
 import pytest
 import torch
 
-from malleability import TwoLayerNet
+from malleability import AttackSettings, ModelSettings, TwoLayerNet, perturb_rows
 from malleability.data import load_dataset
 from malleability.interventions import adversarial_train
-from malleability.malleability import AttackSettings, attack_points
 from malleability.training import TrainSettings, evaluate, objective, train
 
 F64 = torch.float64
@@ -20,9 +19,7 @@ def digits():
 
 
 def _net(ds, attention=None, width=64, seed=1):
-    z = ds.features()
-    return TwoLayerNet(z.shape[1], width, ds.targets().shape[1], attention=attention,
-                       reference=z if attention else None, seed=seed)
+    return TwoLayerNet.for_data(ds, ModelSettings(width=width, seed=seed), attention)
 
 
 @pytest.mark.parametrize("attention", [None, "linear"])
@@ -32,8 +29,7 @@ def test_training_lowers_the_loss_and_is_deterministic(digits, attention):
     runs = []
     for _ in range(2):
         model = _net(tr, attention)
-        history = train(model, tr.pixels, tr.targets(), settings, tr.features,
-                        te.pixels, te.targets())
+        history = train(model, tr.pixels, tr.targets(), settings, te.pixels, te.targets())
         runs.append((model.weight.detach().clone(), history))
     (w_a, h_a), (w_b, h_b) = runs
     assert torch.equal(w_a, w_b) and h_a.train_loss == h_b.train_loss
@@ -47,7 +43,7 @@ def test_training_lowers_the_loss_and_is_deterministic(digits, attention):
 def test_l2_to_init_term_is_zero_at_initialisation(digits):
     tr, _ = digits
     model = _net(tr)
-    z, y = tr.features(), tr.targets()
+    z, y = tr.inputs(), tr.targets()
     w0 = model.weight.detach().clone()
     with_term = objective(model, w0, z, y, "ce", l2_to_init=10.0)
     without = objective(model, w0, z, y, "ce", l2_to_init=0.0)
@@ -55,6 +51,9 @@ def test_l2_to_init_term_is_zero_at_initialisation(digits):
     model.weight.data += 0.1
     moved = objective(model, w0, z, y, "ce", 10.0) - objective(model, w0, z, y, "ce", 0.0)
     assert float(moved.detach()) == pytest.approx(10.0 * 0.01 * model.weight.numel())
+    mean = (objective(model, w0, z, y, "ce", 10.0, "mean")
+            - objective(model, w0, z, y, "ce", 0.0, "mean"))
+    assert float(mean.detach()) == pytest.approx(10.0 * 0.01)
 
 
 @pytest.mark.parametrize("attention", [None, "linear", "softmax"])
@@ -65,7 +64,7 @@ def test_gradients_reach_pixels_through_preprocessing_and_attention(digits, atte
     y = tr.targets()[:3]
 
     def loss(p):
-        return torch.nn.functional.cross_entropy(model(tr.features(p)), y.argmax(1),
+        return torch.nn.functional.cross_entropy(model(p), y.argmax(1),
                                                  reduction="sum")
 
     p = pixels.clone().requires_grad_(True)
@@ -86,13 +85,13 @@ def test_adversarial_training_raises_pgd_accuracy():
     attack = AttackSettings("pgd", eps=0.1, alpha=0.025, steps=5)
     settings = TrainSettings(epochs=30, lr=1e-2, seed=0, progress=False)
     standard, robust = _net(tr, width=64), _net(tr, width=64)
-    train(standard, tr.pixels, tr.targets(), settings, tr.features)
-    adversarial_train(robust, tr.pixels, tr.targets(), settings, tr.features, attack)
+    train(standard, tr.pixels, tr.targets(), settings)
+    adversarial_train(robust, tr.pixels, tr.targets(), settings, attack)
     accs = []
     for model in (standard, robust):
         idx = torch.arange(len(te))
-        x_adv = attack_points(model, te.features, te.pixels.to(F64), te.targets(), idx, attack)
-        accs.append(evaluate(model, x_adv, te.targets(), te.features)[1])
+        x_adv = perturb_rows(model, te.pixels.to(F64), te.targets(), idx, attack)
+        accs.append(evaluate(model, x_adv, te.targets())[1])
     assert accs[1] > accs[0] + 0.15, accs
 
 
@@ -111,4 +110,4 @@ def test_bad_settings():
 def test_mismatched_labels(digits):
     tr, _ = digits
     with pytest.raises(ValueError, match="^y: expected 240 rows to match x"):
-        train(_net(tr), tr.pixels, tr.targets()[:10], TrainSettings(epochs=1), tr.features)
+        train(_net(tr), tr.pixels, tr.targets()[:10], TrainSettings(epochs=1))

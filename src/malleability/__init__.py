@@ -1,25 +1,39 @@
 """malleability: can an attention model be in the kernel (NTK) regime, and how far can its
-influence scores be trusted? An implementation of arXiv 2603.13085."""
+influence scores be trusted? An implementation of arXiv 2603.13085; the formulas and protocol
+are in docs/method.md.
+
+Data spaces: pixels x → network inputs z (``TwoLayerNet.inputs``) → hidden-layer inputs h
+(``TwoLayerNet.hidden_inputs``) → outputs (``TwoLayerNet.head``). The reproduction machinery
+(experiments, presets, runner, report) lives in :mod:`malleability.repro`.
+"""
 
 from . import _env  # noqa: F401  (must run before torch is imported)
 from ._validation import NonFiniteError
-from .attacks import Attack, fgsm, mim, pgd, run_attack
+from .attacks import Attack, AttackSettings, fgsm, mim, perturb_rows, pgd, run_attack
 from .attention import AttentionFeatures, AttentionKind, Projection, attention_features
-from .data import Dataset, DownloadError, dataset_status, load_dataset, preprocess
+from .data import (
+    Dataset,
+    DataSettings,
+    DownloadError,
+    Preprocessing,
+    dataset_status,
+    load_dataset,
+    preprocess,
+)
 from .diagnostic import Diagnosis, diagnose
-from .influence import InfluenceResult, Loss, loo_influence, ntk_influence
+from .influence import (
+    InfluenceResult,
+    InfluenceSettings,
+    loo_influence,
+    network_influence,
+    ntk_influence,
+)
 from .interventions import Intervention, adversarial_train, intervene
 from .kernel_ridge import KernelRidgeFit, StabilityReport, fit_kernel_ridge, kernel_ridge_predict
-from .malleability import (
-    AttackSettings,
-    MalleabilityResult,
-    flip_rate,
-    measure_malleability,
-    network_influence,
-    spearman,
-    top_k_overlap,
-)
-from .models import TwoLayerNet
+from .losses import Loss, accuracy, loss_for_targets, per_example_loss
+from .measure import MalleabilityResult, measure_malleability
+from .metrics import flip_rate, spearman, top_fraction, top_k_overlap
+from .models import ModelSettings, TwoLayerNet
 from .ntk import autograd_ntk, empirical_ntk, function_distance, infinite_ntk, kernel_distance
 from .spectral import (
     ConditionReport,
@@ -28,7 +42,7 @@ from .spectral import (
     mean_pairwise_cosine,
     width_threshold,
 )
-from .training import TrainHistory, TrainSettings, train
+from .training import TrainHistory, TrainSettings, evaluate, train
 
 __version__ = "0.1.0"
 
@@ -38,21 +52,26 @@ __all__ = [
     "AttentionFeatures",
     "AttentionKind",
     "ConditionReport",
+    "DataSettings",
     "Dataset",
     "Diagnosis",
     "DownloadError",
     "InfluenceResult",
+    "InfluenceSettings",
     "Intervention",
     "KernelRidgeFit",
     "Loss",
     "MalleabilityResult",
+    "ModelSettings",
     "NonFiniteError",
+    "Preprocessing",
     "Projection",
     "SpectrumMethod",
     "StabilityReport",
     "TrainHistory",
     "TrainSettings",
     "TwoLayerNet",
+    "accuracy",
     "adversarial_train",
     "attention_features",
     "autograd_ntk",
@@ -60,6 +79,7 @@ __all__ = [
     "diagnose",
     "effective_condition_number",
     "empirical_ntk",
+    "evaluate",
     "fgsm",
     "fit_kernel_ridge",
     "flip_rate",
@@ -70,15 +90,19 @@ __all__ = [
     "kernel_ridge_predict",
     "load_dataset",
     "loo_influence",
+    "loss_for_targets",
     "mean_pairwise_cosine",
     "measure_malleability",
     "mim",
     "network_influence",
     "ntk_influence",
+    "per_example_loss",
+    "perturb_rows",
     "pgd",
     "preprocess",
     "run_attack",
     "spearman",
+    "top_fraction",
     "top_k_overlap",
     "train",
     "width_threshold",

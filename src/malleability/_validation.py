@@ -87,6 +87,13 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+def check_seed(seed: object, name: str = "seed") -> int:
+    """A non-negative integer seed."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{name}: expected a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 def check_nonnegative(value: Any, name: str) -> float:
     """A finite real ≥ 0."""
     try:

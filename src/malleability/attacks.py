@@ -1,4 +1,5 @@
-"""ℓ∞ adversarial attacks on [0,1] pixels: FGSM, PGD and MIM (SPEC §6).
+"""ℓ∞ adversarial attacks on [0,1] pixels: FGSM, PGD and MIM (docs/method.md §6), their settings,
+and the "perturb these rows against a model" step of the malleability protocol.
 
 Every attack has the same call shape ``attack(loss_fn, x, y, eps, ...)``: ``loss_fn(x, y)``
 returns per-example losses of shape (B,), the attack maximises their sum over the set
@@ -10,12 +11,14 @@ and the model's train/eval mode is left alone.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import torch
+from torch import nn
 
-from malleability._validation import (
+from ._validation import (
     as_tensor,
     check_choice,
     check_finite,
@@ -23,17 +26,61 @@ from malleability._validation import (
     check_positive,
     check_positive_int,
     check_rows_match,
+    check_seed,
 )
+from .losses import loss_for_targets, per_example_loss
+from .settings import Settings, setting
 
 LossFn = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 class Attack(StrEnum):
-    """The attacks of SPEC §6, by name."""
+    """The attacks of docs/method.md §6, by name."""
 
     FGSM = "fgsm"
     PGD = "pgd"
     MIM = "mim"
+
+
+def check_eps(value: Any, name: str) -> float:
+    """An ℓ∞ budget in [0, 1] pixel units."""
+    eps = check_nonnegative(value, name)
+    if eps > 1:
+        raise ValueError(f"{name}: expected a number in [0, 1] (pixel units), got {value!r}")
+    return eps
+
+
+@dataclass(frozen=True)
+class AttackSettings(Settings):
+    """An ℓ∞ attack in [0,1] pixel space; defaults are the paper's (ε = 0.3, 40 × 0.01, μ = 1)."""
+
+    attack: Attack = setting(Attack.PGD, "Attack: fgsm, pgd or mim.", cli=False)
+    eps: float = setting(0.3, "ℓ∞ budget ε in [0,1] pixel units (paper: 0.3).", check_eps)
+    alpha: float = setting(0.01, "PGD/MIM step size α (paper: 0.01).", check_positive)
+    steps: int = setting(40, "PGD/MIM steps (paper: 40).", check_positive_int)
+    momentum: float = setting(1.0, "MIM momentum μ (paper: 1.0).", check_nonnegative)
+    seed: int = setting(0, "Seed of PGD's random start.", check_seed)
+
+    def run(self, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """This attack on ``loss_fn`` at (``x``, ``y``)."""
+        return run_attack(self.attack, loss_fn, x, y, self.eps, alpha=self.alpha,
+                          steps=self.steps, momentum=self.momentum, seed=self.seed)
+
+
+def perturb_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
+                 attack: AttackSettings) -> torch.Tensor:
+    """A copy of ``x`` (the model's inputs, e.g. pixels) with the rows ``rows`` replaced by
+    their adversarial versions against ``model``'s loss at their own labels ``y``."""
+    loss = loss_for_targets(y)
+    dtype = next(model.parameters()).dtype
+
+    def loss_fn(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        return per_example_loss(model(xb), yb, loss)
+
+    out = x.clone()
+    if rows.numel():
+        out[rows] = attack.run(loss_fn, x[rows], y[rows].to(dtype))
+    return out
 
 
 def _check_inputs(x: Any, y: Any, eps: Any) -> tuple[torch.Tensor, Any, float]:
@@ -88,10 +135,10 @@ def pgd(
     x: Any,
     y: Any,
     eps: float,
-    alpha: float = 0.01,
-    steps: int = 40,
+    alpha: float = AttackSettings.alpha,
+    steps: int = AttackSettings.steps,
     random_start: bool = True,
-    seed: int = 0,
+    seed: int = AttackSettings.seed,
 ) -> torch.Tensor:
     """Projected gradient descent, ℓ∞ (Madry et al. 2018).
 
@@ -120,9 +167,9 @@ def mim(
     x: Any,
     y: Any,
     eps: float,
-    alpha: float = 0.01,
-    steps: int = 40,
-    momentum: float = 1.0,
+    alpha: float = AttackSettings.alpha,
+    steps: int = AttackSettings.steps,
+    momentum: float = AttackSettings.momentum,
 ) -> torch.Tensor:
     """Momentum iterative method (Dong et al. 2018), ℓ∞.
 
@@ -152,10 +199,10 @@ def run_attack(
     y: Any,
     eps: float,
     *,
-    alpha: float = 0.01,
-    steps: int = 40,
-    momentum: float = 1.0,
-    seed: int = 0,
+    alpha: float = AttackSettings.alpha,
+    steps: int = AttackSettings.steps,
+    momentum: float = AttackSettings.momentum,
+    seed: int = AttackSettings.seed,
 ) -> torch.Tensor:
     """Run the attack named ``attack`` (an ``Attack`` or its name, any case).
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
+import types
+import typing
+from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import click
 import torch
@@ -12,6 +18,8 @@ import torch
 from .data.features import read_feature_file
 from .diagnostic import PRACTICAL_SCALES, Diagnosis, diagnose
 from .jsonsafe import dumps_strict
+from .repro.experiments import flip_rates
+from .settings import Settings
 
 
 def _fail(message: str) -> None:
@@ -55,10 +63,12 @@ def main() -> None:
 @click.option("--dataset", default=None, help="Registered dataset (see `malleability datasets`).")
 @click.option("--features", "features_path", type=click.Path(exists=True, dir_okay=False,
               path_type=Path), default=None, help="An (n × d) matrix: .npy, .pt or .csv.")
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]),
+              help="Which split of the data set.")
 @click.option("--classes", default=None, help="Class subset, e.g. 3,8 or automobile,airplane.")
 @click.option("--n", "n", type=int, default=None, help="Rows to use (stratified by class).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the row sample and the randomized spectra.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
 @click.option("--tol", type=float, default=None, help="Eigenvalue tolerance for the rank.")
@@ -82,7 +92,7 @@ def diagnose_command(dataset: str | None, features_path: Path | None, split: str
 
             ds = load_dataset(dataset or "digits", split=split, root=data_root,
                               classes=classes, n=n, seed=seed)
-            x = ds.features()
+            x = ds.inputs()
             name = f"{ds.name} ({split}, classes {','.join(ds.class_names)})"
         result = diagnose(x, tol=tol, seed=seed)
     except (ValueError, OSError) as err:
@@ -93,76 +103,128 @@ def diagnose_command(dataset: str | None, features_path: Path | None, split: str
         click.echo(format_diagnosis(name, result))
 
 
+def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any]]:
+    """(path, field, type hint) of every CLI-visible leaf setting of ``cls``; a tuple of
+    settings (``tasks``) is offered as one entry under ``data``."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        if f.name == "tasks":
+            out += _leaves(args[0], (*path, "data"))
+        elif isinstance(hint, type) and issubclass(hint, Settings):
+            out += _leaves(hint, (*path, f.name))
+        elif f.metadata.get("cli", True):
+            out.append(((*path, f.name), f, hint))
+    return out
+
+
+class _IntOrFull(click.ParamType):
+    name = "INTEGER|full"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        if value in (None, "full") or isinstance(value, int):
+            return value
+        try:
+            return int(value)
+        except ValueError:
+            self.fail(f"expected an integer or 'full', got {value!r}", param, ctx)
+
+
+def _click_type(hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        return _click_type(args[0])
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        return _IntOrFull() if options == [int] else _click_type(options[0])
+    if origin is typing.Literal:
+        return click.Choice([str(a) for a in args])
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        return click.Choice([m.value for m in hint])
+    return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(hint, click.STRING)
+
+
+def settings_options(cls: type) -> tuple[Callable, Callable[[dict], dict]]:
+    """Click options for every leaf setting of ``cls`` (defaults and help text from its
+    fields; ``--NAME``, or ``--GROUP-NAME`` where a name recurs), and a function from the
+    parsed options back to nested settings values."""
+    leaves = _leaves(cls)
+    counts: dict[str, int] = {}
+    for path, _, _ in leaves:
+        counts[path[-1]] = counts.get(path[-1], 0) + 1
+    names = {path: "-".join(path[-2:] if counts[path[-1]] > 1 else path[-1:]).replace("_", "-")
+             for path, _, _ in leaves}
+
+    def decorate(command: Callable) -> Callable:
+        for path, f, hint in reversed(leaves):
+            default = f.default
+            multiple = typing.get_origin(hint) is tuple
+            if isinstance(default, Enum):
+                default = default.value
+            elif multiple:
+                default = [getattr(d, "value", d) for d in default]
+            decls = [f"--{names[path]}", *([f.metadata["flag"]] if f.metadata["flag"] else []),
+                     "_".join(path)]
+            command = click.option(*decls, type=_click_type(hint), default=default,
+                                   multiple=multiple, show_default=True,
+                                   help=f.metadata["help"])(command)
+        return command
+
+    def values(options: dict) -> dict:
+        nested: dict = {}
+        for path, _, hint in leaves:
+            value = options.pop("_".join(path))
+            if typing.get_origin(hint) is tuple:
+                value = list(value)
+            node = nested
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = value
+        data = nested.pop("data", None)
+        return nested if data is None else {**nested, "tasks": [data]}
+
+    return decorate, values
+
+
+_flip_options, _flip_values = settings_options(flip_rates.SETTINGS)
+
+
 @main.command("flip-rate")
-@click.option("--dataset", default="digits", show_default=True)
-@click.option("--classes", default=None, help="Class subset, e.g. 3,8 (default: all).")
-@click.option("--n", "n_train", type=int, default=1000, show_default=True,
-              help="Training points (stratified; capped at what the split holds for digits).")
-@click.option("--n-test", type=int, default=500, show_default=True)
-@click.option("--model", "models", multiple=True, type=click.Choice(["relu", "attn"]),
-              default=("relu", "attn"), show_default=True, help="Repeatable.")
-@click.option("--attack", "attacks", multiple=True, type=click.Choice(["fgsm", "pgd", "mim"]),
-              default=("fgsm", "pgd", "mim"), show_default=True, help="Repeatable.")
-@click.option("--width", type=int, default=1024, show_default=True)
-@click.option("--epochs", type=int, default=100, show_default=True, help="Paper: 500.")
-@click.option("--lr", type=float, default=1e-3, show_default=True)
-@click.option("--init-scale", type=float, default=1.0, show_default=True)
-@click.option("--eps", type=float, default=0.3, show_default=True)
-@click.option("--alpha", type=float, default=0.01, show_default=True)
-@click.option("--steps", type=int, default=40, show_default=True)
-@click.option("--fraction", type=float, default=0.1, show_default=True)
-@click.option("--ridge", type=float, default=1e-3, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--data-root", type=click.Path(path_type=Path), default=None)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def flip_rate_command(dataset: str, classes: str | None, n_train: int, n_test: int,
-                      models: tuple[str, ...], attacks: tuple[str, ...], width: int, epochs: int,
-                      lr: float, init_scale: float, eps: float, alpha: float, steps: int,
-                      fraction: float, ridge: float, seed: int, data_root: Path | None,
-                      device: str, as_json: bool) -> None:
-    """Influence flip rate (malleability) of 2L-ReLU and MLP-Attn under FGSM/PGD/MIM."""
-    import time
+@_flip_options
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def flip_rate_command(data_root: Path | None, device: str, as_json: bool, **options: Any) -> None:
+    """Influence flip rate (malleability) of 2L-ReLU and MLP-Attn under FGSM/PGD/MIM: the
+    flip_rates experiment on one task, every setting checked before anything runs."""
+    import tempfile
 
-    from .experiments.common import DataSettings, ModelSettings, build_model, load_problem
-    from .malleability import AttackSettings, measure_malleability
-    from .training import TrainSettings, train
+    from .repro.problem import RunContext
+    from .repro.report import to_text
 
-    rows = []
     try:
-        p = load_problem(DataSettings(dataset, classes, n_train, n_test, 0),
-                         None if data_root is None else str(data_root), _device(device))
-        settings = TrainSettings(epochs=epochs, lr=lr, seed=seed)
-        for arch in models:
-            t0 = time.perf_counter()
-            net = build_model(arch, p, ModelSettings(width, init_scale, seed, dtype="float32"))
-            history = train(net, p.x, p.y, settings, p.transform, p.x_test, p.y_test)
-            trained_s = time.perf_counter() - t0
-            for name in attacks:
-                t1 = time.perf_counter()
-                attack = AttackSettings(name, eps, alpha, steps, seed=seed)
-                r = measure_malleability(net, p.x, p.y, p.x_test, p.y_test, p.transform,
-                                         attack, fraction, ridge)
-                rows.append({"model": arch, "attack": name, "flip_rate": r.flip_rate,
-                             "spearman": r.spearman, "top_k_overlap": r.top_k_overlap,
-                             "test_accuracy": history.test_accuracy[-1],
-                             "kappa_k_plus_ridge": r.stability.condition_number,
-                             "train_seconds": trained_s,
-                             "measure_seconds": time.perf_counter() - t1})
+        settings = flip_rates.SETTINGS.from_dict(_flip_values(options), "flip-rate")
+        records = []
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = RunContext(Path(tmp), None if data_root is None else str(data_root),
+                             _device(device), progress=not as_json)
+            for cell in flip_rates.cells(settings):
+                records.append({"cell": cell, "result": flip_rates.run(settings, cell, ctx)})
     except (ValueError, OSError) as err:
         _fail(str(err))
     if as_json:
-        click.echo(dumps_strict({"dataset": dataset, "classes": classes, "n_train": n_train,
-                                 "width": width, "epochs": epochs, "rows": rows}, indent=2))
+        rows = [{**r["cell"], **{k: v for k, v in r["result"].items() if k != "settings"}}
+                for r in records]
+        click.echo(dumps_strict({"settings": settings.to_dict(), "rows": rows}, indent=2))
         return
-    click.echo(f"{dataset} ({classes or 'all classes'}), n = {p.x.shape[0]}, width {width}, "
-               f"{epochs} epochs, ε = {eps}")
-    click.echo(f"{'model':<6} {'attack':<6} {'flip %':>7} {'ρ':>6} {'top-K':>6} "
-               f"{'test acc':>8} {'κ(K+λI)':>9} {'seconds':>8}")
-    for r in rows:
-        click.echo(f"{r['model']:<6} {r['attack']:<6} {100 * r['flip_rate']:>7.1f} "
-                   f"{r['spearman']:>6.3f} {r['top_k_overlap']:>6.2f} {r['test_accuracy']:>8.3f} "
-                   f"{r['kappa_k_plus_ridge']:>9.2e} {r['measure_seconds']:>8.1f}")
+    task = settings.tasks[0]
+    click.echo(f"{task.label}: n_train = {task.n_train or 'full'}, n_test = {task.n_test}, "
+               f"width {settings.model.width}, {settings.train.epochs} epochs, "
+               f"ε = {settings.attack.eps}; models: {', '.join(settings.models)}")
+    click.echo(to_text(flip_rates.detail_table(records)))
 
 
 @main.command("datasets")
@@ -184,17 +246,20 @@ def datasets_command(data_root: Path | None) -> None:
 @click.option("--only", multiple=True, help="Run only this experiment (repeatable).")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Cells run in parallel.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reproduce_command(preset: str, out: Path, only: tuple[str, ...], jobs: int, device: str,
                       data_root: Path | None, quiet: bool) -> None:
     """Run a preset's experiments cell by cell (resumable), then write the report."""
-    from .experiments import RunContext
-    from .report import write_report
-    from .runner import load_preset, reproduce
+    from .repro.problem import RunContext
+    from .repro.report import write_report
+    from .repro.runner import load_preset, reproduce
 
     try:
         settings = load_preset(preset)
+        if jobs < 1:
+            raise ValueError(f"jobs: expected a positive integer, got {jobs}")
         ctx = RunContext(out, None if data_root is None else str(data_root),
                          _device(device), progress=not quiet)
         reproduce(settings, ctx, only, jobs)
@@ -208,7 +273,7 @@ def reproduce_command(preset: str, out: Path, only: tuple[str, ...], jobs: int, 
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report_command(out: Path) -> None:
     """Write OUT/report.md, OUT/report.html and the figures from a run's results."""
-    from .report import write_report
+    from .repro.report import write_report
 
     click.echo(f"report: {write_report(out)}")
 

@@ -9,19 +9,26 @@ the loss (i helps). Per-point score I_i = mean over test points.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
+from torch import nn
 
-from ._validation import as_tensor, check_finite, parse_enum
+from ._validation import as_tensor, check_finite, check_fraction, check_nonnegative, parse_enum
 from .kernel_ridge import StabilityReport, as_targets, fit_kernel_ridge
+from .losses import Loss, loss_for_targets, per_example_loss
+from .ntk import empirical_ntk
+from .settings import Settings, setting
 
 
-class Loss(StrEnum):
-    """Per-example losses: MSE ½‖f − y‖² (binary ±1 or any targets), cross-entropy (one-hot)."""
+@dataclass(frozen=True)
+class InfluenceSettings(Settings):
+    """The kernel-ridge λ of the NTK influence and the share of most helpful points S
+    (docs/method.md §5–6; the paper's λ is lost)."""
 
-    MSE = "mse"
-    CE = "ce"
+    ridge: float = setting(1e-3, "Kernel-ridge λ of the NTK influence (paper: value lost).",
+                           check_nonnegative)
+    fraction: float = setting(0.1, "Share of most helpful training points in S (paper: 0.1).",
+                              check_fraction)
 
 
 @dataclass(frozen=True)
@@ -34,14 +41,6 @@ class InfluenceResult:
     predictions: torch.Tensor
     alpha: torch.Tensor
     stability: StabilityReport
-
-
-def per_example_loss(f: torch.Tensor, y: torch.Tensor, loss: Loss | str) -> torch.Tensor:
-    """L(f, y) per row: ½‖f − y‖² (mse) or logsumexp(f) − y·f (ce, y one-hot)."""
-    loss = parse_enum(loss, Loss, "loss")
-    if loss is Loss.MSE:
-        return 0.5 * ((f - y) ** 2).sum(-1)
-    return torch.logsumexp(f, dim=-1) - (y * f).sum(-1)
 
 
 def ntk_influence(
@@ -112,3 +111,18 @@ def _check_one_hot(y: torch.Tensor, name: str) -> None:
     ok = bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all())
     if not ok:
         raise ValueError(f"{name}: expected one-hot rows for cross-entropy loss")
+
+
+def network_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+                      x_test: torch.Tensor, y_test: torch.Tensor, ridge: float,
+                      loss: Loss | str | None = None) -> InfluenceResult:
+    """NTK influence on the network's empirical kernel K = Θ_m(X, X), K_t = Θ_m(X_t, X), for
+    inputs x of the model (network inputs z = ``model.inputs(x)``). Non-finite network
+    inputs raise NonFiniteError naming the stage."""
+    loss = loss_for_targets(y_train) if loss is None else loss
+    with torch.no_grad():
+        z = check_finite(model.inputs(x_train), "x_train", "model.inputs(x_train)")
+        z_test = check_finite(model.inputs(x_test), "x_test", "model.inputs(x_test)")
+    k = empirical_ntk(model, z)
+    k_t = empirical_ntk(model, z_test, z)
+    return ntk_influence(k, k_t, y_train, y_test, ridge, loss)

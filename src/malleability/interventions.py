@@ -18,18 +18,13 @@ from enum import StrEnum
 
 import torch
 
-from ._validation import check_fraction, parse_enum
-from .influence import InfluenceResult
-from .malleability import (
-    AttackSettings,
-    MalleabilityResult,
-    attack_points,
-    compare_scores,
-    network_influence,
-    top_fraction,
-)
+from ._validation import parse_enum
+from .attacks import AttackSettings, perturb_rows
+from .influence import InfluenceResult, InfluenceSettings, network_influence
+from .measure import MalleabilityResult, compare_scores
+from .metrics import top_fraction
 from .models import TwoLayerNet
-from .training import TrainHistory, TrainSettings, Transform, train
+from .training import TrainHistory, TrainSettings, train
 
 
 class Intervention(StrEnum):
@@ -75,33 +70,32 @@ def intervene(
     y: torch.Tensor,
     x_test: torch.Tensor,
     y_test: torch.Tensor,
-    transform: Transform,
     train_settings: TrainSettings,
-    attack: AttackSettings | None = None,
-    fraction: float = 0.1,
-    ridge: float = 1e-3,
+    attack: AttackSettings = AttackSettings(),
+    influence: InfluenceSettings = InfluenceSettings(),
     baseline: InfluenceResult | None = None,
 ) -> InterventionResult:
-    """Apply ``intervention`` to the training set of the trained ``model`` and retrain."""
+    """Apply ``intervention`` to the training set (``x``, ``y``, in the model's input space)
+    of the trained ``model`` and retrain."""
     intervention = parse_enum(intervention, Intervention, "intervention")
-    fraction = check_fraction(fraction, "fraction")
-    attack = attack or AttackSettings()
-    z_test = transform(x_test)
+    fraction, ridge = influence.fraction, influence.ridge
     if baseline is None:
-        baseline = network_influence(model, transform(x), y, z_test, y_test, ridge)
+        baseline = network_influence(model, x, y, x_test, y_test, ridge)
     selected = top_fraction(baseline.scores, fraction)
     kept = torch.arange(x.shape[0])
     if intervention is Intervention.CURATED:
         kept = kept[~torch.isin(kept, selected)]
         x_new = x[kept]
     elif intervention is Intervention.TRANSFORMED:
-        x_new = attack_points(model, transform, x, y, selected, attack)
+        x_new = perturb_rows(model, x, y, selected, attack)
     else:
-        x_new = attack_points(model, transform, x, y, kept, attack)
-    y_new, z_new = y[kept], transform(x_new)
+        x_new = perturb_rows(model, x, y, kept, attack)
+    y_new = y[kept]
+    with torch.no_grad():
+        z_new = model.inputs(x_new)
     new_model = model.reinitialized(z_new if model.front is not None else None)
-    history = train(new_model, x_new, y_new, train_settings, transform, x_test, y_test)
-    after = network_influence(new_model, z_new, y_new, z_test, y_test, ridge)
+    history = train(new_model, x_new, y_new, train_settings, x_test, y_test)
+    after = network_influence(new_model, x_new, y_new, x_test, y_test, ridge)
     result = compare_scores(baseline, after, fraction, kept=kept,
                             max_perturbation=float((x_new - x[kept]).abs().amax()),
                             settings={"intervention": intervention.value,
@@ -115,13 +109,11 @@ def adversarial_train(
     x: torch.Tensor,
     y: torch.Tensor,
     settings: TrainSettings,
-    transform: Transform,
-    attack: AttackSettings | None = None,
+    attack: AttackSettings = AttackSettings(),
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
 ) -> TrainHistory:
     """PGD adversarial training (Madry et al. 2018): every batch is replaced by ``attack``
     examples against the current weights, in the space of ``x``."""
-    attack = attack or AttackSettings()
-    return train(model, x, y, settings, transform, x_test, y_test,
+    return train(model, x, y, settings, x_test, y_test,
                  adversary=lambda loss_fn, xb, yb: attack.run(loss_fn, xb, yb))

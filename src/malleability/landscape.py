@@ -2,17 +2,14 @@
 
 Directions are filter-normalised (Li et al. 2018): each hidden unit's direction u_r is rescaled
 to the norm of that unit's trained weights w_r. The kernel counterpart is the network linearised
-at its initialisation W₀, f_lin(z; W) = f(z; W₀) + ⟨∇_W f(z; W₀), W − W₀⟩, which for a
-two-layer ReLU network is (1/√m) (1[Z W₀ᵀ > 0] ⊙ Z Wᵀ) A (ReLU is positively homogeneous).
+at its initialisation W₀ (:meth:`TwoLayerNet.linearized_head`).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from .influence import Loss, per_example_loss
+from .losses import Loss, per_example_loss
 from .models import TwoLayerNet
 
 
@@ -25,19 +22,18 @@ def filter_normalized_direction(weight: torch.Tensor, seed: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def loss_surface(model: TwoLayerNet, z: torch.Tensor, y: torch.Tensor, loss: Loss | str,
+def loss_surface(model: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, loss: Loss | str,
                  u: torch.Tensor, v: torch.Tensor, grid: torch.Tensor,
                  linearize_at: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean loss at W* + a·u + b·v for a, b in ``grid`` (G × G, float64), of the network or,
-    with ``linearize_at`` = W₀, of its linearisation at W₀."""
-    feats = model.features(z).to(torch.float64)
+    """Mean loss on the model's inputs ``x`` at W* + a·u + b·v for a, b in ``grid`` (G × G,
+    float64), of the network's head or, with ``linearize_at`` = W₀, of its linearisation."""
+    h = model.hidden_inputs(model.inputs(x)).to(torch.float64)
     w_star = model.weight.detach().to(torch.float64)
-    readout = model.readout.to(torch.float64) / math.sqrt(model.width)
-    gate = None if linearize_at is None else (feats @ linearize_at.to(torch.float64).T > 0)
     out = torch.empty(len(grid), len(grid), dtype=torch.float64)
     for i, a in enumerate(grid):
         for j, b in enumerate(grid):
-            pre = feats @ (w_star + a * u + b * v).T
-            hidden = torch.relu(pre) if gate is None else pre * gate
-            out[i, j] = per_example_loss(hidden @ readout, y, loss).mean()
+            w = w_star + a * u + b * v
+            f = (model.head(h, w) if linearize_at is None
+                 else model.linearized_head(h, w, linearize_at))
+            out[i, j] = per_example_loss(f, y, loss).mean()
     return out

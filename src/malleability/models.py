@@ -1,18 +1,22 @@
 """Two-layer ReLU networks with an optional attention front (eq. 2, Appendix A.1).
 
-f(x) = (1/√m) σ(W z)ᵀ A with z = x (2L-ReLU) or z = φ(x) (MLP-Attn), σ = ReLU,
-W ∈ R^{m×d} trainable, initialised N(0, s²) (s = ``init_scale``), A ∈ {±1}^{m×C} fixed.
+Three data spaces, one owner each: pixels x → network inputs z = preprocessing(x) →
+hidden-layer inputs h = z (2L-ReLU) or h = φ(z) (MLP-Attn) → outputs f = (1/√m) σ(W h)ᵀ A,
+σ = ReLU, W ∈ R^{m×d} trainable, initialised N(0, s²) (s = ``init_scale``), A ∈ {±1}^{m×C}
+fixed. See docs/method.md §3.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from ._validation import as_tensor, check_positive, check_positive_int, parse_enum
+from ._validation import as_tensor, check_positive, check_positive_int, check_seed, parse_enum
 from .attention import (
     AttentionFeatures,
     AttentionKind,
@@ -20,14 +24,32 @@ from .attention import (
     Stacking,
     projection_matrices,
 )
+from .data import Dataset
 from .memory import check_memory, network_bytes
+from .settings import Settings, setting
+
+
+@dataclass(frozen=True)
+class ModelSettings(Settings):
+    """Network construction. ``init_scale`` s: the paper's value is lost (default 1);
+    ``dtype``: float32 trains faster, kernels are always float64."""
+
+    width: int = setting(1024, "Hidden width m (paper: 16, 1024, 4096).", check_positive_int)
+    init_scale: float = setting(1.0, "Init scale s of W ~ N(0, s²) (paper: value lost).",
+                                check_positive)
+    seed: int = setting(42, "Seed of W₀, A and the projections (paper: 42).", check_seed)
+    projection: Projection = setting(Projection.IDENTITY, "QKV projections of the attention "
+                                                          "front.")
+    dtype: Literal["float32", "float64"] = setting("float64", "Parameter dtype for training.")
 
 
 class TwoLayerNet(nn.Module):
     """2L-ReLU (``attention=None``) or MLP-Attn (``attention`` = linear/softmax/exponential).
 
-    ``reference`` is the training inputs (n_R × in_features) the attention front attends to;
-    ``projection`` picks the QKV projections of the front (identity by default);
+    ``preprocessing`` maps the caller's inputs x to network inputs z (e.g.
+    :class:`~malleability.data.Preprocessing` for pixels; None: the caller passes z).
+    ``reference`` is the training network inputs z (n_R × in_features) the attention front
+    attends to; ``projection`` picks the QKV projections of the front (identity by default);
     ``attention_rank``, ``attention_layers`` and ``stacking`` are the truncation and stacking
     options of :class:`AttentionFeatures` (Remark 4.10). The random draws (W, A, projections)
     come from ``seed``; parameters have ``dtype``.
@@ -44,12 +66,14 @@ class TwoLayerNet(nn.Module):
         seed: int = 0,
         projection: Projection | str = Projection.IDENTITY,
         dtype: torch.dtype = torch.float64,
+        preprocessing: nn.Module | None = None,
         *,
         attention_rank: int | None = None,
         attention_layers: int = 1,
         stacking: Stacking | str = Stacking.REFERENCE,
     ) -> None:
         super().__init__()
+        self.preprocessing = preprocessing
         d = check_positive_int(in_features, "in_features")
         m = check_positive_int(width, "width")
         c = check_positive_int(num_classes, "num_classes")
@@ -83,20 +107,44 @@ class TwoLayerNet(nn.Module):
     def attention(self) -> AttentionKind | None:
         return None if self.front is None else self.front.kind
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """z: the input of the hidden layer (x, or φ(x) for MLP-Attn)."""
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"x: expected shape (n, {self.in_features}), got {tuple(x.shape)}")
-        x = x.to(self.weight.dtype)
-        return x if self.front is None else self.front(x)
+    @classmethod
+    def for_data(cls, data: Dataset, settings: ModelSettings = ModelSettings(),
+                 attention: AttentionKind | str | None = None,
+                 width: int | None = None) -> TwoLayerNet:
+        """A network on ``data``'s pixels: its preprocessing, its number of outputs and, for
+        MLP-Attn, its network inputs as the attention reference."""
+        z = data.inputs()
+        return cls(z.shape[1], width or settings.width, data.targets().shape[1], attention,
+                   z if attention is not None else None, settings.init_scale, settings.seed,
+                   settings.projection, getattr(torch, settings.dtype), data.preprocessing)
 
-    def head(self, z: torch.Tensor) -> torch.Tensor:
-        """σ(z Wᵀ) A / √m on hidden-layer inputs z, shape (n, C)."""
-        return torch.relu(z @ self.weight.T) @ self.readout / math.sqrt(self.width)
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """z: the network inputs of ``x`` (``preprocessing(x)``, or ``x`` without one)."""
+        return x if self.preprocessing is None else self.preprocessing(x)
+
+    def hidden_inputs(self, z: torch.Tensor) -> torch.Tensor:
+        """h: the input of the hidden layer (z, or φ(z) for MLP-Attn), in the weights' dtype."""
+        if z.ndim != 2 or z.shape[1] != self.in_features:
+            raise ValueError(f"z: expected shape (n, {self.in_features}), got {tuple(z.shape)}")
+        z = z.to(self.weight.dtype)
+        return z if self.front is None else self.front(z)
+
+    def head(self, h: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """σ(h Wᵀ) A / √m on hidden-layer inputs h, shape (n, C); ``weight`` replaces W."""
+        w = self.weight if weight is None else weight
+        return torch.relu(h @ w.T) @ self.readout.to(w.dtype) / math.sqrt(self.width)
+
+    def linearized_head(self, h: torch.Tensor, weight: torch.Tensor, at: torch.Tensor
+                        ) -> torch.Tensor:
+        """The head linearised in W at ``at`` = W₀, evaluated at ``weight`` = W:
+        f(h; W₀) + ⟨∇_W f(h; W₀), W − W₀⟩ = (1[h W₀ᵀ > 0] ⊙ h Wᵀ) A / √m (ReLU is
+        positively homogeneous)."""
+        gate = (h @ at.to(weight.dtype).T > 0).to(weight.dtype)
+        return (gate * (h @ weight.T)) @ self.readout.to(weight.dtype) / math.sqrt(self.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """f(x) = σ(z Wᵀ) A / √m with z = features(x), shape (n, C)."""
-        return self.head(self.features(x))
+        """f(x) = head(hidden_inputs(inputs(x))), shape (n, C)."""
+        return self.head(self.hidden_inputs(self.inputs(x)))
 
     def reinitialized(self, reference: torch.Tensor | None = None) -> TwoLayerNet:
         """A fresh network with the same construction (so the same W₀, A and projections),
@@ -105,12 +153,13 @@ class TwoLayerNet(nn.Module):
             reference = self.front.reference
         return TwoLayerNet(self.in_features, self.width, self.num_classes, self.attention,
                            reference, self.init_scale, self.seed, self.projection,
-                           self.dtype, attention_rank=self.attention_rank,
+                           self.dtype, self.preprocessing, attention_rank=self.attention_rank,
                            attention_layers=self.attention_layers,
                            stacking=self.stacking).to(self.weight.device)
 
     def with_reference(self, reference: torch.Tensor) -> TwoLayerNet:
-        """A copy with the same weights whose attention front attends to ``reference``."""
+        """A copy with the same weights whose attention front attends to ``reference``
+        (network inputs z)."""
         if self.front is None:
             raise ValueError("reference: this network has no attention front")
         new = copy.deepcopy(self)

@@ -1,15 +1,16 @@
 """Training the two-layer networks (Appendix A.4): Adam, mini-batches, loss + λ_reg‖W − W₀‖².
 
-Networks act on preprocessed inputs; ``transform`` maps the stored inputs (e.g. [0,1] pixels)
-to them, so adversarial training can attack pixels through the preprocessing. Multi-class
-targets are one-hot with cross-entropy; binary targets are ±1 with ½(f − y)² (SPEC §1, §3).
+The network maps its inputs x (pixels, when it holds its preprocessing) to outputs, so
+adversarial training attacks x through the preprocessing. Multi-class targets are one-hot with
+cross-entropy; binary targets are ±1 with ½(f − y)² (docs/method.md §1, §3).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -21,40 +22,39 @@ from ._validation import (
     check_positive,
     check_positive_int,
     check_rows_match,
+    check_seed,
     parse_enum,
 )
-from .influence import Loss, per_example_loss
+from .losses import Loss, accuracy, loss_for_targets, per_example_loss
 from .memory import check_memory, network_bytes
 from .models import TwoLayerNet
+from .settings import Settings, setting
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
 Adversary = Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor,
                       torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """Optimiser settings; defaults are the paper's (A.4) except ``epochs`` (paper: 500)."""
+class TrainSettings(Settings):
+    """Optimiser settings; defaults are the paper's (A.4). λ_reg's value and convention are
+    lost in the paper's text (docs/method.md §3): 1e-3 summed is a placeholder."""
 
-    epochs: int = 500
-    lr: float = 1e-3
-    batch_size: int = 128
-    l2_to_init: float = 1e-3  # λ_reg in λ_reg‖W − W₀‖²
-    seed: int = 42
-    checkpoints: tuple[int, ...] = ()  # epochs at which W is kept (0 = initialisation)
-    progress: bool = True
+    epochs: int = setting(500, "Training epochs (paper: 500).", check_positive_int)
+    lr: float = setting(1e-3, "Adam learning rate (paper: 1e-3).", check_positive)
+    batch_size: int = setting(128, "Mini-batch size (paper: 128).", check_positive_int)
+    l2_to_init: float = setting(1e-3, "λ_reg in λ_reg‖W − W₀‖² (paper: value lost).",
+                                check_nonnegative)
+    l2_convention: Literal["sum", "mean"] = setting(
+        "sum", "‖W − W₀‖² summed or averaged over the weights (paper: not stated).")
+    seed: int = setting(42, "Seed of the mini-batch order (paper: 42).", check_seed)
+    checkpoints: tuple[int, ...] = setting((), "Epochs at which W is kept (0 = init).",
+                                           cli=False)
+    progress: bool = setting(True, "Show a progress bar.", cli=False)
 
-    def __post_init__(self) -> None:
-        check_positive_int(self.epochs, "epochs")
-        check_positive(self.lr, "lr")
-        check_positive_int(self.batch_size, "batch_size")
-        check_nonnegative(self.l2_to_init, "l2_to_init")
+    def check_relations(self) -> None:
         for e in self.checkpoints:
-            if not 0 <= int(e) <= self.epochs:
+            if not 0 <= e <= self.epochs:
                 raise ValueError(f"checkpoints: expected epochs in 0..{self.epochs}, got {e}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -71,23 +71,13 @@ class TrainHistory:
                 "test_accuracy": self.test_accuracy}
 
 
-def loss_for_targets(y: torch.Tensor) -> Loss:
-    """Cross-entropy for one-hot targets with ≥ 2 columns, MSE otherwise (±1 or real)."""
-    return Loss.CE if y.ndim == 2 and y.shape[1] >= 2 else Loss.MSE
-
-
-def accuracy(f: torch.Tensor, y: torch.Tensor) -> float:
-    """Fraction correct: argmax agreement (multi-class) or sign agreement (one ±1 column)."""
-    if y.shape[1] == 1:
-        return float((torch.sign(f[:, 0]) == torch.sign(y[:, 0])).to(torch.float64).mean())
-    return float((f.argmax(1) == y.argmax(1)).to(torch.float64).mean())
-
-
 def objective(model: TwoLayerNet, w0: torch.Tensor, h: torch.Tensor, y: torch.Tensor,
-              loss: Loss, l2_to_init: float) -> torch.Tensor:
-    """mean_b L(f_b, y_b) + λ_reg ‖W − W₀‖²_F, with f = head(h) on hidden-layer inputs h."""
+              loss: Loss, l2_to_init: float, l2_convention: str = "sum") -> torch.Tensor:
+    """mean_b L(f_b, y_b) + λ_reg ‖W − W₀‖² (summed, or averaged with ``l2_convention``
+    "mean", over the weights), with f = head(h) on hidden-layer inputs h."""
     data = per_example_loss(model.head(h), y, loss).mean()
-    return data + l2_to_init * ((model.weight - w0) ** 2).sum()
+    sq = (model.weight - w0) ** 2
+    return data + l2_to_init * (sq.mean() if l2_convention == "mean" else sq.sum())
 
 
 def train(
@@ -95,19 +85,18 @@ def train(
     x: torch.Tensor,
     y: torch.Tensor,
     settings: TrainSettings,
-    transform: Transform | None = None,
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
     adversary: Adversary | None = None,
     loss: Loss | str | None = None,
 ) -> TrainHistory:
-    """Train ``model`` in place on (``transform(x)``, ``y``) and return its history.
+    """Train ``model`` in place on (``x``, ``y``) and return its history.
 
-    ``y`` is (n × C): one-hot or ±1 (see :func:`loss_for_targets`). With ``adversary``
-    (adversarial training) each batch is replaced by ``adversary(loss_fn, x_b, y_b)``
-    against the current weights, in the space of ``x``.
+    ``x`` is what the model takes (pixels when it holds its preprocessing); ``y`` is (n × C):
+    one-hot or ±1 (see :func:`loss_for_targets`). With ``adversary`` (adversarial training)
+    each batch is replaced by ``adversary(loss_fn, x_b, y_b)`` against the current weights,
+    in the space of ``x``.
     """
-    transform = transform or _identity
     y = as_tensor(y, "y", ndim=2, dtype=model.weight.dtype)
     x = as_tensor(x, "x", ndim=None, dtype=None)
     check_rows_match(x, y, "x", "y")
@@ -126,8 +115,8 @@ def train(
     x, y = x.to(device), y.to(device)
 
     def to_hidden(xb: torch.Tensor) -> torch.Tensor:
-        """Stored inputs → hidden-layer inputs: preprocessing, then the attention front."""
-        return model.features(transform(xb))
+        """Model inputs x → hidden-layer inputs h: preprocessing, then the attention front."""
+        return model.hidden_inputs(model.inputs(xb))
 
     # Without an adversary the inputs never move, so they are mapped once; with one, every
     # (perturbed) batch is mapped anew.
@@ -158,7 +147,8 @@ def train(
             if adversary is not None:
                 xb = adversary(batch_loss, xb, yb)
             optimizer.zero_grad(set_to_none=True)
-            value = objective(model, w0, batch_hidden(xb), yb, loss, settings.l2_to_init)
+            value = objective(model, w0, batch_hidden(xb), yb, loss, settings.l2_to_init,
+                              settings.l2_convention)
             value.backward()
             optimizer.step()
             total += float(value.detach()) * idx.numel()
@@ -184,13 +174,12 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: TwoLayerNet, x: torch.Tensor, y: torch.Tensor,
-             transform: Transform | None = None, loss: Loss | str | None = None
-             ) -> tuple[float, float]:
-    """(mean loss, accuracy) of ``model`` on (``transform(x)``, ``y``)."""
+             loss: Loss | str | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``model`` on (``x``, ``y``)."""
     device = model.weight.device
     y = y.to(device=device, dtype=model.weight.dtype)
     loss = loss_for_targets(y) if loss is None else parse_enum(loss, Loss, "loss")
-    return _loss_and_accuracy(model((transform or _identity)(x.to(device))), y, loss)
+    return _loss_and_accuracy(model(x.to(device)), y, loss)
 
 
 def _loss_and_accuracy(f: torch.Tensor, y: torch.Tensor, loss: Loss) -> tuple[float, float]:

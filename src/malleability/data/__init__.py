@@ -1,12 +1,13 @@
 """Data: the registered data sets, their canonical file formats, downloads, subsets and the
-differentiable preprocessing (SPEC §1)."""
+differentiable preprocessing (docs/method.md §1)."""
 
 from .arrays import read_array_file
 from .dataset import Dataset
 from .download import CHECKSUMS, MIRRORS, DownloadError, fetch_file, resolve_root
-from .preprocess import preprocess
+from .preprocess import Preprocessing, preprocess
 from .readers import CifarArrays, read_cifar10, read_idx
 from .registry import DATASETS, SPLITS, DatasetSpec, dataset_status, load_dataset
+from .settings import DataSettings
 from .subsets import Task, encode_targets, parse_classes, select_indices, stratified_sample
 
 __all__ = [
@@ -15,9 +16,11 @@ __all__ = [
     "MIRRORS",
     "SPLITS",
     "CifarArrays",
+    "DataSettings",
     "Dataset",
     "DatasetSpec",
     "DownloadError",
+    "Preprocessing",
     "Task",
     "dataset_status",
     "encode_targets",

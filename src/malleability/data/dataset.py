@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .preprocess import preprocess
+from .preprocess import Preprocessing
 from .subsets import Task, encode_targets, task_of
 
 
@@ -38,10 +38,14 @@ class Dataset:
         """Binary for two selected classes, multi-class otherwise."""
         return task_of(self.classes)
 
-    def features(self, pixels: torch.Tensor | None = None) -> torch.Tensor:
-        """Network inputs rownorm(flatten((x − mean)/std)), float64 N×d, of ``pixels``
-        (default: this split's pixels); differentiable in ``pixels``."""
-        return preprocess(self.pixels if pixels is None else pixels, self.mean, self.std)
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The module mapping this data set's pixels to network inputs."""
+        return Preprocessing(self.mean, self.std)
+
+    def inputs(self) -> torch.Tensor:
+        """Network inputs z = rownorm(flatten((x − mean)/std)) of this split, float64 N×d."""
+        return self.preprocessing(self.pixels)
 
     def targets(self) -> torch.Tensor:
         """float64 targets: N×1 with +1 for ``classes[0]`` and −1 for ``classes[1]`` (binary),

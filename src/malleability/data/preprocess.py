@@ -1,10 +1,11 @@
-"""The differentiable map from [0, 1] pixels to network inputs (SPEC §1)."""
+"""The differentiable map from [0, 1] pixels x to network inputs z (docs/method.md §1)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
+from torch import nn
 
 from .._validation import as_tensor
 from ..linalg import rownorm
@@ -29,3 +30,24 @@ def preprocess(
         raise ValueError(f"std: expected positive values, got {s.tolist()}")
     z = (x - m.view(1, -1, 1, 1)) / s.view(1, -1, 1, 1)
     return rownorm(z.flatten(1))
+
+
+class Preprocessing(nn.Module):
+    """The map pixels x → network inputs z = rownorm(flatten((x − mean_c) / std_c)), float64.
+
+    Held by a network (``TwoLayerNet(preprocessing=…)``) so that the network maps pixels to
+    outputs and attacks differentiate through it. The constants are plain floats, not buffers:
+    casting the network to another dtype leaves them exact.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.mean = tuple(float(v) for v in mean)
+        self.std = tuple(float(v) for v in std)
+        preprocess(torch.zeros(1, len(self.mean), 1, 1), self.mean, self.std)  # checks them
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return preprocess(x, self.mean, self.std)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from .._validation import check_choice, check_positive_int
+from .._validation import check_choice, check_positive_int, check_seed
 from .arrays import ARRAY_SUFFIXES, is_array_file, read_array_file
 from .dataset import Dataset
 from .download import DATA_ENV, fetch_file, resolve_root
 from .readers import CIFAR_FOLDER, read_cifar10, read_idx
-from .subsets import check_seed, parse_classes, select_indices, stratified_sample
+from .subsets import parse_classes, select_indices, stratified_sample
 
 SPLITS = ("train", "test")
 # digits has no test split: a fixed stratified draw of 500 of its 1,797 images (seed 0) is the

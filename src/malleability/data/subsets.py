@@ -1,4 +1,4 @@
-"""Class selection, stratified seeded sampling and label encodings (SPEC §1)."""
+"""Class selection, stratified seeded sampling and label encodings (docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -56,13 +56,6 @@ def parse_classes(
     if len(chosen) < 2:
         raise ValueError(f"classes: expected at least two classes, got {classes!r}")
     return tuple(chosen)
-
-
-def check_seed(seed: object) -> int:
-    """A non-negative integer seed."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def stratified_sample(labels: np.ndarray, n: int, seed: int) -> np.ndarray:

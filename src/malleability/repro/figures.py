@@ -1,8 +1,10 @@
 """Figures of the report: small matplotlib (Agg) plotters that take plain numbers and write a
-PNG, so the report module decides what to plot and these decide only how."""
+PNG and an SVG copy beside it, so the experiments decide what to plot and these decide only
+how."""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -14,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from .store import atomic_write  # noqa: E402
 
 DPI = 110
 PANEL_SIZE = (4.6, 3.3)
@@ -29,19 +33,20 @@ class Line:
     style: dict = field(default_factory=dict)
 
 
-def _grid(count: int, ncols: int = 2, size: tuple[float, float] = PANEL_SIZE):
+def _grid(count: int, ncols: int = 2, size: tuple[float, float] = PANEL_SIZE,
+          sharey: bool = False):
     ncols = max(1, min(ncols, count))
     nrows = math.ceil(count / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
-                             squeeze=False)
+                             squeeze=False, sharey=sharey)
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return fig, list(axes.flat)
 
 
 def _save(fig, path: Path, legend: bool = False) -> Path:
-    """Lay out, add one legend below the panels (labels merged over panels), write the PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Lay out, add one legend below the panels (labels merged over panels), write the PNG
+    at ``path`` and an SVG copy beside it."""
     fig.tight_layout()
     if legend:
         handles = {}
@@ -50,9 +55,20 @@ def _save(fig, path: Path, legend: bool = False) -> Path:
                 handles.setdefault(label, handle)
         fig.legend(handles.values(), handles.keys(), loc="upper center", fontsize=8,
                    bbox_to_anchor=(0.5, 0.0), ncol=min(4, len(handles)), frameon=False)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight" if legend else None)
+    for target, fmt in ((path, "png"), (path.with_suffix(".svg"), "svg")):
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=DPI, bbox_inches="tight" if legend else None)
+        atomic_write(target, buffer.getvalue())
     plt.close(fig)
     return path
+
+
+def _tick_label(value: float) -> str:
+    """A compact tick label for round thousands (2k, 60k, 1M); other values as they are."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale and value % scale == 0:
+            return f"{value / scale:g}{suffix}"
+    return f"{value:g}"
 
 
 def line_panels(path: Path, panels: dict[str, list[Line]], xlabel: str, ylabel: str,
@@ -71,7 +87,9 @@ def line_panels(path: Path, panels: dict[str, list[Line]], xlabel: str, ylabel: 
         if logx:
             ax.set_xscale("log")
             ticks = sorted({float(v) for line in lines for v in line.x})
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.set_xticks(ticks, [_tick_label(t) for t in ticks])
+            if any(b / a < 3 for a, b in zip(ticks, ticks[1:], strict=False) if a > 0):
+                ax.tick_params(axis="x", labelrotation=45)  # close ticks: labels would touch
         if logx or logy:
             ax.minorticks_off()  # log minor tick labels dominate drawing time
         ax.grid(alpha=0.3)
@@ -80,10 +98,11 @@ def line_panels(path: Path, panels: dict[str, list[Line]], xlabel: str, ylabel: 
 
 def bar_panels(path: Path, panels: dict[str, dict[str, dict[str, float]]], ylabel: str,
                reference: dict[str, dict[str, dict[str, float]]] | None = None,
-               reference_label: str = "paper") -> Path:
+               reference_label: str = "paper", sharey: bool = False) -> Path:
     """Grouped bars: ``panels[title][group][series] = value``; ``reference`` (same shape, may
-    be partial) is drawn as black diamonds on the matching bars."""
-    fig, axes = _grid(len(panels))
+    be partial) is drawn as black diamonds on the matching bars; ``sharey``: one y scale for
+    all panels. Long group labels are slanted so they do not overlap."""
+    fig, axes = _grid(len(panels), sharey=sharey)
     for ax, (title, groups) in zip(axes, panels.items(), strict=False):
         series = list(dict.fromkeys(s for values in groups.values() for s in values))
         width = 0.8 / max(1, len(series))
@@ -98,7 +117,10 @@ def bar_panels(path: Path, panels: dict[str, dict[str, dict[str, float]]], ylabe
                 ax.plot(xs, refs, "kD", ms=5, label=None if labelled else reference_label)
                 labelled = True
         ax.set_xticks(np.arange(len(groups)), list(groups))
+        if max(map(len, groups)) * len(groups) > 28:  # labels would overlap side by side
+            plt.setp(ax.get_xticklabels(), rotation=25, ha="right")
         ax.set(title=title, ylabel=ylabel)
+        ax.tick_params(axis="y", labelleft=True)
         ax.grid(axis="y", alpha=0.3)
     return _save(fig, path, legend=True)
 
@@ -122,12 +144,16 @@ def complexity_panels(path: Path, panels: dict[str, tuple[Sequence[float], Seque
 
 
 def landscape_panels(path: Path, rows: dict[str, tuple[Sequence[float], list, list]]) -> Path:
-    """Per row: contour maps of the loss on θ* + a·u + b·v for the network and its NTK."""
+    """Per row: contour maps of the loss on θ* + a·u + b·v for the network and its NTK, on
+    one colour scale per row so the two panels compare directly."""
     fig, axes = plt.subplots(len(rows), 2, figsize=(9.0, 3.6 * len(rows)), squeeze=False)
     for (left, right), (title, (grid, network, ntk)) in zip(axes, rows.items(), strict=True):
+        both = np.concatenate([np.ravel(network), np.ravel(ntk)]).astype(float)
+        lo, hi = float(np.nanmin(both)), float(np.nanmax(both))
+        levels = np.linspace(lo, hi if hi > lo else lo + 1e-12, 16)
         for ax, name, surface in ((left, "network", network), (right, "NTK", ntk)):
             # surface[i][j] is the loss at (a, b) = (grid[i], grid[j]); contourf wants [b, a]
-            filled = ax.contourf(grid, grid, np.asarray(surface, float).T, levels=15,
+            filled = ax.contourf(grid, grid, np.asarray(surface, float).T, levels=levels,
                                  cmap="viridis")
             ax.plot(0, 0, "r+", ms=10)
             bar = fig.colorbar(filled, ax=ax, label="training loss")

@@ -1,0 +1,25 @@
+"""Experiments for every table and figure of the paper, one module each (see
+:class:`.base.Experiment` for what a module holds). Registry keys are the module names."""
+
+from types import ModuleType
+
+from . import (
+    adversarial_training,
+    collapse,
+    complexity,
+    flip_rates,
+    influential,
+    interventions,
+    landscape,
+    ntk_distance,
+    spectrum,
+)
+
+#: Experiments by name, in the order a run executes them.
+EXPERIMENTS: dict[str, ModuleType] = {
+    module.__name__.rsplit(".", 1)[1]: module
+    for module in (spectrum, collapse, flip_rates, ntk_distance, adversarial_training,
+                   interventions, complexity, landscape, influential)
+}
+
+__all__ = ["EXPERIMENTS"]

@@ -1,0 +1,166 @@
+"""What the experiments share: the settings of experiments on trained networks, cells per
+task × architecture, and the paper's names for tasks and architectures.
+
+An experiment is a module with ``SETTINGS`` (a settings dataclass), ``TITLE`` and ``INTRO``
+(its report heading and prose), ``cells(settings)`` (the independent units of work),
+``run(settings, cell, ctx)`` → a JSON-ready dict, ``section(records, figures)`` → report blocks,
+and the paper's numbers it is compared with.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ...attacks import Attack, AttackSettings
+from ...data import DataSettings
+from ...influence import InfluenceSettings
+from ...models import ModelSettings
+from ...settings import Settings, setting
+from ...training import TrainSettings
+from ..problem import ARCHITECTURE_NAMES, ARCHITECTURES, Problem, RunContext, load_problem
+from ..report import Block, Table
+
+
+class Experiment(Protocol):
+    """The contract every module in ``EXPERIMENTS`` meets (checked by the tests)."""
+
+    SETTINGS: type
+    TITLE: str
+    INTRO: str
+
+    def cells(self, settings: Any) -> list[dict]: ...
+    def run(self, settings: Any, cell: dict, ctx: RunContext) -> dict: ...
+    def section(self, records: list[dict], figures: Any) -> list[Block]: ...
+
+
+def check_architectures(value: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """A non-empty list of architecture names."""
+    for i, arch in enumerate(value):
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"{name}[{i}]: expected one of {', '.join(ARCHITECTURES)}, "
+                             f"got {arch!r}")
+    return check_nonempty(value, name)
+
+
+def check_nonempty(value: tuple, name: str) -> tuple:
+    if not value:
+        raise ValueError(f"{name}: expected at least one entry, got []")
+    return value
+
+
+def check_tasks(value: tuple[DataSettings, ...], name: str) -> tuple[DataSettings, ...]:
+    """A non-empty list of tasks with distinct labels (a cell names its task by label)."""
+    labels = [t.label for t in check_nonempty(value, name)]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise ValueError(f"{name}[{i}]: task {label!r} given twice")
+    return value
+
+
+@dataclass(frozen=True)
+class TaskSettings(Settings):
+    """Experiments on data tasks only."""
+
+    tasks: tuple[DataSettings, ...] = setting((DataSettings(),), "Data tasks.", check_tasks)
+
+
+@dataclass(frozen=True)
+class NetworkSettings(TaskSettings):
+    """Experiments on trained networks: tasks × architectures, the network, training and
+    influence settings."""
+
+    models: tuple[str, ...] = setting(("relu", "attn"), "Architectures: relu (2L-ReLU), attn "
+                                      "(MLP-Attn), attn-softmax, attn-exponential.",
+                                      check_architectures, flag="--model")
+    model: ModelSettings = setting(ModelSettings(), "Network construction.")
+    train: TrainSettings = setting(TrainSettings(), "Training.")
+    influence: InfluenceSettings = setting(InfluenceSettings(), "NTK influence.")
+
+
+@dataclass(frozen=True)
+class AttackExperimentSettings(NetworkSettings):
+    """Experiments that perturb training points with an ℓ∞ attack."""
+
+    attack: AttackSettings = setting(AttackSettings(), "The ℓ∞ attack.")
+
+    def attack_as(self, name: Attack | str, **changes: Any) -> AttackSettings:
+        """These attack settings for attack ``name`` (with ``changes``)."""
+        return self.attack.replace(attack=name, **changes)
+
+
+def task_model_cells(s: NetworkSettings) -> list[dict]:
+    """One cell per task × architecture."""
+    return [{"task": t.label, "model": m} for t in s.tasks for m in s.models]
+
+
+def cell_problem(tasks: tuple[DataSettings, ...], cell: dict, ctx: RunContext) -> Problem:
+    """The loaded problem of the cell's task label."""
+    for task in tasks:
+        if task.label == cell["task"]:
+            return load_problem(task, ctx.data_root, ctx.device)
+    raise ValueError(f"task: {cell['task']!r} is not among the settings' tasks")
+
+
+# --- the paper's names ----------------------------------------------------------------------
+
+PAPER_DATASETS = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+
+
+def task_parts(label: str) -> tuple[str, tuple[str, ...] | None]:
+    """``"mnist 3,8"`` → ``("mnist", ("3", "8"))``; ``"mnist"`` → ``("mnist", None)``."""
+    dataset, _, classes = label.partition(" ")
+    return dataset, tuple(classes.split(",")) if classes else None
+
+
+def paper_task(label: str) -> str | None:
+    """The paper's task key (e.g. ``"MNIST binary"``) of a task label, or None."""
+    dataset, classes = task_parts(label)
+    if dataset not in PAPER_DATASETS or (classes is not None and len(classes) != 2):
+        return None
+    return f"{PAPER_DATASETS[dataset]} {'10-class' if classes is None else 'binary'}"
+
+
+def task_title(label: str) -> str:
+    """A panel title: the task label and, where the paper has the task, its name."""
+    paper = paper_task(label)
+    return label if paper is None else f"{label} ({paper})"
+
+
+def model_name(model: str) -> str:
+    """The paper's name of an architecture (``attn`` → MLP-Attn)."""
+    return ARCHITECTURE_NAMES.get(model, model)
+
+
+def paper_number(value: float) -> str:
+    """A number of the paper's tables as printed there (one decimal)."""
+    return f"{value:.1f}"
+
+
+def paper_values(values: tuple[float, ...] | None, sep: str = " / ") -> str:
+    """The paper's numbers joined by ``sep``, "—" when it has none."""
+    return "—" if values is None else sep.join(map(paper_number, values))
+
+
+def paper_table(number: int, columns: list[str], values: dict[tuple[str, str], tuple]) -> Table:
+    """The paper's Table ``number`` as it reports it, for reference beside ours."""
+    rows = [[task, model_name(model), *map(paper_number, numbers)]
+            for (task, model), numbers in values.items()]
+    return Table(["task", "model", *columns], rows, f"The paper's Table {number} (reported).")
+
+
+def trend(values: list[float]) -> str:
+    """Strict direction of a sequence: decreasing, increasing or non-monotonic; "—" for
+    fewer than two values."""
+    if len(values) < 2 or any(v is None or math.isnan(v) for v in values):
+        return "—"
+    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
+    if all(s < 0 for s in steps):
+        return "decreasing"
+    return "increasing" if all(s > 0 for s in steps) else "non-monotonic"
+
+
+def agreement(ours: bool | None, paper: bool) -> str:
+    """Whether a computed flag matches the paper's: agrees / disagrees, "—" when unknown."""
+    return "—" if ours is None else ("agrees" if ours == paper else "disagrees")

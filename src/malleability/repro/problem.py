@@ -1,0 +1,143 @@
+"""A loaded task (train/test pixels, targets, the influence subset) and its networks:
+untrained by architecture name, or trained and cached in the run folder by the hash of their
+settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..attention import AttentionKind
+from ..data import DataSettings, Preprocessing, load_dataset
+from ..data.subsets import stratified_sample
+from ..models import ModelSettings, TwoLayerNet
+from ..training import TrainSettings, train
+from .store import settings_key, write_tensors
+
+#: Architectures by name: 2L-ReLU and MLP-Attn with each attention map.
+ARCHITECTURES: dict[str, AttentionKind | None] = {
+    "relu": None,
+    "attn": AttentionKind.LINEAR,
+    "attn-softmax": AttentionKind.SOFTMAX,
+    "attn-exponential": AttentionKind.EXPONENTIAL,
+}
+
+#: The paper's names of the architectures.
+ARCHITECTURE_NAMES = {"relu": "2L-ReLU", "attn": "MLP-Attn", "attn-softmax": "MLP-Attn (softmax)",
+                      "attn-exponential": "MLP-Attn (exponential)"}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where a run reads data and keeps its caches, and on which device it computes."""
+
+    out: Path
+    data_root: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+
+@dataclass
+class Problem:
+    """A loaded task: train/test pixels x (float64, [0,1]) and targets, the preprocessing, and
+    ``influence_rows``: the training rows kernels, influence and attacks use (n_influence)."""
+
+    data: DataSettings
+    x: torch.Tensor
+    y: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    preprocessing: Preprocessing
+    class_names: tuple[str, ...]
+    influence_rows: torch.Tensor
+    z: torch.Tensor = field(init=False)  # network inputs of the training set
+
+    def __post_init__(self) -> None:
+        with torch.no_grad():
+            self.z = self.preprocessing(self.x)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.y.shape[1]
+
+    @property
+    def x_influence(self) -> torch.Tensor:
+        return self.x[self.influence_rows]
+
+    @property
+    def y_influence(self) -> torch.Tensor:
+        return self.y[self.influence_rows]
+
+    def label_name(self, target: torch.Tensor) -> str:
+        """The class name of one target row (one-hot, or ±1 with +1 = the first class)."""
+        if target.numel() == 1:
+            return self.class_names[0 if float(target) > 0 else 1]
+        return self.class_names[int(target.argmax())]
+
+
+@lru_cache(maxsize=16)
+def load_problem(data: DataSettings, root: str | None = None, device: str = "cpu") -> Problem:
+    """Load ``data`` (train and test splits, stratified with the same seed) onto ``device``;
+    the influence rows are a stratified subset of n_influence training points (all by
+    default, in order)."""
+    train_set = load_dataset(data.dataset, "train", root=root, classes=data.classes,
+                             n=data.n_train, seed=data.seed)
+    test_set = load_dataset(data.dataset, "test", root=root, classes=data.classes,
+                            n=data.n_test, seed=data.seed)
+    n = len(train_set)
+    if data.n_influence is None or data.n_influence >= n:
+        rows = torch.arange(n)
+    else:
+        rows = torch.from_numpy(stratified_sample(train_set.labels.numpy(), data.n_influence,
+                                                  data.seed))
+    dev = torch.device(device)
+    return Problem(data, train_set.pixels.to(dev, torch.float64), train_set.targets().to(dev),
+                   test_set.pixels.to(dev, torch.float64), test_set.targets().to(dev),
+                   train_set.preprocessing, train_set.class_names, rows.to(dev))
+
+
+def build_model(arch: str, problem: Problem, model: ModelSettings, width: int | None = None,
+                reference: torch.Tensor | None = None) -> TwoLayerNet:
+    """An untrained network of architecture ``arch`` on ``problem``'s pixels; MLP-Attn attends
+    to ``reference`` network inputs (default: the training set's)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {arch!r}")
+    attention = ARCHITECTURES[arch]
+    if attention is not None and reference is None:
+        reference = problem.z
+    net = TwoLayerNet(problem.z.shape[1], width or model.width, problem.num_outputs,
+                      attention=attention, reference=reference if attention else None,
+                      init_scale=model.init_scale, seed=model.seed, projection=model.projection,
+                      dtype=getattr(torch, model.dtype), preprocessing=problem.preprocessing)
+    return net.to(problem.x.device)
+
+
+def trained_model(arch: str, problem: Problem, model: ModelSettings, train_settings: TrainSettings,
+                  ctx: RunContext, width: int | None = None
+                  ) -> tuple[TwoLayerNet, dict[str, list[float]]]:
+    """The network of ``arch`` trained on ``problem``, from the run's cache when present.
+
+    Cached as ``cache/models/<hash>.pt`` (weights and history).
+    """
+    width = width or model.width
+    net = build_model(arch, problem, model, width)
+    settings = dataclasses.replace(train_settings, progress=False, checkpoints=())
+    key = settings_key("trained", arch, problem.data.replace(n_influence=None), model, settings,
+                       width)
+    settings = dataclasses.replace(settings, progress=ctx.progress)
+    path = ctx.cache / "models" / f"{key}.pt"
+    if path.exists():
+        saved = torch.load(path, map_location=problem.x.device, weights_only=True)
+        net.weight.data.copy_(saved["weight"])
+        return net, saved["history"]
+    history = train(net, problem.x, problem.y, settings, problem.x_test, problem.y_test).to_dict()
+    write_tensors(path, {"weight": net.weight.detach().cpu(), "history": history})
+    return net, history

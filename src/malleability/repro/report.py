@@ -1,0 +1,255 @@
+"""The reproduction report: every finished cell of a run folder → ``OUT/report.md``,
+``OUT/report.html`` (same content) and figures (PNG and SVG) under ``OUT/figures/``.
+
+A report is a list of blocks (headings, paragraphs, tables, images). Each experiment builds
+its own section (``section(records, figures)``) beside the paper's numbers for it; this module
+holds the block types, the formatting of numbers, the renderers and the run summary. Sections
+whose experiment has no results say "not run"."""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..attacks import Attack
+from ..interventions import Intervention
+from .problem import ARCHITECTURE_NAMES
+from .store import Run, atomic_write, load_run
+
+#: Settings every network experiment has, shown in their own tables of the run summary.
+SHARED_SETTINGS = ("tasks", "model", "train", "influence", "attack")
+
+# --- report blocks ----------------------------------------------------------------------------
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Text:
+    text: str
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Image:
+    """A figure, ``path`` relative to the report folder."""
+
+    path: str
+    caption: str
+
+
+Block = Heading | Text | Table | Image
+
+
+def figure(path: Path, caption: str) -> Image:
+    """The image block of a figure written under the report's ``figures/`` folder."""
+    return Image(f"{path.parent.name}/{path.name}", caption)
+
+
+# --- formatting and ordering ------------------------------------------------------------------
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """``digits`` significant digits; ∞ for inf; "—" for None or NaN (a value the run stored
+    as missing); ints and strings as they are."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, str)):
+        return str(value)
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
+    mantissa, _, exponent = f"{value:.{digits}g}".partition("e")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+def pct(value: float | None) -> str:
+    """A fraction as a percentage, 3 significant digits."""
+    return fmt(None if value is None else 100 * value)
+
+
+_RANK = {name: i for i, name in enumerate([*ARCHITECTURE_NAMES, *Attack, *Intervention])}
+
+
+def _cell_key(record: dict) -> list[tuple]:
+    """Sort cells by task name, then models, attacks and interventions in their usual order,
+    then numbers."""
+    return [(0, v, "") if isinstance(v, (int, float)) else (1, _RANK.get(v, len(_RANK)), str(v))
+            for v in record["cell"].values()]
+
+
+def rank(name: str) -> int:
+    """The position of an architecture, attack or intervention name in the usual order."""
+    return _RANK.get(name, len(_RANK))
+
+
+def group(records: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    """Cell records grouped by the cell parameters ``keys``, in sorted order."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in sorted(records, key=_cell_key):
+        groups.setdefault(tuple(record["cell"][k] for k in keys), []).append(record)
+    return groups
+
+
+# --- run summary --------------------------------------------------------------------------------
+
+
+def _flatten(settings: Any, prefix: str = "") -> list[str]:
+    """Nested settings as ``key=value`` strings (``model.width=256``)."""
+    if isinstance(settings, dict):
+        return [item for key, value in settings.items()
+                for item in _flatten(value, f"{prefix}{key}.")]
+    if isinstance(settings, list):
+        settings = ",".join(str(v) for v in settings) or "[]"
+    return [f"{prefix.rstrip('.')}={settings}"]
+
+
+def summary_section(run: Run, names: list[str]) -> list[Block]:
+    """Settings, versions, device, wall time and cell counts of the experiments ``names``."""
+    records = [r for cells in run.cells.values() for r in cells]
+    seconds = sum(r["timing"]["seconds"] for r in records)
+    devices = sorted({str(r["device"]) for r in records})
+    versions = run.versions or (records[0]["versions"] if records else {})
+    experiments = {k: v for k, v in run.settings.items() if k != "seeds"}
+    own = [[name, str(len(run.cells.get(name, []))),
+            fmt(sum(r["timing"]["seconds"] for r in run.cells.get(name, []))),
+            "; ".join(_flatten({k: v for k, v in (experiments.get(name) or {}).items()
+                                if k not in SHARED_SETTINGS})) or "—"]
+           for name in names]
+    shared: dict[str, list[str]] = {}  # network settings → experiments using them
+    for name, settings in experiments.items():
+        key = "; ".join(_flatten({k: settings[k] for k in SHARED_SETTINGS[1:]
+                                  if k in settings}))
+        if key:
+            shared.setdefault(key, []).append(name)
+    tasks = {json.dumps(t, sort_keys=True): t for s in experiments.values()
+             for t in s.get("tasks", [])}
+    columns = ("dataset", "classes", "n_train", "n_influence", "n_test", "seed")
+    task_rows = [[fmt(t.get(k)) for k in columns] for t in tasks.values()]
+    seeds = run.settings.get("seeds", [0])
+    return [Text("What was run: the resolved preset from settings.json, the software versions, "
+                 "the device and the cells finished per experiment."),
+            Text(f"Device: {', '.join(devices) or '—'}. Seeds: {', '.join(map(str, seeds))}. "
+                 f"Cells: {len(records)}; total cell wall time {fmt(seconds)} s "
+                 f"({fmt(seconds / 60)} min)."),
+            Table(["package", "version"], [[k, str(v)] for k, v in versions.items()],
+                  "Versions."),
+            Table(["experiment", "cells", "wall time s", "settings"], own,
+                  "Cells, wall time and each experiment's own settings."),
+            Table(["experiments", "network, training, influence and attack settings"],
+                  [[", ".join(names), key] for key, names in shared.items()],
+                  "Network, training, influence and attack settings."),
+            Table(list(columns), task_rows, "Tasks (n_influence — = all n_train).")]
+
+
+# --- building and rendering ---------------------------------------------------------------------
+
+
+def build_report(run: Run, figures: Path) -> list[Block]:
+    """All blocks of the report; figures are written under ``figures``."""
+    from .experiments import EXPERIMENTS  # the experiments build their sections with blocks
+
+    blocks: list[Block] = [Heading("Reproduction report: arXiv 2603.13085", 1),
+                           Text("Linearized Attention Cannot Enter the Kernel Regime at Any "
+                                "Practical Width. Measured values from the run in "
+                                f"{run.out.name}/, the paper's reported values beside them "
+                                "where it has the task."),
+                           Heading("1. Run summary"), *summary_section(run, list(EXPERIMENTS))]
+    for number, (name, experiment) in enumerate(EXPERIMENTS.items(), start=2):
+        blocks += [Heading(f"{number}. {experiment.TITLE}"), Text(experiment.INTRO)]
+        records = run.cells.get(name)
+        blocks += (experiment.section(records, figures) if records else
+                   [Text(f"Not run: no results under {name}/ in this run.")])
+    return blocks
+
+
+def _md(text: str) -> str:
+    """Plain text for markdown: ``*`` and ``|`` escaped, on one line."""
+    return text.replace("*", "\\*").replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    parts = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append(f"{'#' * block.level} {block.text}")
+        elif isinstance(block, Text):
+            parts.append(_md(block.text))
+        elif isinstance(block, Table):
+            lines = [f"*{_md(block.caption)}*", ""] if block.caption else []
+            lines += ["| " + " | ".join(map(_md, block.header)) + " |",
+                      "|" + "---|" * len(block.header)]
+            lines += ["| " + " | ".join(map(_md, row)) + " |" for row in block.rows]
+            parts.append("\n".join(lines))
+        else:
+            caption = _md(block.caption)
+            parts.append(f"![{caption}]({block.path})\n\n*{caption}*")
+    return "\n\n".join(parts) + "\n"
+
+
+def to_text(table: Table) -> str:
+    """A table as aligned plain text (for a terminal)."""
+    cells = [table.header, *table.rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(table.header))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(([table.caption] if table.caption else []) + lines)
+
+
+STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;line-height:1.4}"
+         "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+         "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+         "th{background:#f0f0f0}caption{font-style:italic;text-align:left}"
+         "img{max-width:100%}figcaption{font-style:italic}")
+
+
+def to_html(blocks: list[Block]) -> str:
+    esc = html.escape
+    parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
+             "<title>Reproduction report: arXiv 2603.13085</title>",
+             f"<style>{STYLE}</style></head><body>"]
+    for block in blocks:
+        if isinstance(block, Heading):
+            parts.append(f"<h{block.level}>{esc(block.text)}</h{block.level}>")
+        elif isinstance(block, Text):
+            parts.append(f"<p>{esc(block.text)}</p>")
+        elif isinstance(block, Table):
+            head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
+            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
+                           for row in block.rows)
+            parts.append(f"<table><caption>{esc(block.caption)}</caption><thead><tr>{head}"
+                         f"</tr></thead><tbody>{body}</tbody></table>")
+        else:
+            parts.append(f'<figure><img src="{esc(block.path)}" alt="{esc(block.caption)}">'
+                         f"<figcaption>{esc(block.caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(out: Path) -> Path:
+    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*`` from the cell
+    results under ``out``; return the path of report.md."""
+    out = Path(out)
+    if not out.is_dir():
+        raise ValueError(f"out: expected a run folder, got {str(out)!r}")
+    blocks = build_report(load_run(out), out / "figures")
+    atomic_write(out / "report.html", to_html(blocks))
+    return atomic_write(out / "report.md", to_markdown(blocks))
+
