@@ -38,13 +38,14 @@ def _pair(x1: torch.Tensor, x2: torch.Tensor | None, d: int | None = None):
     return x1, x2
 
 
-@torch.no_grad()
 def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """Θ_m(x1, x2) = (Z₁Z₂ᵀ) ⊙ (D₁D₂ᵀ)/m in closed form, on the network's raw inputs (float64).
 
-    The attention front, if any, is applied first (z = φ(x)). Raises NonFiniteError when
-    the kernel overflows float64.
+    The attention front, if any, is applied first (z = φ(x)). Differentiable in x1, x2 and
+    the front's reference (W is held fixed; the gates D have zero derivative), so kernel
+    changes can be maximised by gradient ascent; inputs without gradients build no graph.
+    Raises NonFiniteError when the kernel overflows float64.
     """
     if not isinstance(model, TwoLayerNet):
         raise TypeError(f"model: empirical_ntk (closed form) needs a TwoLayerNet, got "

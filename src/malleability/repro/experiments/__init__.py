@@ -13,13 +13,14 @@ from . import (
     landscape,
     ntk_distance,
     spectrum,
+    theory,
 )
 
 #: Experiments by name, in the order a run executes them.
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
     for module in (spectrum, collapse, flip_rates, ntk_distance, adversarial_training,
-                   interventions, complexity, landscape, influential)
+                   interventions, complexity, landscape, influential, theory)
 }
 
 __all__ = ["EXPERIMENTS"]
