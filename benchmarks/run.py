@@ -11,6 +11,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from malleability.influence import loo_influence  # noqa: E402
+from malleability.influence import loo_influence, ntk_influence  # noqa: E402
 from malleability.models import TwoLayerNet  # noqa: E402
 from malleability.ntk import autograd_ntk, empirical_ntk, infinite_ntk  # noqa: E402
 from malleability.spectral import effective_condition_number  # noqa: E402
@@ -32,6 +34,7 @@ from malleability.spectral import effective_condition_number  # noqa: E402
 SEED = 0
 F64 = torch.float64
 RESULTS = Path(__file__).with_name("results.json")
+SCALING = Path(__file__).with_name("loo_scaling.json")
 
 # Sizes of the three sections.
 NTK_N, NTK_M, NTK_D = 1000, 1024, 784
@@ -218,6 +221,76 @@ def bench_kappa(gen: torch.Generator) -> list[Row]:
                 "median of 3")]
 
 
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's resident memory (VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def loo_scaling_one(n: int) -> dict[str, Any]:
+    """Exact LOO (MSE) at n training points on an empirical NTK, then the baseline Cholesky
+    (in place) + GEMM; times and peak RSS of each phase (one process per n)."""
+    gen = torch.Generator().manual_seed(SEED)
+    net = TwoLayerNet(NTK_D, NTK_M, LOO_C, seed=SEED)
+    x, x_t = unit_rows(n, NTK_D, gen), unit_rows(LOO_N_TEST, NTK_D, gen)
+    eye = torch.eye(LOO_C, dtype=F64)
+    y = eye[torch.randint(0, LOO_C, (n,), generator=gen)]
+    y_t = eye[torch.randint(0, LOO_C, (LOO_N_TEST,), generator=gen)]
+    matrix = 8 * n * n
+    out: dict[str, Any] = {"n": n, "n_test": LOO_N_TEST, "C": LOO_C, "nxn_bytes": matrix}
+    base_rss = peak_rss_bytes()
+    reset_peak_rss()
+    start = time.perf_counter()
+    k, k_t = empirical_ntk(net, x), empirical_ntk(net, x_t, x)
+    out["kernel_s"] = time.perf_counter() - start
+    out["kernel_peak_nxn"] = (peak_rss_bytes() - base_rss) / matrix
+    log(f"n={n}: empirical NTK {out['kernel_s']:.1f} s, peak +{out['kernel_peak_nxn']:.2f} n×n")
+    reset_peak_rss()
+    start = time.perf_counter()
+    result = ntk_influence(k, k_t, y, y_t, LOO_RIDGE)
+    out["loo_s"] = time.perf_counter() - start
+    out["loo_peak_nxn"] = (peak_rss_bytes() - base_rss) / matrix
+    out["stability"] = result.stability.to_dict()
+    log(f"n={n}: ntk_influence {out['loo_s']:.1f} s, peak +{out['loo_peak_nxn']:.2f} n×n "
+        f"over the process before the kernel (K itself is 1)")
+    del result
+    start = time.perf_counter()
+    factor = k.clone()
+    factor.diagonal().add_(LOO_RIDGE)
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(factor.mT, upper=True, out=(factor.mT, info))
+    k_t @ factor
+    out["cholesky_gemm_s"] = time.perf_counter() - start
+    out["ratio"] = out["loo_s"] / out["cholesky_gemm_s"]
+    log(f"n={n}: Cholesky (in place) + GEMM {out['cholesky_gemm_s']:.1f} s, "
+        f"ratio {out['ratio']:.2f}")
+    return out
+
+
+def loo_scaling(sizes: list[int]) -> None:
+    """Each size in a fresh process (so peak RSS is its own); writes loo_scaling.json."""
+    results = []
+    for n in sizes:
+        proc = subprocess.run([sys.executable, __file__, "--loo-scaling-one", str(n)],
+                              check=True, stdout=subprocess.PIPE, text=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(proc.stdout.strip().splitlines()[-1], flush=True)
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "ram_bytes": os.sysconf("SC_PAGE_SIZE")
+            * os.sysconf("SC_PHYS_PAGES")}
+    SCALING.write_text(json.dumps({"meta": meta, "sizes": results}, indent=2,
+                                  ensure_ascii=False) + "\n")
+    print(f"wrote {SCALING}")
+
+
 def print_table(rows: list[Row]) -> None:
     head = f"{'benchmark':<46} {'A':<27} {'A (s)':>9} {'B':<25} {'B (s)':>8} {'A/B':>8}"
     print("\n" + head + "\n" + "-" * len(head))
@@ -261,4 +334,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--loo-scaling-one":
+        print(json.dumps(loo_scaling_one(int(sys.argv[2]))), flush=True)
+    elif len(sys.argv) == 3 and sys.argv[1] == "--loo-scaling":
+        loo_scaling([int(v) for v in sys.argv[2].split(",")])
+    elif len(sys.argv) == 1:
+        main()
+    else:
+        sys.exit("usage: run.py [--loo-scaling 5000,10000,20000]")

@@ -38,11 +38,13 @@ def _pair(x1: torch.Tensor, x2: torch.Tensor | None, d: int | None = None):
 
 
 @torch.no_grad()
-def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                  block_bytes: int = 64 * 2**20) -> torch.Tensor:
     """Θ_m(x1, x2) = (Z₁Z₂ᵀ) ⊙ (D₁D₂ᵀ)/m in closed form, on the network's raw inputs (float64).
 
-    The attention front, if any, is applied first (z = φ(x)).
+    The attention front, if any, is applied first (z = φ(x)). Z₁Z₂ᵀ is written into the
+    output and scaled in place by D₁D₂ᵀ/m in row blocks of at most ``block_bytes``, so
+    the only n₁ × n₂ matrix allocated is the result.
     """
     x1, x2 = _pair(x1, x2, model.in_features)
     model = _as_float64(model)
@@ -51,7 +53,11 @@ def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None 
     z2 = z1 if x2 is x1 else (x2 if front is None else front(x2))
     d1 = (z1 @ w.T > 0).to(_F64)
     d2 = d1 if z2 is z1 else (z2 @ w.T > 0).to(_F64)
-    return (z1 @ z2.T) * (d1 @ d2.T) / model.width
+    out = z1 @ z2.T
+    rows = max(1, block_bytes // (8 * out.shape[1]))
+    for s in range(0, out.shape[0], rows):
+        out[s:s + rows].mul_(d1[s:s + rows] @ d2.T).div_(model.width)
+    return out
 
 
 def _as_float64(module: nn.Module) -> nn.Module:

@@ -7,10 +7,11 @@ targets are one-hot with cross-entropy; binary targets are ±1 with ½(f − y)�
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import (
@@ -87,6 +88,35 @@ def objective(model: TwoLayerNet, w0: torch.Tensor, h: torch.Tensor, y: torch.Te
     return data + l2_to_init * ((model.weight - w0) ** 2).sum()
 
 
+@torch.no_grad()
+def objective_and_gradient_(w: torch.Tensor, w0: torch.Tensor, readout: torch.Tensor,
+                            h: torch.Tensor, y: torch.Tensor, loss: Loss | str,
+                            l2_to_init: float,
+                            grad: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """:func:`objective` of k networks sharing their inputs, without autograd: the k values
+    (a (k,) tensor, no sync) and their gradients written into ``grad``.
+
+    W (k·m × d) stacks the networks' first layers, A (k × m × C) their readouts. With
+    P = h Wᵀ, f_j = σ(P_j) A_j/√m and G = ∂L/∂f / b (f − y for MSE, softmax(f) − y for
+    cross-entropy), ∇_W = ((G Aᵀ/√m) ⊙ 1[P > 0])ᵀ h + 2λ_reg (W − W₀): one GEMM, the
+    regulariser term as its β·C addend. ``diff`` (shape of W) is scratch.
+    """
+    loss = parse_enum(loss, Loss, "loss")
+    k, m, _ = readout.shape
+    b, scale = h.shape[0], m ** -0.5
+    pre = h @ w.T  # b × k·m
+    act = torch.relu(pre).view(b, k, m)
+    f = torch.einsum("bkm,kmc->bkc", act, readout).mul_(scale)
+    data = per_example_loss(f, y[:, None, :], loss).mean(0)
+    g = f - y[:, None, :] if loss is Loss.MSE else torch.softmax(f, dim=2) - y[:, None, :]
+    back = torch.einsum("bkc,kmc->bkm", g, readout).reshape(b, k * m)
+    back.mul_(scale / b).masked_fill_(pre <= 0, 0.0)
+    torch.sub(w, w0, out=diff)
+    torch.addmm(diff, back.T, h, beta=2 * l2_to_init, out=grad)
+    flat = diff.view(k, -1)
+    return data + l2_to_init * torch.linalg.vecdot(flat, flat)
+
+
 def train(
     model: TwoLayerNet,
     x: torch.Tensor,
@@ -130,7 +160,11 @@ def train(
             x = to_hidden(x)
     batch_hidden = _identity if adversary is None else to_hidden
     w0 = model.weight.detach().clone()
-    optimizer = torch.optim.Adam([model.weight], lr=settings.lr)
+    # Gradients are written analytically (objective_and_gradient_), so Adam's fused kernel
+    # does the whole update in one pass where the device supports it.
+    model.weight.grad = torch.empty_like(w0)
+    diff, readout = torch.empty_like(w0), model.readout[None]
+    optimizer = torch.optim.Adam([model.weight], lr=settings.lr, fused=True)
     gen = torch.Generator().manual_seed(settings.seed)
     history = TrainHistory()
     if 0 in settings.checkpoints:
@@ -140,21 +174,25 @@ def train(
         return per_example_loss(model.head(to_hidden(xb)), yb, loss)
 
     n = x.shape[0]
+    x_epoch, y_epoch = torch.empty_like(x), torch.empty_like(y)  # reused, shuffled per epoch
     bar = tqdm(range(1, settings.epochs + 1), desc="train", disable=not settings.progress,
                leave=False)
     for epoch in bar:
         order = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
+        torch.index_select(x, 0, order, out=x_epoch)
+        torch.index_select(y, 0, order, out=y_epoch)
+        total_t = torch.zeros((), dtype=y.dtype, device=device)  # summed on device, no sync
         for s in range(0, n, settings.batch_size):
-            idx = order[s:s + settings.batch_size]
-            xb, yb = x[idx], y[idx]
+            xb, yb = x_epoch[s:s + settings.batch_size], y_epoch[s:s + settings.batch_size]
             if adversary is not None:
                 xb = adversary(batch_loss, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            value = objective(model, w0, batch_hidden(xb), yb, loss, settings.l2_to_init)
-            value.backward()
+            with torch.no_grad():
+                value = objective_and_gradient_(model.weight, w0, readout, batch_hidden(xb),
+                                                yb, loss, settings.l2_to_init,
+                                                model.weight.grad, diff)
             optimizer.step()
-            total += float(value.detach()) * idx.numel()
+            total_t += value[0] * xb.shape[0]
+        total = float(total_t)
         history.train_loss.append(total / n)
         if h_test is not None:
             with torch.no_grad():
@@ -165,6 +203,88 @@ def train(
         if epoch in settings.checkpoints:
             history.checkpoints[epoch] = model.weight.detach().cpu().clone()
     return history
+
+
+def train_batched(
+    models: Sequence[TwoLayerNet],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: TrainSettings,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    loss: Loss | str | None = None,
+) -> list[TrainHistory]:
+    """Train k networks with the same hidden-layer inputs (e.g. one architecture, several
+    seeds) in place, as one stacked network on the network inputs ``x``: one GEMM per layer
+    and step for all k and one Adam update of the stacked W (k·m × d).
+
+    All k see the same batches (``settings.seed``); since Adam acts elementwise, each
+    network follows the trajectory :func:`train` gives it, up to rounding. No adversary.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("models: expected at least one network")
+    first = models[0]
+    shape = (first.width, first.in_features, first.num_classes, first.weight.dtype,
+             first.weight.device)
+    for j, net in enumerate(models):
+        if (net.width, net.in_features, net.num_classes, net.weight.dtype,
+                net.weight.device) != shape:
+            raise ValueError(f"models: network {j} differs from network 0 in width, inputs, "
+                             f"classes, dtype or device")
+    m, dtype, device = first.width, first.weight.dtype, first.weight.device
+    y = as_tensor(y, "y", ndim=2, dtype=dtype).to(device)
+    x = as_tensor(x, "x", ndim=2, dtype=None).to(device)
+    check_rows_match(x, y, "x", "y")
+    loss = loss_for_targets(y) if loss is None else parse_enum(loss, Loss, "loss")
+    if (x_test is None) != (y_test is None):
+        raise ValueError("y_test: give x_test and y_test together")
+    with torch.no_grad():
+        h = first.features(x)
+        if any(not torch.equal(net.features(x), h) for net in models[1:]):
+            raise ValueError("models: expected networks with the same hidden-layer inputs "
+                             "(2L-ReLU, or the same attention front)")
+        if x_test is not None:
+            y_test = as_tensor(y_test, "y_test", ndim=2, dtype=dtype, device=device)
+            h_test = first.features(as_tensor(x_test, "x_test", ndim=2, dtype=None).to(device))
+            check_rows_match(h_test, y_test, "x_test", "y_test")
+    k = len(models)
+    w = nn.Parameter(torch.cat([net.weight.detach() for net in models]))
+    for j, net in enumerate(models):  # each network's W is its block of the stack meanwhile
+        net.weight.data = w.data[j * m:(j + 1) * m]
+    w0, readout = w.detach().clone(), torch.stack([net.readout for net in models])
+    w.grad, diff = torch.empty_like(w0), torch.empty_like(w0)
+    optimizer = torch.optim.Adam([w], lr=settings.lr, fused=True)
+    gen = torch.Generator().manual_seed(settings.seed)
+    histories = [TrainHistory() for _ in models]
+    if 0 in settings.checkpoints:
+        for j, hist in enumerate(histories):
+            hist.checkpoints[0] = w0[j * m:(j + 1) * m].cpu().clone()
+    n = h.shape[0]
+    h_epoch, y_epoch = torch.empty_like(h), torch.empty_like(y)
+    for epoch in tqdm(range(1, settings.epochs + 1), desc=f"train ×{k}",
+                      disable=not settings.progress, leave=False):
+        order = torch.randperm(n, generator=gen).to(device)
+        torch.index_select(h, 0, order, out=h_epoch)
+        torch.index_select(y, 0, order, out=y_epoch)
+        total = torch.zeros(k, dtype=dtype, device=device)
+        for s in range(0, n, settings.batch_size):
+            hb, yb = h_epoch[s:s + settings.batch_size], y_epoch[s:s + settings.batch_size]
+            total += hb.shape[0] * objective_and_gradient_(
+                w, w0, readout, hb, yb, loss, settings.l2_to_init, w.grad, diff)
+            optimizer.step()
+        for net, hist, value in zip(models, histories, total.tolist(), strict=True):
+            hist.train_loss.append(value / n)
+            if x_test is not None:
+                with torch.no_grad():
+                    test_loss, test_acc = _loss_and_accuracy(net.head(h_test), y_test, loss)
+                hist.test_loss.append(test_loss)
+                hist.test_accuracy.append(test_acc)
+            if epoch in settings.checkpoints:
+                hist.checkpoints[epoch] = net.weight.detach().cpu().clone()
+    for net in models:
+        net.weight.data = net.weight.data.clone()
+    return histories
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
