@@ -30,6 +30,7 @@ from malleability.influence import loo_influence, ntk_influence  # noqa: E402
 from malleability.models import TwoLayerNet  # noqa: E402
 from malleability.ntk import autograd_ntk, empirical_ntk, infinite_ntk  # noqa: E402
 from malleability.spectral import effective_condition_number  # noqa: E402
+from malleability.training import TrainSettings, train, train_batched  # noqa: E402
 
 SEED = 0
 F64 = torch.float64
@@ -42,6 +43,7 @@ NTK_N, NTK_M, NTK_D = 1000, 1024, 784
 AUTOGRAD_BLOCKS = {1: (20, NTK_N), 10: (2, 100)}
 LOO_SIZES, LOO_N_TEST, LOO_C, LOO_RIDGE = (2000, 5000), 500, 10, 1e-3
 KAPPA_SHAPE = (60000, 784)
+TRAIN_N, TRAIN_BATCH, TRAIN_BATCHED, TRAIN_EPOCHS = 6000, 128, 4, 3
 SQUARE_GEMM = 2048
 # Environment that changes threaded BLAS/LAPACK timings (recorded in the output).
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
@@ -210,6 +212,48 @@ def loo_breakdown(reg: torch.Tensor, k_t: torch.Tensor) -> dict[str, float]:
     return {k: bench(fn, repeats=1, warmup=False) for k, fn in steps.items()}
 
 
+def bench_training(gen: torch.Generator, extra: dict[str, Any]) -> list[Row]:
+    """``train`` (float32) vs its GEMM floor over TRAIN_EPOCHS epochs, and ``train_batched``
+    on k networks vs k calls of ``train``."""
+    n, d, m, c, bs = TRAIN_N, NTK_D, NTK_M, LOO_C, TRAIN_BATCH
+    x = torch.rand(n, d, generator=gen)
+    y = torch.eye(c)[torch.randint(0, c, (n,), generator=gen)]
+    settings = TrainSettings(epochs=TRAIN_EPOCHS, batch_size=bs, progress=False)
+    net = TwoLayerNet(d, m, c, seed=SEED, dtype=torch.float32)
+    nets = [TwoLayerNet(d, m, c, seed=SEED + j, dtype=torch.float32)
+            for j in range(TRAIN_BATCHED)]
+    w, g = net.weight.detach().clone(), torch.randn(bs, m, generator=gen)
+    sizes = [min(bs, n - s) for s in range(0, n, bs)]
+    batches = [x[:b].clone() for b in sizes]
+
+    def floor() -> None:
+        for _ in range(TRAIN_EPOCHS):
+            for xb in batches:  # forward h Wᵀ and weight gradient Gᵀ h of every step
+                xb @ w.T
+                g[:xb.shape[0]].T @ xb
+
+    t = bench_interleaved({
+        "floor": floor, "train": lambda: train(net, x, y, settings),
+        "batched": lambda: train_batched(nets, x, y, settings),
+        "sequential": lambda: [train(mdl, x, y, settings) for mdl in nets]}, rounds=3)
+    flops = TRAIN_EPOCHS * sum(2 * 2 * b * d * m for b in sizes)
+    rate = flops / t["floor"] / 1e9
+    log(f"train {TRAIN_EPOCHS} epochs {t['train']:.3f} s, GEMM floor {t['floor']:.3f} s "
+        f"({rate:.1f} GFLOP/s float32): {t['floor'] / t['train']:.0%} of the floor; train_batched ×"
+        f"{TRAIN_BATCHED} {t['batched']:.3f} s vs sequential {t['sequential']:.3f} s")
+    extra["training"] = {"times_s": t, "float32_gflops": rate,
+                         "fraction_of_floor": t["floor"] / t["train"]}
+    shape = f"n={n} d={d} m={m} C={c} batch {bs}, float32"
+    return [
+        Row(f"train {TRAIN_EPOCHS} epochs vs GEMM floor ({shape})", "train", t["train"],
+            "h Wᵀ + Gᵀ h per step", t["floor"],
+            f"floor at {rate:.1f} GFLOP/s; train at {t['floor'] / t['train']:.0%} of it"),
+        Row(f"{TRAIN_BATCHED} networks, {TRAIN_EPOCHS} epochs", "train_batched", t["batched"],
+            f"{TRAIN_BATCHED} × train", t["sequential"],
+            f"speed-up {t['sequential'] / t['batched']:.2f}×; median of 3 interleaved rounds"),
+    ]
+
+
 def bench_kappa(gen: torch.Generator) -> list[Row]:
     """effective_condition_number on a 60000×784 matrix vs one XᵀX."""
     x = torch.randn(*KAPPA_SHAPE, generator=gen, dtype=F64)
@@ -320,6 +364,8 @@ def main() -> None:
     rows += bench_loo(gen, extra)
     print("3. condition number κ", flush=True)
     rows += bench_kappa(gen)
+    print("4. training", flush=True)
+    rows += bench_training(gen, extra)
     meta["total_s"] = round(time.perf_counter() - start, 1)
     meta["loadavg_end"] = round(os.getloadavg()[0], 2)
     print_table(rows)
