@@ -26,7 +26,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from malleability._validation import as_tensor  # noqa: E402
 from malleability.influence import loo_influence, ntk_influence  # noqa: E402
+from malleability.kernel_ridge import _estimated_report, fit_kernel_ridge  # noqa: E402
+from malleability.linalg import tri_inverse_  # noqa: E402
 from malleability.models import TwoLayerNet  # noqa: E402
 from malleability.ntk import autograd_ntk, empirical_ntk, infinite_ntk  # noqa: E402
 from malleability.spectral import effective_condition_number  # noqa: E402
@@ -41,7 +44,7 @@ SCALING = Path(__file__).with_name("loo_scaling.json")
 NTK_N, NTK_M, NTK_D = 1000, 1024, 784
 # Autograd blocks (rows × cols of the n×n kernel) timed and extrapolated by area.
 AUTOGRAD_BLOCKS = {1: (20, NTK_N), 10: (2, 100)}
-LOO_SIZES, LOO_N_TEST, LOO_C, LOO_RIDGE = (2000, 5000), 500, 10, 1e-3
+LOO_SIZES, LOO_N_TEST, LOO_C, LOO_RIDGE = (3000, 5000), 500, 10, 1e-3
 KAPPA_SHAPE = (60000, 784)
 TRAIN_N, TRAIN_BATCH, TRAIN_BATCHED, TRAIN_EPOCHS = 6000, 128, 4, 3
 SQUARE_GEMM = 2048
@@ -177,39 +180,49 @@ def bench_loo(gen: torch.Generator, extra: dict[str, Any]) -> list[Row]:
         y = eye[torch.randint(0, LOO_C, (n,), generator=gen)]
         y_t = eye[torch.randint(0, LOO_C, (LOO_N_TEST,), generator=gen)]
         reg = k + LOO_RIDGE * torch.eye(n, dtype=F64)
-        small = n == min(LOO_SIZES)  # the first size warms up; the large one is timed once
-        repeats = 3 if small else 1
-        t_base = bench(lambda reg=reg, k_t=k_t: (torch.linalg.cholesky(reg), k_t @ reg),
-                       repeats=3)
+        small = n == min(LOO_SIZES)  # interleaved rounds at the small n; the large n once
+        fns: dict[str, Callable[[], object]] = {
+            "base": lambda reg=reg, k_t=k_t: (torch.linalg.cholesky(reg), k_t @ reg)}
         for loss in ("mse", "ce"):
-            t = bench(lambda k=k, k_t=k_t, y=y, y_t=y_t, loss=loss: loo_influence(
-                k, k_t, y, y_t, LOO_RIDGE, loss), repeats=repeats, warmup=small and loss == "mse")
-            log(f"loo_influence n={n} {loss}: {t:.2f} s (Cholesky + GEMM {t_base:.2f} s)")
+            fns[loss] = lambda k=k, k_t=k_t, y=y, y_t=y_t, loss=loss: loo_influence(
+                k, k_t, y, y_t, LOO_RIDGE, loss)
+        t = bench_interleaved(fns, rounds=3 if small else 1)
+        for loss in ("mse", "ce"):
+            log(f"loo_influence n={n} {loss}: {t[loss]:.2f} s (Cholesky + GEMM {t['base']:.2f} s)")
             rows.append(Row(
                 f"LOO influence n={n} n_test={LOO_N_TEST} C={LOO_C} {loss}", "loo_influence",
-                t, "cholesky + GEMM", t_base,
-                f"median of {repeats}" + ("" if small else ", warmed up at the smaller n")))
+                t[loss], "cholesky + GEMM", t["base"],
+                "median of 3 interleaved rounds" if small else "one round after a warm-up"))
         if small:
-            extra["loo_breakdown"] = loo_breakdown(reg, k_t)
+            extra["loo_breakdown"] = loo_breakdown(k, k_t, y)
             log(f"breakdown n={n}: " + ", ".join(
                 f"{step} {sec:.2f} s" for step, sec in extra["loo_breakdown"].items()))
     return rows
 
 
-def loo_breakdown(reg: torch.Tensor, k_t: torch.Tensor) -> dict[str, float]:
-    """Times of the dense steps fit_kernel_ridge + ntk_influence run on K + λI."""
-    n = reg.shape[0]
-    chol = torch.linalg.cholesky(reg)
-    inv = torch.cholesky_inverse(chol)
-    eye = torch.eye(n, dtype=F64)
+def loo_breakdown(k: torch.Tensor, k_t: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Times of the steps ntk_influence runs (fit_kernel_ridge, then K_t H and diag H)."""
+    fit = fit_kernel_ridge(k, y, LOO_RIDGE)
+    factor = k.clone()
+    factor.diagonal().add_(LOO_RIDGE)
+    chol = torch.linalg.cholesky(factor)
+    info = torch.empty((), dtype=torch.int32)
+
+    def cholesky_in_place() -> None:
+        buf = k.clone()
+        buf.diagonal().add_(LOO_RIDGE)
+        torch.linalg.cholesky_ex(buf.mT, upper=True, out=(buf.mT, info))
+
     steps: dict[str, Callable[[], object]] = {
-        "eigvalsh": lambda: torch.linalg.eigvalsh(reg),
-        "cholesky": lambda: torch.linalg.cholesky_ex(reg),
-        "cholesky_inverse": lambda: torch.cholesky_inverse(chol),
-        "residual (K+λI)H - I": lambda: torch.linalg.norm(reg @ inv - eye),
-        "K_t H": lambda: k_t @ inv,
+        "input checks (as_tensor on K)": lambda: as_tensor(k, "k", ndim=2),
+        "copy K + Cholesky in place": cholesky_in_place,
+        "tri_inverse_ (L → L⁻¹ in place)": lambda: tri_inverse_(chol.clone()),
+        "α = H Y": lambda: fit.times_inverse(y.T),
+        "A.9 estimates": lambda: _estimated_report(fit.factor_inverse, k, LOO_RIDGE),
+        "K_t H": lambda: fit.times_inverse(k_t),
+        "diag H": fit.inverse_diagonal,
     }
-    return {k: bench(fn, repeats=1, warmup=False) for k, fn in steps.items()}
+    return {name: bench(fn, repeats=1, warmup=False) for name, fn in steps.items()}
 
 
 def bench_training(gen: torch.Generator, extra: dict[str, Any]) -> list[Row]:
