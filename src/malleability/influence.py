@@ -84,13 +84,14 @@ def ntk_influence(
     if loss is Loss.MSE:
         matrix = b * ((f - y_t) @ beta.T) + 0.5 * b**2 * (beta**2).sum(1)[None, :]
     else:
-        base = per_example_loss(f, y_t, loss)
+        # L(f + B_ti β_i) − L(f) = lse(f_t + B_ti β_i) − lse(f_t) − B_ti (y_t·β_i): only the
+        # log-sum-exp needs the (rows × n × C) block.
+        matrix = -b * (y_t @ beta.T)
+        matrix -= torch.logsumexp(f, dim=1)[:, None]
         rows = max(1, block_bytes // (8 * n * beta.shape[1]))
-        matrix = torch.empty_like(b)
         for s in range(0, b.shape[0], rows):
             shifted = f[s:s + rows, None, :] + b[s:s + rows, :, None] * beta[None, :, :]
-            matrix[s:s + rows] = (per_example_loss(shifted, y_t[s:s + rows, None, :], loss)
-                                  - base[s:s + rows, None])
+            matrix[s:s + rows] += torch.logsumexp(shifted, dim=2)
     return InfluenceResult(matrix=matrix, scores=matrix.mean(0), predictions=f,
                            alpha=fit.alpha, stability=fit.stability)
 

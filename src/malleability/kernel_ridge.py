@@ -17,6 +17,7 @@ from .linalg import tri_inverse_, tri_matmul_left_, tri_matmul_right_
 # Random probe vectors for the residual, symmetry and spectrum estimates, and Krylov blocks
 # for the extreme eigenvalues (so p × blocks Ritz vectors per end of the spectrum).
 PROBES, KRYLOV_BLOCKS, PROBE_SEED = 8, 3, 0
+_THIN_ROWS = 32  # up to this many right-hand sides, products with L⁻¹ are plain GEMMs
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,10 @@ def fit_checked(k: torch.Tensor, y: torch.Tensor, ridge: float, exact: bool = Fa
 
 
 def _times_inverse(l_inv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """R H = (R L⁻ᵀ) L⁻¹ for R (k × n): two in-place triangular products on a copy of R."""
+    """R H = (R L⁻ᵀ) L⁻¹ for R (k × n): two in-place triangular products on a copy of R
+    (for a few rows, two dense products: bound by reading L⁻¹ either way, in two calls)."""
+    if rows.shape[0] <= _THIN_ROWS:
+        return (rows @ l_inv.T) @ l_inv
     out = rows.clone()
     tri_matmul_left_(l_inv, out.T)  # out ← out L⁻ᵀ
     return tri_matmul_right_(out, l_inv)
