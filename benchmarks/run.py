@@ -1,4 +1,4 @@
-"""Benchmarks of the NTK, LOO-influence and κ routines against plain torch kernels.
+"""Benchmarks of the NTK, LOO-influence, κ and training routines against plain torch kernels.
 
 Run with ``make bench`` (``.venv/bin/python benchmarks/run.py``); prints a table and writes
 ``benchmarks/results.json``. Every row is "A vs B" with the ratio A/B; see benchmarks/README.md.
