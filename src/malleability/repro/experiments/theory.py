@@ -201,7 +201,7 @@ def check_bounds(k: torch.Tensor, k_new: torch.Tensor, y: torch.Tensor, ridge: f
     delta_norm = float(torch.linalg.matrix_norm(delta, ord=2))
     alpha_hat = fit.alpha / torch.linalg.norm(fit.alpha)
     along = float(torch.linalg.norm(delta @ alpha_hat))
-    top_new = float(torch.linalg.eigvalsh((k_new + k_new.T) / 2)[-1])
+    top, top_new = (float(torch.linalg.eigvalsh((m + m.T) / 2)[-1]) for m in (k, k_new))
     values = {
         "upper_measured": moved * influence_change_bound(lipschitz, eps, y, ridge),
         "upper_analytic": moved * influence_change_bound(lipschitz_analytic, eps_z, y, ridge),
@@ -215,7 +215,7 @@ def check_bounds(k: torch.Tensor, k_new: torch.Tensor, y: torch.Tensor, ridge: f
                      "ratio": shift / value if value > 0 else math.inf}
               for name, value in values.items()}
     return {"shift": shift, "delta_k": delta_norm, "delta_k_along_alpha": along,
-            "top_eigenvalue": fit.stability.max_eigenvalue - ridge,
+            "top_eigenvalue": top,
             "top_eigenvalue_after": top_new, "alpha_norm": float(torch.linalg.norm(fit.alpha)),
             "label_norm": float(torch.linalg.norm(as_targets(y, "y", k.shape[0]))),
             "bounds": bounds}
