@@ -37,7 +37,8 @@ from .jacobian_ntk import output_size
 from .malleability import flip_rate, spearman, top_fraction, top_k_overlap
 from .spectral import effective_condition_number, width_threshold
 
-#: Estimators whose scores depend on ``seed``; the others are computed once per model.
+#: Estimators whose scores depend on ``seed`` (random projections or sampling); the others
+#: are computed once per model and input set.
 RANDOMIZED = frozenset({Estimator.TRAK, Estimator.IF_LISSA, Estimator.IF_ARNOLDI})
 
 
@@ -296,10 +297,11 @@ def audit(
     def malleability_of(nets: Sequence[nn.Module], clean: dict[int, torch.Tensor]):
         rows = []
         for seed in seeds:
-            before = clean[seed if estimator in RANDOMIZED else seeds[0]]
+            est_seed = seed if estimator in RANDOMIZED else seeds[0]
+            before = clean[est_seed]
             selected = top_fraction(before, fraction)
             x_adv = attack_rows(nets, x, y, selected, attack, eps, (lo, hi), step, steps, seed)
-            after = sum(scores_of(m, x_adv, seed) for m in nets) / len(nets)
+            after = sum(scores_of(m, x_adv, est_seed) for m in nets) / len(nets)
             rows.append((flip_rate(before, after, fraction), spearman(before, after),
                          top_k_overlap(before, after, fraction)))
         return [Interval.over(col) for col in zip(*rows, strict=True)]

@@ -9,9 +9,10 @@ positive when training point i helps the test predictions (removing it raises th
   (Definition 3.3; :func:`~malleability.influence.ntk_influence`): MSE on ±1 targets for one
   output, cross-entropy on one-hot targets for C ≥ 2.
 - dattri 0.3.0 (model's own dtype): ∇L_t · H⁻¹ ∇L_i for the influence functions (explicit
-  Hessian, CG, LiSSA, Arnoldi, DataInf, EK-FAC), TRAK's projected-gradient score, and TracIn
-  at the given checkpoint (∇L_t · ∇L_i). The loss is the model's training loss: cross-entropy
-  on the logits (C ≥ 2) or the logistic loss on one score.
+  Hessian, CG, LiSSA, Arnoldi, DataInf, EK-FAC; damping 1e-3 each), TRAK's projected-gradient
+  score, and TracIn at the given checkpoint (exact ∇L_t · ∇L_i, no projection). The loss is the
+  model's training loss: cross-entropy on logits (C ≥ 2), the logistic loss on one score.
+  dattri runs in float32 (it builds float32 tensors internally).
 """
 
 from __future__ import annotations
@@ -76,11 +77,15 @@ def influence_scores(
         return _ntk_loo(model, x_train, y_train, x_test, y_test, parameters,
                         check_positive(ridge, "ridge"))
     try:
-        return _dattri_scores(estimator, model, x_train, y_train, x_test, y_test, parameters,
-                              seed)
+        scores = _dattri_scores(estimator, model, x_train, y_train, x_test, y_test, parameters,
+                                seed).detach()
     except (RuntimeError, UnboundLocalError, TypeError, IndexError) as err:
         raise ValueError(f"estimator: {estimator.value} failed inside dattri "
                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
+    if not bool(torch.isfinite(scores).all()):
+        raise ValueError(f"estimator: {estimator.value} returned non-finite scores "
+                         "(dattri 0.3.0; see docs/audit.md)")
+    return scores
 
 
 def _ntk_loo(model, x_train, y_train, x_test, y_test, parameters, ridge) -> torch.Tensor:
@@ -131,15 +136,15 @@ def _dattri_scores(estimator, model, x_train, y_train, x_test, y_test, parameter
         attributor = TRAKAttributor(task, correct_probability, layer_name=names, device=device)
         attributor.projector_kwargs = projector  # a copy: dattri's default dict stays as is
         attributor.cache(train)
-        return attributor.attribute(test, train).mean(1)
+        return attributor.attribute(test).mean(1).to(torch.float64)
     if estimator is Estimator.TRACIN:
         attributor = TracInAttributor(task, torch.ones(1), normalized_grad=False,
                                       layer_name=names, device=device)
-        attributor.projector_kwargs = projector
-        return attributor.attribute(train, test).mean(1)
+        attributor.projector_kwargs = None  # exact gradients, no random projection
+        return attributor.attribute(train, test).mean(1).to(torch.float64)
     if estimator is Estimator.IF_EKFAC:
         attributor = dif.IFAttributorEKFAC(task, module_name=None if parameters is None
-                                           else list(parameters), device=device)
+                                           else list(parameters), device=device, damping=1e-3)
     else:
         cls, kwargs = {
             Estimator.IF_EXPLICIT: (dif.IFAttributorExplicit, {"regularization": 1e-3}),
