@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from malleability.audit import attack_rows, audit, load_split, representation, spectral_step
+from malleability.auditing import attack_rows, audit, load_split, representation, spectral_step
 from malleability.classifiers import MLPClassifier, VisionTransformer, fit_classifier
 from malleability.data import load_dataset
 from malleability.estimators import Estimator, influence_scores

@@ -4,10 +4,13 @@ influence scores be trusted? An implementation of arXiv 2603.13085."""
 from . import _env  # noqa: F401  (must run before torch is imported)
 from .attacks import Attack, fgsm, mim, pgd, run_attack
 from .attention import AttentionFeatures, AttentionKind, Projection, attention_features
+from .auditing import AuditReport, Interval, audit
 from .data import Dataset, DownloadError, dataset_status, load_dataset, preprocess
 from .diagnostic import Diagnosis, diagnose
+from .estimators import Estimator, influence_scores
 from .influence import InfluenceResult, Loss, loo_influence, ntk_influence
 from .interventions import Intervention, adversarial_train, intervene
+from .jacobian_ntk import jacobian_ntk, last_layers, select_parameters
 from .kernel_ridge import KernelRidgeFit, StabilityReport, fit_kernel_ridge, kernel_ridge_predict
 from .malleability import (
     AttackSettings,
@@ -36,11 +39,14 @@ __all__ = [
     "AttackSettings",
     "AttentionFeatures",
     "AttentionKind",
+    "AuditReport",
     "ConditionReport",
     "Dataset",
     "Diagnosis",
     "DownloadError",
+    "Estimator",
     "InfluenceResult",
+    "Interval",
     "Intervention",
     "KernelRidgeFit",
     "Loss",
@@ -53,6 +59,7 @@ __all__ = [
     "TwoLayerNet",
     "adversarial_train",
     "attention_features",
+    "audit",
     "autograd_ntk",
     "dataset_status",
     "diagnose",
@@ -63,9 +70,12 @@ __all__ = [
     "flip_rate",
     "function_distance",
     "infinite_ntk",
+    "influence_scores",
     "intervene",
+    "jacobian_ntk",
     "kernel_distance",
     "kernel_ridge_predict",
+    "last_layers",
     "load_dataset",
     "loo_influence",
     "mean_pairwise_cosine",
@@ -76,6 +86,7 @@ __all__ = [
     "pgd",
     "preprocess",
     "run_attack",
+    "select_parameters",
     "spearman",
     "top_k_overlap",
     "train",
