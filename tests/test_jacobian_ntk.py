@@ -93,3 +93,10 @@ def test_one_line_errors(token_model):
         jacobian_ntk(token_model, x, _tokens(2, 0)[:, :3])
     with pytest.raises(ValueError, match=r"^model: expected outputs of shape \(n, C\)"):
         jacobian_ntk(token_model.norm, x)
+
+
+def test_empirical_ntk_of_a_foreign_module_is_the_generic_one(token_model):
+    from malleability import empirical_ntk
+
+    x = _tokens(3, 4)
+    torch.testing.assert_close(empirical_ntk(token_model, x), jacobian_ntk(token_model, x))

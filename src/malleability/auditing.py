@@ -253,9 +253,9 @@ def audit(
     """Audit ``model`` (any module mapping a batch to (n, C) logits or (n,) scores).
 
     Data: tensors/arrays with integer labels, package Datasets or .npz/.pt files (then the
-    ``y`` arguments may be None). ``alpha`` (attack step) defaults to 0.01·(hi − lo), the
-    paper's 0.01 on [0, 1]. ``parameters`` restricts the estimator's gradients (names or
-    prefixes). Inputs are checked before any computation.
+    ``y`` arguments may be None), moved to the model's device and dtype. ``alpha`` (attack
+    step) defaults to 0.01·(hi − lo), the paper's 0.01 on [0, 1]. ``parameters`` restricts
+    the estimator's gradients (names or prefixes). Inputs are checked before any computation.
     """
     estimator = parse_enum(estimator, Estimator, "estimator")
     attack = parse_enum(attack.lower() if isinstance(attack, str) else attack, Attack, "attack")
@@ -268,10 +268,13 @@ def audit(
     if not hi > lo:
         raise ValueError(f"bounds: expected (low, high) with low < high, got {bounds!r}")
     model = copy.deepcopy(model).eval()
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    device = first.device if first is not None else torch.device("cpu")
     x, y = load_split(x_train, y_train, "x_train")
     xt, yt = load_split(x_test if x_test is not None else x_train, y_test, "x_test")
-    x, xt = (a.to(dtype) if a.is_floating_point() else a for a in (x, xt))
+    x, xt = (a.to(device, dtype) if a.is_floating_point() else a.to(device) for a in (x, xt))
+    y, yt = y.to(device), yt.to(device)
     _check_bounds(x, (lo, hi), "x_train")
     _check_bounds(xt, (lo, hi), "x_test")
     if layer is not None:

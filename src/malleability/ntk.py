@@ -37,12 +37,15 @@ def _pair(x1: torch.Tensor, x2: torch.Tensor | None, d: int | None = None):
 
 
 @torch.no_grad()
-def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None
+def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """Θ_m(x1, x2) = (Z₁Z₂ᵀ) ⊙ (D₁D₂ᵀ)/m in closed form, on the network's raw inputs (float64).
 
-    The attention front, if any, is applied first (z = φ(x)).
+    The attention front, if any, is applied first (z = φ(x)). Any other module gets the
+    generic (1/C) Σ_c J_c J_cᵀ of :func:`~malleability.jacobian_ntk.jacobian_ntk`.
     """
+    if not isinstance(model, TwoLayerNet):
+        return jacobian_ntk(model, x1, x2)
     x1, x2 = _pair(x1, x2, model.in_features)
     model = cast_module(model, _F64)
     w, front = model.weight.detach(), model.front
