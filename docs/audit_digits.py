@@ -18,12 +18,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from malleability.auditing import audit, load_split, representation, spectral_step
+from malleability.auditing import (
+    audit,
+    load_split,
+    representation,
+    spectral_step,
+    strict_json,
+)
 from malleability.classifiers import MLPClassifier, VisionTransformer, fit_classifier
 from malleability.data import load_dataset
 
 RESULTS = Path(__file__).with_name("audit_digits.json")
-N_TRAIN, N_TEST, EPOCHS, CHECKPOINT_EVERY = 300, 100, 40, 10
+N_TRAIN, N_TEST, EPOCHS, CHECKPOINT_EVERY = 200, 50, 40, 10
 SEEDS = (0, 1, 2)
 MODELS = {
     "ViT (softmax)": lambda: VisionTransformer(attention="softmax", seed=0),
@@ -36,7 +42,7 @@ ESTIMATORS = ("ntk-loo", "tracin", "trak", "if-datainf", "if-cg", "if-lissa", "i
 
 def write_atomic(path: Path, payload: dict) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as fh:
-        json.dump(payload, fh, indent=1, allow_nan=False)
+        json.dump(strict_json(payload), fh, indent=1, allow_nan=False)
     os.replace(fh.name, path)
 
 

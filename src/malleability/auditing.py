@@ -88,20 +88,20 @@ class AuditReport:
                "spearman": self.spearman.to_dict(),
                "top_k_overlap": self.top_k_overlap.to_dict(),
                "checkpoint_agreement": self.checkpoint_agreement, "settings": self.settings}
-        return _strict(out)
+        return strict_json(out)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
 
-def _strict(value: Any) -> Any:
+def strict_json(value: Any) -> Any:
     """JSON-native values with non-finite floats as null."""
     if isinstance(value, Interval):
-        return _strict(value.to_dict())
+        return strict_json(value.to_dict())
     if isinstance(value, Mapping):
-        return {str(k): _strict(v) for k, v in value.items()}
+        return {str(k): strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
+        return [strict_json(v) for v in value]
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     if isinstance(value, np.integer):
