@@ -154,3 +154,29 @@ def test_load_split_from_npz_and_pt(tmp_path, digits):
     for name in ("d.npz", "d.pt"):
         xl, yl = load_split(tmp_path / name, None, "x_train")
         assert torch.equal(xl, x) and torch.equal(yl, y)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "linear"])
+def test_self_attention_matches_its_formula(kind):
+    from malleability.classifiers import SelfAttention
+
+    torch.manual_seed(0)
+    att = SelfAttention(4, 1, kind)
+    h = torch.randn(3, 5, 4)
+    q, k, v = att.qkv(h).split(4, dim=-1)
+    s = q @ k.transpose(1, 2)
+    if kind == "softmax":
+        mixed = torch.softmax(s / 2.0, dim=-1) @ v
+    else:
+        mixed = s @ v
+        mixed = mixed / mixed.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(att(h), att.out(mixed))
+
+
+def test_fit_classifier_snapshots_and_seeded_init(digits):
+    x, y, _, _ = digits
+    a, b = MLPClassifier(hidden=6, num_classes=3, seed=3), MLPClassifier(hidden=6, num_classes=3,
+                                                                        seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    snaps = fit_classifier(a, x, y, epochs=4, checkpoint_every=2)
+    assert len(snaps) == 2 and torch.equal(snaps[-1]["net.1.weight"], a.net[1].weight)

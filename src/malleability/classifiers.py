@@ -74,15 +74,16 @@ class VisionTransformer(nn.Module):
         if image_size % patch:
             raise ValueError(f"patch: expected a divisor of image_size = {image_size}, "
                              f"got {patch}")
-        torch.manual_seed(seed)
         tokens = (image_size // patch) ** 2
         self.patch, self.image_size, self.channels = patch, image_size, channels
-        self.embed = nn.Linear(channels * patch * patch, dim)
-        self.position = nn.Parameter(0.02 * torch.randn(tokens, dim))
-        self.blocks = nn.Sequential(*(Block(dim, heads, attention, 2 * dim)
-                                      for _ in range(check_positive_int(depth, "depth"))))
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
+        with torch.random.fork_rng(devices=[]):  # initialise from ``seed``, global RNG untouched
+            torch.manual_seed(seed)
+            self.embed = nn.Linear(channels * patch * patch, dim)
+            self.position = nn.Parameter(0.02 * torch.randn(tokens, dim))
+            self.blocks = nn.Sequential(*(Block(dim, heads, attention, 2 * dim)
+                                          for _ in range(check_positive_int(depth, "depth"))))
+            self.norm = nn.LayerNorm(dim)
+            self.head = nn.Linear(dim, num_classes)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """(n, channels, H, W) pixels → (n, T, channels·p²) preprocessed patches."""
@@ -103,10 +104,11 @@ class MLPClassifier(nn.Module):
     def __init__(self, in_features: int = 64, hidden: int = 160, num_classes: int = 10,
                  seed: int = 0) -> None:
         super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden // 2), nn.ReLU(),
-                                 nn.Linear(hidden // 2, num_classes))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(),
+                                     nn.Linear(hidden, hidden // 2), nn.ReLU(),
+                                     nn.Linear(hidden // 2, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - 0.5) / 0.5)

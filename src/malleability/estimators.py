@@ -77,8 +77,10 @@ def influence_scores(
         return _ntk_loo(model, x_train, y_train, x_test, y_test, parameters,
                         check_positive(ridge, "ridge"))
     try:
-        scores = _dattri_scores(estimator, model, x_train, y_train, x_test, y_test, parameters,
-                                seed).detach()
+        with torch.random.fork_rng(devices=[]):  # LiSSA and Arnoldi draw from the global RNG
+            torch.manual_seed(seed)
+            scores = _dattri_scores(estimator, model, x_train, y_train, x_test, y_test,
+                                    parameters, seed).detach()
     except (RuntimeError, UnboundLocalError, TypeError, IndexError) as err:
         raise ValueError(f"estimator: {estimator.value} failed inside dattri "
                          f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
@@ -125,7 +127,6 @@ def _dattri_scores(estimator, model, x_train, y_train, x_test, y_test, parameter
     def correct_probability(params, data):
         return torch.exp(-loss_fn(params, data))
 
-    torch.manual_seed(seed)  # LiSSA and Arnoldi draw from the global generator
     n = x_train.shape[0]
     train = DataLoader(TensorDataset(x_train, y_train), batch_size=n, shuffle=False)
     test = DataLoader(TensorDataset(x_test, y_test), batch_size=x_test.shape[0], shuffle=False)
