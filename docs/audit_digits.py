@@ -48,8 +48,8 @@ def write_atomic(path: Path, payload: dict) -> None:
     os.replace(fh.name, path)
 
 
-def run() -> None:
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"cells": {}}
+def run(models: list[str], path: Path = RESULTS) -> None:
+    results = json.loads(path.read_text()) if path.exists() else {"cells": {}}
     train = load_dataset("digits", split="train", n=N_TRAIN, seed=0)
     test = load_dataset("digits", split="test", n=N_TEST, seed=0)
     full_test = load_dataset("digits", split="test")
@@ -59,8 +59,8 @@ def run() -> None:
                            "checkpoints": f"every {CHECKPOINT_EVERY} epochs from 20",
                            "seeds": list(SEEDS), "attack": "pgd", "eps": 0.3,
                            "fraction": 0.1, "torch_threads": torch.get_num_threads()}
-    cells = [(m, e) for m in MODELS for e in ESTIMATORS]
-    for model_name in MODELS:
+    cells = [(m, e) for m in models for e in ESTIMATORS]
+    for model_name in models:
         model = MODELS[model_name]()
         t0 = time.perf_counter()
         snaps = fit_classifier(model, x, y, epochs=EPOCHS, seed=0,
@@ -84,8 +84,8 @@ def run() -> None:
                 report = {"error": str(err)}
             report["seconds"] = time.perf_counter() - t1
             results["cells"][key] = report
-            write_atomic(RESULTS, results)
-    write_atomic(RESULTS, results)
+            write_atomic(path, results)
+    write_atomic(path, results)
 
 
 def fmt(interval: dict) -> str:
@@ -127,7 +127,11 @@ def table() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--table", action="store_true")
-    if parser.parse_args().table:
+    parser.add_argument("--model", action="append", choices=list(MODELS),
+                        help="Only this model (repeatable; default all).")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    if args.table:
         table()
     else:
-        run()
+        run(args.model or list(MODELS), args.results)
