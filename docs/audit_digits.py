@@ -48,7 +48,8 @@ def write_atomic(path: Path, payload: dict) -> None:
     os.replace(fh.name, path)
 
 
-def run(models: list[str], path: Path = RESULTS) -> None:
+def run(models: list[str], path: Path = RESULTS, estimators: tuple[str, ...] = ESTIMATORS
+        ) -> None:
     results = json.loads(path.read_text()) if path.exists() else {"cells": {}}
     train = load_dataset("digits", split="train", n=N_TRAIN, seed=0)
     test = load_dataset("digits", split="test", n=N_TEST, seed=0)
@@ -59,7 +60,7 @@ def run(models: list[str], path: Path = RESULTS) -> None:
                            "checkpoints": f"every {CHECKPOINT_EVERY} epochs from 20",
                            "seeds": list(SEEDS), "attack": "pgd", "eps": 0.3,
                            "fraction": 0.1, "torch_threads": torch.get_num_threads()}
-    cells = [(m, e) for m in models for e in ESTIMATORS]
+    cells = [(m, e) for m in models for e in estimators]
     for model_name in models:
         model = MODELS[model_name]()
         t0 = time.perf_counter()
@@ -129,9 +130,11 @@ if __name__ == "__main__":
     parser.add_argument("--table", action="store_true")
     parser.add_argument("--model", action="append", choices=list(MODELS),
                         help="Only this model (repeatable; default all).")
+    parser.add_argument("--estimator", action="append", choices=ESTIMATORS,
+                        help="Only this estimator (repeatable; default all).")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.table:
         table()
     else:
-        run(args.model or list(MODELS), args.results)
+        run(args.model or list(MODELS), args.results, tuple(args.estimator or ESTIMATORS))
