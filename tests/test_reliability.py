@@ -206,11 +206,11 @@ def test_bad_feature_files_one_line_naming_the_file(tmp_path, name, write, expec
     assert len(lines) == 1 and name in lines[0] and expected in lines[0]
 
 
-def test_empirical_ntk_needs_a_two_layer_net(x8):
-    with pytest.raises(TypeError, match=r"^model: empirical_ntk \(closed form\) needs a "
-                       r"TwoLayerNet, got Linear; use autograd_ntk") as err:
-        M.empirical_ntk(nn.Linear(8, 1), x8)
-    one_line(err)
+def test_empirical_ntk_of_any_module_is_its_jacobian_gram(x8):
+    """Any module other than TwoLayerNet gets the generic NTK; for nn.Linear(8, 1) the
+    Jacobian of x ↦ w·x + b is [x, 1], so Θ(x, x') = x·x' + 1."""
+    lin = nn.Linear(8, 1).to(torch.float64)
+    torch.testing.assert_close(M.empirical_ntk(lin, x8), x8 @ x8.T + 1, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("width", [10**12, int(1e10)])

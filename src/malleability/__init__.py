@@ -11,6 +11,7 @@ from . import _env  # noqa: F401  (must run before torch is imported)
 from ._validation import NonFiniteError
 from .attacks import Attack, AttackSettings, fgsm, mim, perturb_rows, pgd, run_attack
 from .attention import AttentionFeatures, AttentionKind, Projection, attention_features
+from .auditing import AuditReport, Interval, audit
 from .data import (
     Dataset,
     DataSettings,
@@ -21,6 +22,7 @@ from .data import (
     preprocess,
 )
 from .diagnostic import Diagnosis, diagnose
+from .estimators import Estimator, influence_scores
 from .influence import (
     InfluenceResult,
     InfluenceSettings,
@@ -29,6 +31,7 @@ from .influence import (
     ntk_influence,
 )
 from .interventions import Intervention, adversarial_train, intervene
+from .jacobian_ntk import jacobian_ntk, last_layers, select_parameters
 from .kernel_ridge import KernelRidgeFit, StabilityReport, fit_kernel_ridge, kernel_ridge_predict
 from .losses import Loss, accuracy, loss_for_targets, per_example_loss
 from .measure import MalleabilityResult, measure_malleability
@@ -51,13 +54,16 @@ __all__ = [
     "AttackSettings",
     "AttentionFeatures",
     "AttentionKind",
+    "AuditReport",
     "ConditionReport",
     "DataSettings",
     "Dataset",
     "Diagnosis",
     "DownloadError",
+    "Estimator",
     "InfluenceResult",
     "InfluenceSettings",
+    "Interval",
     "Intervention",
     "KernelRidgeFit",
     "Loss",
@@ -74,6 +80,7 @@ __all__ = [
     "accuracy",
     "adversarial_train",
     "attention_features",
+    "audit",
     "autograd_ntk",
     "dataset_status",
     "diagnose",
@@ -85,9 +92,12 @@ __all__ = [
     "flip_rate",
     "function_distance",
     "infinite_ntk",
+    "influence_scores",
     "intervene",
+    "jacobian_ntk",
     "kernel_distance",
     "kernel_ridge_predict",
+    "last_layers",
     "load_dataset",
     "loo_influence",
     "loss_for_targets",
@@ -101,6 +111,7 @@ __all__ = [
     "pgd",
     "preprocess",
     "run_attack",
+    "select_parameters",
     "spearman",
     "top_fraction",
     "top_k_overlap",

@@ -1,4 +1,5 @@
-"""Command-line interface: ``malleability diagnose | datasets | flip-rate | reproduce | report``."""
+"""Command-line interface: ``malleability diagnose | datasets | flip-rate | reproduce | report``
+and ``malleability audit``."""
 
 from __future__ import annotations
 
@@ -276,6 +277,107 @@ def report_command(out: Path) -> None:
     from .repro.report import write_report
 
     click.echo(f"report: {write_report(out)}")
+
+
+@main.command("audit")
+@click.option("--model", "model_spec", required=True,
+              help="module:callable (a .py file or dotted module), a torch.export .pt2 file, "
+                   "or a state_dict file with --builder.")
+@click.option("--builder", default=None, help="module:callable building the model for a "
+              "state_dict given as --model.")
+@click.option("--train", "train_path", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), default=None, help=".npz/.pt with x (inputs) and y (labels).")
+@click.option("--test", "test_path", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), default=None, help=".npz/.pt with x and y.")
+@click.option("--dataset", default=None, help="Registered dataset instead of --train/--test.")
+@click.option("--classes", default=None, help="Class subset of --dataset, e.g. 3,8.")
+@click.option("--n", "n_train", type=int, default=None, help="Training rows of --dataset.")
+@click.option("--n-test", type=int, default=None, help="Test rows of --dataset.")
+@click.option("--estimator", "estimators", multiple=True, default=("ntk-loo",),
+              show_default=True, help="ntk-loo, trak, tracin, if-explicit, if-cg, if-lissa, "
+              "if-datainf, if-ekfac, if-arnoldi (repeatable).")
+@click.option("--attack", default="pgd", show_default=True,
+              type=click.Choice(["fgsm", "pgd", "mim"]))
+@click.option("--eps", type=float, default=0.3, show_default=True)
+@click.option("--fraction", type=float, default=0.1, show_default=True)
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
+@click.option("--checkpoint", "checkpoint_paths", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A state_dict of the same model (repeatable): checkpoint agreement.")
+@click.option("--bounds", default="0,1", show_default=True, help="Input domain low,high.")
+@click.option("--layer", default=None, help="Submodule whose input gets the κ diagnosis.")
+@click.option("--parameters", "parameter_names", multiple=True,
+              help="Parameter name or prefix the estimators differentiate (repeatable).")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
+def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
+                  test_path: Path | None, dataset: str | None, classes: str | None,
+                  n_train: int | None, n_test: int | None, estimators: tuple[str, ...],
+                  attack: str, eps: float, fraction: float, seeds: str,
+                  checkpoint_paths: tuple[Path, ...], bounds: str, layer: str | None,
+                  parameter_names: tuple[str, ...], data_root: Path | None,
+                  as_json: bool) -> None:
+    """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator with
+    intervals over seeds, and checkpoint agreement (step 2b)."""
+    from .auditing import audit
+    from .model_io import load_checkpoint, load_model
+
+    reports = []
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(","))
+        lo_hi = tuple(float(b) for b in bounds.split(","))
+        if len(lo_hi) != 2:
+            raise ValueError(f"bounds: expected low,high, got {bounds!r}")
+        if dataset is not None:
+            if train_path or test_path:
+                raise ValueError("dataset: give either --dataset or --train/--test, not both")
+            from .data import load_dataset
+
+            train = load_dataset(dataset, "train", data_root, classes, n_train, 0)
+            test = load_dataset(dataset, "test", data_root, classes, n_test, 0)
+        elif train_path is None or test_path is None:
+            raise ValueError("train: expected --train and --test files, or --dataset")
+        else:
+            train, test = train_path, test_path
+        model = load_model(model_spec, builder)
+        checkpoints = [load_checkpoint(p) for p in checkpoint_paths] or None
+        for name in estimators:
+            r = audit(model, train, None, test, None, estimator=name, attack=attack, eps=eps,
+                      fraction=fraction, seeds=seed_list, checkpoints=checkpoints,
+                      bounds=lo_hi, layer=layer, parameters=list(parameter_names) or None)
+            reports.append(r)
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    if as_json:
+        click.echo(dumps_strict([r.to_dict() for r in reports], indent=2))
+        return
+    first = reports[0].representation
+    click.echo(f"Representation entering {first['layer']}: shape {tuple(first['shape'])}")
+    for gram in ("per_example", "per_token"):
+        if gram in first:
+            g = first[gram]
+            click.echo(f"  {gram:<12} Gram ({g['rows']} × {g['columns']}): κ {_fmt(g['kappa'])}, "
+                       f"rank {g['rank']}, κ³ {_fmt(g['kappa_cubed'])}, width MLP-Attn "
+                       f"{_fmt(g['width_threshold']['mlp_attention'])}, 2L-ReLU "
+                       f"{_fmt(g['width_threshold']['relu'])}")
+    click.echo(f"{attack.upper()} ε = {eps}, top {fraction:.0%}, seeds {seeds} "
+               "(mean [95% t-interval]):")
+    click.echo(f"{'estimator':<12} {'flip rate':>22} {'Spearman ρ':>22} {'top-K overlap':>22}")
+
+    def cell(i) -> str:
+        bounds_ = "" if i.low is None else f" [{i.low:.2f}, {i.high:.2f}]"
+        return f"{i.mean:.3f}{bounds_}"
+
+    for r in reports:
+        click.echo(f"{r.estimator.value:<12} {cell(r.flip_rate):>22} {cell(r.spearman):>22} "
+                   f"{cell(r.top_k_overlap):>22}")
+        a = r.checkpoint_agreement
+        if a:
+            e = a["ensemble"]
+            rho = a["mean_pairwise_spearman"]
+            click.echo(f"  {a['n_checkpoints']} checkpoints: mean pairwise ρ "
+                       f"{'n/a' if rho is None else f'{rho:.3f}'}; ensembled scores: flip rate "
+                       f"{cell(e['flip_rate'])}, ρ {cell(e['spearman'])}")
 
 
 def _device(name: str) -> str:

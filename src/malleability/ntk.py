@@ -13,14 +13,13 @@ All kernels are float64.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, vmap
 
 from ._validation import as_tensor, check_finite
+from .jacobian_ntk import cast_module, jacobian_ntk
 from .memory import check_memory, ntk_bytes
 from .models import TwoLayerNet
 
@@ -38,7 +37,7 @@ def _pair(x1: torch.Tensor, x2: torch.Tensor | None, d: int | None = None):
     return x1, x2
 
 
-def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None,
+def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = None,
                   block_bytes: int = 64 * 2**20) -> torch.Tensor:
     """Θ_m(x1, x2) = (Z₁Z₂ᵀ) ⊙ (D₁D₂ᵀ)/m in closed form, on the network's raw inputs (float64).
 
@@ -47,19 +46,18 @@ def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None 
     ``block_bytes``, so the only n₁ × n₂ matrix allocated is the result. Differentiable in
     x1, x2 and the front's reference when they require gradients (W is held fixed; the gates
     D have zero derivative), so kernel changes can be maximised by gradient ascent.
+    Any other module gets the generic (1/C) Σ_c J_c J_cᵀ of :func:`autograd_ntk`.
     Raises NonFiniteError when the kernel overflows float64.
     """
     if not isinstance(model, TwoLayerNet):
-        raise TypeError(f"model: empirical_ntk (closed form) needs a TwoLayerNet, got "
-                        f"{type(model).__name__}; use autograd_ntk(model, x1, x2) for other "
-                        "modules")
+        return autograd_ntk(model, x1, x2)
     _check_materialised(model)
     x1, x2 = _pair(x1, x2, model.in_features)
     n1, n2 = x1.shape[0], x2.shape[0]
     check_memory(ntk_bytes(model.width, n1, 0 if x2 is x1 else n2), "x1",
                  f"the empirical NTK of {n1}×{n2} points at width {model.width}",
                  model.weight.device)
-    model = _as_float64(model)
+    model = cast_module(model, _F64)
     w, front = model.weight.detach(), model.front
     z1 = x1 if front is None else front(x1)
     z2 = z1 if x2 is x1 else (x2 if front is None else front(x2))
@@ -101,14 +99,6 @@ def _check_kernel(kernel: torch.Tensor, stage: str, x1: torch.Tensor, x2: torch.
                         torch.stack([x1.abs().amax(), x2.abs().amax()]))
 
 
-def _as_float64(module: nn.Module) -> nn.Module:
-    """``module`` itself if all its floating tensors are float64, else a float64 copy."""
-    tensors = [*module.parameters(), *module.buffers()]
-    if all(t.dtype == _F64 for t in tensors if t.is_floating_point()):
-        return module
-    return copy.deepcopy(module).to(_F64)
-
-
 def infinite_ntk(z1: torch.Tensor, z2: torch.Tensor | None = None) -> torch.Tensor:
     """Θ_∞(z1, z2) = (z·z') (π − arccos ρ)/(2π) on hidden-layer inputs z (float64).
 
@@ -128,45 +118,15 @@ def autograd_ntk(
     x2: torch.Tensor | None = None,
     block_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:
-    """(1/C) Σ_c J_c(x1) J_c(x2)ᵀ over all trainable parameters, via torch.func (float64).
-
-    Generic for any module mapping (n, ...) → (n, C) or (n,). Jacobians are formed in row
-    blocks of at most ``block_bytes`` so memory stays bounded (blocks of x2 are recomputed
-    for each block of x1 when they do not fit together).
-    """
-    x1 = as_tensor(x1, "x1", ndim=(2, 3, 4))
-    symmetric = x2 is None
-    x2 = x1 if symmetric else as_tensor(x2, "x2", ndim=x1.ndim)
-    if x2.shape[1:] != x1.shape[1:]:
-        raise ValueError(f"x2: expected trailing shape {tuple(x1.shape[1:])}, "
-                         f"got {tuple(x2.shape[1:])}")
+    """(1/C) Σ_c J_c(x1) J_c(x2)ᵀ over all trainable parameters (float64): the generic
+    :func:`~malleability.jacobian_ntk.jacobian_ntk` with ``max_memory_bytes=block_bytes``,
+    for any module mapping (n, ...) → (n, C) or (n,). Raises on unmaterialised (meta, lazy)
+    parameters and, with NonFiniteError, on a kernel that overflows float64."""
     _check_materialised(model)
-    model = _as_float64(model)
-    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
-    if not params:
-        raise ValueError("model: has no trainable parameters")
-    buffers = dict(model.named_buffers())
-    n_params = sum(p.numel() for p in params.values())
-
-    def f(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-        return out.reshape(-1)
-
-    n_out = f(params, x1[0]).numel()
-    rows = max(1, block_bytes // (8 * n_params * n_out * 2))
-    jac_fn = vmap(jacrev(f), in_dims=(None, 0))
-
-    def jacobian(x: torch.Tensor) -> torch.Tensor:
-        jac = jac_fn(params, x)
-        return torch.cat([jac[k].reshape(x.shape[0], n_out, -1) for k in params], dim=2)
-
-    out = torch.empty(x1.shape[0], x2.shape[0], dtype=_F64, device=x1.device)
-    for i in range(0, x1.shape[0], rows):
-        j1 = jacobian(x1[i:i + rows])
-        for j in range(0, x2.shape[0], rows):
-            j2 = j1 if symmetric and i == j else jacobian(x2[j:j + rows])
-            out[i:i + rows, j:j + rows] = torch.einsum("acp,bcp->ab", j1, j2) / n_out
-    return _check_kernel(out, "the autograd NTK", x1, x1 if symmetric else x2)
+    kernel = jacobian_ntk(model, x1, x2, max_memory_bytes=block_bytes)
+    a = as_tensor(x1, "x1", dtype=None)
+    return _check_kernel(kernel, "the autograd NTK", a, a if x2 is None else
+                         as_tensor(x2, "x2", dtype=None))
 
 
 def function_distance(f_a: torch.Tensor, f_b: torch.Tensor) -> float:

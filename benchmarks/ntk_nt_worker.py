@@ -1,0 +1,48 @@
+"""neural-tangents side of benchmarks/ntk_generic.py; runs in its own venv (/work/nt-venv).
+
+Usage: ``python ntk_nt_worker.py IMPLEMENTATION PROBLEM.npz REPEATS OUT.npy``; prints one JSON
+line: first-call seconds (with jit compilation), median seconds after it, peak RSS in GB.
+"""
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import neural_tangents as nt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def main() -> None:
+    implementation, problem, repeats, out = sys.argv[1:]
+    data = np.load(problem)
+    x, w, a = (jnp.asarray(data[k]) for k in ("x", "w", "a"))
+    m = a.shape[0]
+
+    def f(params, x):
+        return jax.nn.relu(x @ params.T) @ a / jnp.sqrt(m)
+
+    kernel_fn = jax.jit(nt.empirical_ntk_fn(
+        f, trace_axes=(-1,), vmap_axes=0,
+        implementation=getattr(nt.NtkImplementation, implementation)))
+    t0 = time.perf_counter()
+    k = kernel_fn(x, None, w).block_until_ready()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(int(repeats) - 1):
+        t0 = time.perf_counter()
+        k = kernel_fn(x, None, w).block_until_ready()
+        times.append(time.perf_counter() - t0)
+    np.save(out, np.asarray(k))  # trace_axes averages over the traced output axis, as ours
+    print(json.dumps({"first_s": first, "seconds": statistics.median(times) if times else first,
+                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+
+
+if __name__ == "__main__":
+    main()

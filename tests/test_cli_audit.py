@@ -1,0 +1,93 @@
+"""`malleability audit`: the three ways to load a model, data files, and one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from malleability.cli import main
+
+BUILDER = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 6), nn.Tanh(), nn.Linear(6, 3))
+'''
+
+
+@pytest.fixture()
+def files(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 24), ("test", 8)):
+        np.savez(tmp_path / f"{name}.npz", x=rng.random((n, 1, 4, 4), dtype=np.float32),
+                 y=np.arange(n) % 3)
+    (tmp_path / "net.py").write_text(BUILDER)
+    return tmp_path
+
+
+def _run(args):
+    result = CliRunner().invoke(main, ["audit", *args])
+    return result
+
+
+def _data(path):
+    return ["--train", str(path / "train.npz"), "--test", str(path / "test.npz")]
+
+
+def test_module_callable_with_checkpoints_json(files):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("net", files / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.save(mod.build().state_dict(), files / "ckpt.pt")
+    result = _run(["--model", f"{files / 'net.py'}:build", *_data(files), "--eps", "0",
+                   "--estimator", "ntk-loo", "--estimator", "tracin", "--seeds", "0,1",
+                   "--checkpoint", str(files / "ckpt.pt"), "--checkpoint",
+                   str(files / "ckpt.pt"), "--json"])
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)
+    assert [r["estimator"] for r in reports] == ["ntk-loo", "tracin"]
+    assert all(r["flip_rate"]["mean"] == 0.0 for r in reports)
+    rho = reports[0]["checkpoint_agreement"]["spearman"]
+    assert rho == [[pytest.approx(1.0, abs=1e-12)] * 2] * 2  # identical checkpoints
+
+
+def test_state_dict_with_builder_and_export_file_agree(files):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("net", files / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    net = mod.build()
+    torch.save(net.state_dict(), files / "w.pt")
+    x = torch.rand(4, 1, 4, 4)
+    exported = torch.export.export(net, (x,), dynamic_shapes={"input": {0: torch.export.Dim(
+        "n", min=1)}})
+    torch.export.save(exported, files / "net.pt2")
+    outs = []
+    for model in (["--model", str(files / "w.pt"), "--builder", f"{files / 'net.py'}:build"],
+                  ["--model", str(files / "net.pt2")]):
+        result = _run([*model, *_data(files), "--attack", "fgsm", "--eps", "0.1", "--json"])
+        assert result.exit_code == 0, result.output
+        outs.append(json.loads(result.stdout)[0])
+    assert outs[0]["flip_rate"] == outs[1]["flip_rate"] and outs[0]["kappa"] == outs[1]["kappa"]
+    summary = _run(["--model", str(files / "net.pt2"), *_data(files), "--eps", "0.1"])
+    assert summary.exit_code == 0 and "per_example" in summary.output
+
+
+def test_one_line_errors(files):
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), files / "ts.pt")
+    cases = [
+        (["--model", str(files / "ts.pt")], "model: ts.pt is TorchScript"),
+        (["--model", "no_such_module_xyz:f"], "model: cannot import no_such_module_xyz"),
+        (["--model", f"{files / 'net.py'}:build", "--layer", "9"], "layer: no submodule"),
+        (["--model", f"{files / 'net.py'}:build", "--bounds", "0,0.5"],
+         "x_train: expected values in bounds"),
+    ]
+    for args, message in cases:
+        result = _run([*args, *_data(files)])
+        assert result.exit_code != 0 and f"Error: {message}" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1
