@@ -1,5 +1,5 @@
 """Issue 12: cells on Dask. A real LocalCluster of 2 worker processes on 127.0.0.1 gives the
-cell results of a serial run; a worker killed mid-cell costs only that cell; one run folder has
+cell results of a serial run (bitwise, with one torch thread per cell in both); a worker killed mid-cell costs only that cell; one run folder has
 one writer (a second run stops at once naming the holder's PID; a killed holder's lock is
 taken over). Worker start-up (importing torch) dominates the time of this file."""
 
@@ -49,6 +49,7 @@ attacks = ["fgsm", "pgd"]
 #: What a cell's payload is, besides its timings and the worker's versions.
 PAYLOAD = ("experiment", "cell", "result", "settings", "settings_hash", "device")
 
+pytestmark = pytest.mark.cluster
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the plugin below, on workers
 
 
@@ -62,7 +63,7 @@ def preset_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def serial(preset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("serial") / "run"
-    reproduce(load_preset(str(preset_path)), RunContext(out, progress=False))
+    reproduce(load_preset(str(preset_path)), RunContext(out, progress=False), threads=1)
     return out
 
 
@@ -102,14 +103,15 @@ def assert_same_run(a: Path, b: Path, cells: str = "*/*.json") -> None:
 
 def test_cluster_results_equal_serial(preset_path, serial, cluster, tmp_path):
     out = tmp_path / "run"
-    reproduce(load_preset(str(preset_path)), RunContext(out, progress=False), cluster=cluster)
+    reproduce(load_preset(str(preset_path)), RunContext(out, progress=False), cluster=cluster,
+              threads=1)
     assert_same_run(serial, out)  # models travelled back from the workers' own caches
 
 
 def test_local_jobs_equal_serial(preset_path, serial, tmp_path):
     out = tmp_path / "run"
     reproduce(load_preset(str(preset_path)), RunContext(out, progress=False),
-              only=("flip_rates",), jobs=2)
+              only=("flip_rates",), jobs=2, threads=1)
     assert_same_run(serial, out, "flip_rates/*.json")
     assert not (out / "collapse").exists()
 
@@ -134,7 +136,7 @@ def test_killed_worker_costs_only_its_cell(preset_path, serial, cluster, tmp_pat
         try:
             out = tmp_path / "run"
             reproduce(load_preset(str(preset_path)), RunContext(out, progress=False),
-                      cluster=cluster)
+                      cluster=cluster, threads=1)
         finally:
             client.unregister_worker_plugin("kill-once")
     assert int(marker.read_text()) in before  # a worker died mid-cell …
@@ -155,7 +157,8 @@ HOLD = textwrap.dedent("""
     import json, os, sys, time
     from filelock import FileLock
     out = sys.argv[1]
-    FileLock(out + "/.lock").acquire(timeout=0)
+    lock = FileLock(out + "/.lock")
+    lock.acquire(timeout=0)
     with open(out + "/.lock.pid", "w") as fh:
         json.dump({"pid": os.getpid(), "host": os.uname().nodename, "started": 0}, fh)
     print("locked", flush=True)

@@ -84,6 +84,7 @@ BAD = [
     (["--out", ""], ONE, "out: expected a folder path, got ''"),
     (["--jobs", "0"], ONE, "jobs: expected a positive integer, got 0"),
     (["--jobs", "-3"], ONE, "jobs: expected a positive integer, got -3"),
+    (["--threads", "0"], ONE, "threads: expected a positive integer, got 0"),
     (["--device", "tpu"], ONE, "device: expected cpu or cuda, got 'tpu'"),
     ([], "", "experiments: expected at least one [experiments.NAME] table"),
     ([], "[shared]\n", "experiments: expected at least one [experiments.NAME] table"),

@@ -282,13 +282,16 @@ def datasets_command(data_root: Path | None) -> None:
                    "cluster); 1 runs them in this process.")
 @click.option("--cluster", default=None, metavar="ADDRESS",
               help="Run the cells on the Dask scheduler at ADDRESS (tcp://HOST:PORT).")
+@click.option("--threads", type=int, default=None,
+              help="Torch threads per cell (default: all cores; cores / N with --jobs N; the "
+                   "worker's with --cluster). Results are bitwise equal for equal threads.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def reproduce_command(preset: str, out: str, only: tuple[str, ...], jobs: int,
-                      cluster: str | None, device: str, data_root: Path | None,
-                      quiet: bool) -> None:
+                      cluster: str | None, threads: int | None, device: str,
+                      data_root: Path | None, quiet: bool) -> None:
     """Run a preset's experiments cell by cell (resumable), then write the report."""
     from .repro.problem import RunContext
     from .repro.report import write_report
@@ -297,12 +300,13 @@ def reproduce_command(preset: str, out: str, only: tuple[str, ...], jobs: int,
     try:
         if not out.strip():
             raise ValueError("out: expected a folder path, got ''")
-        if jobs < 1:
-            raise ValueError(f"jobs: expected a positive integer, got {jobs}")
+        for name, value in (("jobs", jobs), ("threads", threads)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value}")
         settings = load_preset(preset)
         ctx = RunContext(Path(out), None if data_root is None else str(data_root),
                          _device(device), progress=not quiet)
-        reproduce(settings, ctx, only, jobs, cluster)
+        reproduce(settings, ctx, only, jobs, cluster, threads)
         path = write_report(Path(out))
     except (ValueError, OSError, RuntimeError) as err:
         _fail(str(err))

@@ -69,7 +69,8 @@ def _files(folder: Path) -> set[str]:
 def run_on_cluster(client: Any, jobs: list[CellJob], ctx: RunContext, threads: int | None = None,
                    local_cache: bool = False) -> Iterator[tuple[CellJob, dict]]:
     """Submit every job to ``client``'s scheduler and yield (job, outcome) as cells finish;
-    on an error the remaining cells are cancelled. ``threads``: torch threads per cell;
+    on an error the remaining cells are cancelled. ``threads``: torch threads per cell (None:
+    the worker's own);
     ``local_cache``: workers keep their own model cache for this run folder and return what
     they add to it."""
     from distributed import as_completed

@@ -207,24 +207,35 @@ def unfinished(jobs: list[CellJob], out: Path) -> list[CellJob]:
     return todo
 
 
-def _serial(jobs: list[CellJob], ctx: RunContext, bar: tqdm) -> Iterator[tuple[CellJob, dict]]:
-    for job in jobs:
-        bar.set_description(job.label[:70])
-        yield job, {"record": compute_cell(job, ctx), "cache": {}}
+def _serial(jobs: list[CellJob], ctx: RunContext, bar: tqdm,
+            threads: int | None) -> Iterator[tuple[CellJob, dict]]:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads or before)
+        for job in jobs:
+            bar.set_description(job.label[:70])
+            yield job, {"record": compute_cell(job, ctx), "cache": {}}
+    finally:
+        torch.set_num_threads(before)
 
 
 def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs: int = 1,
-              cluster: str | None = None) -> list[Path]:
+              cluster: str | None = None, threads: int | None = None) -> list[Path]:
     """Run every unfinished cell; returns the paths of all cell files of the plan.
 
     Cells run in this process by default; on ``jobs`` local worker processes (an embedded
     Dask ``LocalCluster``), or on the Dask scheduler at ``cluster``. Either way this process
     alone writes the run folder, holding its lock: a second run on the same folder stops with
-    :class:`~malleability.repro.store.RunLocked`.
+    :class:`~malleability.repro.store.RunLocked`. ``threads``: torch threads per cell
+    (default: this process's; cores / jobs with ``jobs``; the worker's on a cluster). Cell
+    results are bitwise equal across modes for equal threads per cell (torch's parallel
+    reductions depend on the thread count).
     """
     from .cluster import connect, local_cluster, run_on_cluster  # dask only when used
 
     jobs = check_positive_int(jobs, "jobs")
+    if threads is not None:
+        threads = check_positive_int(threads, "threads")
     if jobs > 1 and cluster is not None:
         raise ValueError("jobs: --jobs runs a local cluster; give either --jobs or --cluster")
     todo_all = plan(preset, ctx.out, only)
@@ -239,13 +250,13 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
         bar = stack.enter_context(tqdm(total=len(todo_all), initial=len(todo_all) - len(todo),
                                        desc="cells", disable=not ctx.progress, position=0))
         if client is not None:
-            results = run_on_cluster(client, todo, ctx, local_cache=True)
+            results = run_on_cluster(client, todo, ctx, threads, local_cache=True)
         elif jobs > 1 and todo:
             client = stack.enter_context(local_cluster(jobs, ctx.device))
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            results = run_on_cluster(client, todo, ctx, threads=threads)
+            threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+            results = run_on_cluster(client, todo, ctx, threads)
         else:
-            results = _serial(todo, ctx, bar)
+            results = _serial(todo, ctx, bar, threads)
         for job, outcome in results:
             write_cache_files(ctx.out, outcome["cache"])
             write_cell(job.path, outcome["record"])
