@@ -1,7 +1,8 @@
 """Issue 12: cells on Dask. A real LocalCluster of 2 worker processes on 127.0.0.1 gives the
-cell results of a serial run (bitwise, with one torch thread per cell in both); a worker killed mid-cell costs only that cell; one run folder has
-one writer (a second run stops at once naming the holder's PID; a killed holder's lock is
-taken over). Worker start-up (importing torch) dominates the time of this file."""
+cell results of a serial run (bitwise, with one torch thread per cell in both); a worker killed
+mid-cell costs only that cell; one run folder has one writer (a second run stops at once naming
+the holder's PID; a killed holder's lock is taken over). Worker start-up (importing torch)
+dominates the time of this file."""
 
 from __future__ import annotations
 
