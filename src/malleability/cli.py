@@ -4,6 +4,7 @@ and ``malleability audit``."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import sys
 import types
@@ -15,6 +16,7 @@ from typing import Any
 
 import click
 import torch
+from tqdm.auto import tqdm
 
 from .data.features import read_feature_file
 from .diagnostic import PRACTICAL_SCALES, Diagnosis, diagnose
@@ -54,10 +56,40 @@ def format_diagnosis(name: str, d: Diagnosis) -> str:
     return "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group: an unexpected error is one line (its traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:
+            if ctx.params.get("debug"):
+                raise
+            text = (str(err).strip().splitlines() or [""])[0]
+            raise click.ClickException(
+                f"unexpected {type(err).__name__}: {text} (rerun with `malleability --debug "
+                f"{ctx.invoked_subcommand or ''} ...` for the traceback)") from None
+
+
+class _Echo(logging.Handler):
+    """Log records of the library as ``warning: …`` lines on stderr, beside progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="malleability")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show tracebacks of unexpected errors and "
+              "informational messages.")
+def main(debug: bool) -> None:
     """Kernel-regime diagnostics and influence malleability for attention models."""
+    logger = logging.getLogger("malleability")
+    logger.setLevel(logging.INFO if debug else logging.WARNING)
+    if not any(isinstance(h, _Echo) for h in logger.handlers):
+        logger.addHandler(_Echo())
 
 
 @main.command("diagnose")
@@ -243,14 +275,23 @@ def datasets_command(data_root: Path | None) -> None:
 @main.command("reproduce")
 @click.option("--preset", default="quick", show_default=True,
               help="quick, paper, or a path to a preset .toml file.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--out", required=True, help="Output folder (new, empty, or an earlier run of "
+              "the same preset to resume).")
 @click.option("--only", multiple=True, help="Run only this experiment (repeatable).")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Cells run in parallel.")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="Cells run in parallel on this machine (worker processes of a local Dask "
+                   "cluster); 1 runs them in this process.")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Run the cells on the Dask scheduler at ADDRESS (tcp://HOST:PORT).")
+@click.option("--threads", type=int, default=None,
+              help="Torch threads per cell (default: all cores; cores / N with --jobs N; the "
+                   "worker's with --cluster). Results are bitwise equal for equal threads.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def reproduce_command(preset: str, out: Path, only: tuple[str, ...], jobs: int, device: str,
+def reproduce_command(preset: str, out: str, only: tuple[str, ...], jobs: int,
+                      cluster: str | None, threads: int | None, device: str,
                       data_root: Path | None, quiet: bool) -> None:
     """Run a preset's experiments cell by cell (resumable), then write the report."""
     from .repro.problem import RunContext
@@ -258,14 +299,17 @@ def reproduce_command(preset: str, out: Path, only: tuple[str, ...], jobs: int, 
     from .repro.runner import load_preset, reproduce
 
     try:
+        if not out.strip():
+            raise ValueError("out: expected a folder path, got ''")
+        for name, value in (("jobs", jobs), ("threads", threads)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value}")
         settings = load_preset(preset)
-        if jobs < 1:
-            raise ValueError(f"jobs: expected a positive integer, got {jobs}")
-        ctx = RunContext(out, None if data_root is None else str(data_root),
+        ctx = RunContext(Path(out), None if data_root is None else str(data_root),
                          _device(device), progress=not quiet)
-        reproduce(settings, ctx, only, jobs)
-        path = write_report(out)
-    except (ValueError, OSError) as err:
+        reproduce(settings, ctx, only, jobs, cluster, threads)
+        path = write_report(Path(out))
+    except (ValueError, OSError, RuntimeError) as err:
         _fail(str(err))
     click.echo(f"report: {path}")
 
@@ -273,10 +317,15 @@ def reproduce_command(preset: str, out: Path, only: tuple[str, ...], jobs: int, 
 @main.command("report")
 @click.argument("out", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def report_command(out: Path) -> None:
-    """Write OUT/report.md, OUT/report.html and the figures from a run's results."""
+    """Write OUT/report.md, OUT/report.html and the figures from a run's results; cell files
+    that fail their checks are left out and listed."""
     from .repro.report import write_report
 
-    click.echo(f"report: {write_report(out)}")
+    try:
+        path = write_report(out)
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    click.echo(f"report: {path}")
 
 
 @main.command("audit")

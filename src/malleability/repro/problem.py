@@ -16,7 +16,7 @@ from ..data import DataSettings, Preprocessing, load_dataset
 from ..data.subsets import stratified_sample
 from ..models import ModelSettings, TwoLayerNet
 from ..training import TrainSettings, train
-from .store import settings_key, write_tensors
+from .store import CorruptFile, move_aside, read_tensors, settings_key, write_tensors
 
 #: Architectures by name: 2L-ReLU and MLP-Attn with each attention map.
 ARCHITECTURES: dict[str, AttentionKind | None] = {
@@ -129,7 +129,8 @@ def trained_model(arch: str, problem: Problem, model: ModelSettings, train_setti
     """The network of ``arch`` (attention truncated to ``attention_rank``) trained on
     ``problem``, from the run's cache when present.
 
-    Cached as ``cache/models/<hash>.pt`` (weights and history).
+    Cached as ``cache/models/<hash>.pt`` (weights and history); a cache file that fails its
+    checks is moved aside and the network retrained.
     """
     width = width or model.width
     net = build_model(arch, problem, model, width, attention_rank=attention_rank)
@@ -140,9 +141,15 @@ def trained_model(arch: str, problem: Problem, model: ModelSettings, train_setti
     settings = dataclasses.replace(settings, progress=ctx.progress)
     path = ctx.cache / "models" / f"{key}.pt"
     if path.exists():
-        saved = torch.load(path, map_location=problem.x.device, weights_only=True)
-        net.weight.data.copy_(saved["weight"])
-        return net, saved["history"]
+        try:
+            saved = read_tensors(path, ("weight", "history"), problem.x.device)
+            if saved["weight"].shape != net.weight.shape:
+                raise CorruptFile(f"weight: expected shape {tuple(net.weight.shape)}")
+        except CorruptFile as err:
+            move_aside(path, ctx.out, str(err))
+        else:
+            net.weight.data.copy_(saved["weight"])
+            return net, saved["history"]
     history = train(net, problem.x, problem.y, settings, problem.x_test, problem.y_test).to_dict()
     write_tensors(path, {"weight": net.weight.detach().cpu(), "history": history})
     return net, history

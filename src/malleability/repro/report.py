@@ -18,7 +18,7 @@ from typing import Any
 from ..attacks import Attack
 from ..interventions import Intervention
 from .problem import ARCHITECTURE_NAMES
-from .store import Run, atomic_write, load_run
+from .store import Run, atomic_write, load_run, log
 
 #: Settings every network experiment has, shown in their own tables of the run summary.
 SHARED_SETTINGS = ("tasks", "model", "train", "influence", "attack")
@@ -245,11 +245,15 @@ def to_html(blocks: list[Block]) -> str:
 
 def write_report(out: Path) -> Path:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*`` from the cell
-    results under ``out``; return the path of report.md."""
+    results under ``out``; return the path of report.md. Cell files that fail their checks
+    are left out with a warning; a folder that holds no run is refused before anything is
+    written."""
     out = Path(out)
-    if not out.is_dir():
-        raise ValueError(f"out: expected a run folder, got {str(out)!r}")
-    blocks = build_report(load_run(out), out / "figures")
+    run = load_run(out)
+    for rel, why in run.skipped:
+        log.warning("%s: %s; left out of the report (a reproduce run on this folder moves it "
+                    "aside and recomputes it)", rel, why)
+    blocks = build_report(run, out / "figures")
     atomic_write(out / "report.html", to_html(blocks))
     return atomic_write(out / "report.md", to_markdown(blocks))
 

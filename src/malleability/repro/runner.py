@@ -1,16 +1,19 @@
 """Reproduction runs: presets (TOML) → validated experiment settings → cells, each written
 atomically as ``OUT/<experiment>/<cell>.json`` with its settings, seed, versions and timings. A
-rerun skips every cell whose file holds a result for the same settings, so a killed run
-resumes. Every setting is checked when the preset loads, before any computation or file."""
+rerun skips every cell whose file passes its checks for the same settings, so a killed run
+resumes; cells run in this process, on local worker processes or on a Dask cluster, and this
+process alone writes the folder. Every setting is checked when the preset loads, before any
+computation or file."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
 import time
 import tomllib
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,11 +24,23 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._validation import check_seed
+from .._validation import check_positive_int, check_seed
 from ..settings import Settings, reseeded, setting
 from .experiments import EXPERIMENTS
 from .problem import RunContext
-from .store import cell_name, is_done, settings_key, to_jsonable, write_json
+from .store import (
+    CorruptFile,
+    cell_name,
+    check_run_folder,
+    move_aside,
+    read_cell,
+    run_lock,
+    settings_key,
+    start_run,
+    to_jsonable,
+    write_cache_files,
+    write_cell,
+)
 
 PRESETS = ("quick", "paper")
 #: Tables of ``[shared]`` applied to every experiment whose settings have that field.
@@ -118,11 +133,18 @@ def versions() -> dict[str, str]:
 
 @dataclasses.dataclass(frozen=True)
 class CellJob:
+    """One cell of a plan: its experiment, settings, cell parameters, file and settings
+    hash."""
+
     experiment: str
     settings: Any
     cell: dict[str, Any]
     path: Path
     settings_hash: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.experiment} {cell_name(self.cell)}"
 
 
 def plan(preset: Preset, out: Path, only: tuple[str, ...] = ()) -> list[CellJob]:
@@ -144,51 +166,99 @@ def plan(preset: Preset, out: Path, only: tuple[str, ...] = ()) -> list[CellJob]
     return jobs
 
 
-def run_cell(job: CellJob, ctx: RunContext) -> Path:
-    """Run one cell (its settings offset by the cell's seed) and write its result file."""
+def preset_document(preset: Preset) -> dict[str, Any]:
+    """The resolved preset as settings.json records it: seeds and each experiment's
+    settings."""
+    return {"seeds": list(preset.seeds),
+            **{k: to_jsonable(v) for k, v in preset.experiments.items()}}
+
+
+def compute_cell(job: CellJob, ctx: RunContext) -> dict[str, Any]:
+    """Run one cell (its settings offset by the cell's seed): the record its file holds,
+    with settings, versions, device and timings. Writes no cell file."""
     started = time.time()
     t0 = time.perf_counter()
     settings = reseeded(job.settings, job.cell["seed"])
     result = EXPERIMENTS[job.experiment].run(settings, job.cell, ctx)
-    return write_json(job.path, {
-        "experiment": job.experiment, "cell": job.cell, "result": result,
-        "settings": job.settings, "settings_hash": job.settings_hash, "versions": versions(),
-        "device": ctx.device,
-        "timing": {"seconds": time.perf_counter() - t0, "started": started,
-                   "finished": time.time()}})
+    return {"experiment": job.experiment, "cell": job.cell, "result": result,
+            "settings": job.settings, "settings_hash": job.settings_hash,
+            "versions": versions(), "device": ctx.device,
+            "timing": {"seconds": time.perf_counter() - t0, "started": started,
+                       "finished": time.time()}}
 
 
-def _init_worker(threads: int) -> None:
-    torch.set_num_threads(threads)
+def run_cell(job: CellJob, ctx: RunContext) -> Path:
+    """Run one cell in this process and write its file."""
+    return write_cell(job.path, compute_cell(job, ctx))
 
 
-def _run_in_worker(job: CellJob, ctx: RunContext) -> Path:
-    return run_cell(job, dataclasses.replace(ctx, progress=False))
+def unfinished(jobs: list[CellJob], out: Path) -> list[CellJob]:
+    """The jobs without a valid cell file; cell files that fail their checks (unreadable,
+    wrong shape or checksum, other settings) are moved aside to ``out/.corrupt/``."""
+    todo = []
+    for job in jobs:
+        if job.path.exists():
+            try:
+                read_cell(job.path, job.experiment, to_jsonable(job.cell), job.settings_hash)
+                continue
+            except CorruptFile as err:
+                move_aside(job.path, out, str(err))
+        todo.append(job)
+    return todo
 
 
-def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (),
-              jobs: int = 1) -> list[Path]:
-    """Run every unfinished cell; returns the paths of all cell files of the plan."""
+def _serial(jobs: list[CellJob], ctx: RunContext, bar: tqdm,
+            threads: int | None) -> Iterator[tuple[CellJob, dict]]:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads or before)
+        for job in jobs:
+            bar.set_description(job.label[:70])
+            yield job, {"record": compute_cell(job, ctx), "cache": {}}
+    finally:
+        torch.set_num_threads(before)
+
+
+def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs: int = 1,
+              cluster: str | None = None, threads: int | None = None) -> list[Path]:
+    """Run every unfinished cell; returns the paths of all cell files of the plan.
+
+    Cells run in this process by default; on ``jobs`` local worker processes (an embedded
+    Dask ``LocalCluster``), or on the Dask scheduler at ``cluster``. Either way this process
+    alone writes the run folder, holding its lock: a second run on the same folder stops with
+    :class:`~malleability.repro.store.RunLocked`. ``threads``: torch threads per cell
+    (default: this process's; cores / jobs with ``jobs``; the worker's on a cluster). Cell
+    results are bitwise equal across modes for equal threads per cell (torch's parallel
+    reductions depend on the thread count).
+    """
+    from .cluster import connect, local_cluster, run_on_cluster  # dask only when used
+
+    jobs = check_positive_int(jobs, "jobs")
+    if threads is not None:
+        threads = check_positive_int(threads, "threads")
+    if jobs > 1 and cluster is not None:
+        raise ValueError("jobs: --jobs runs a local cluster; give either --jobs or --cluster")
     todo_all = plan(preset, ctx.out, only)
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    write_json(ctx.out / "settings.json",
-               {"settings": {"seeds": list(preset.seeds),
-                             **{k: to_jsonable(v) for k, v in preset.experiments.items()}},
-                "versions": versions()})
-    todo = [j for j in todo_all if not is_done(j.path, j.settings_hash)]
-    bar = tqdm(total=len(todo_all), initial=len(todo_all) - len(todo), desc="cells",
-               disable=not ctx.progress, position=0)
-    if jobs <= 1:
-        for job in todo:
-            bar.set_description(f"{job.experiment} {cell_name(job.cell)}"[:70])
-            run_cell(job, ctx)
+    document = preset_document(preset)
+    check_run_folder(ctx.out, document)
+    with contextlib.ExitStack() as stack:
+        client = None if cluster is None else stack.enter_context(connect(cluster))
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(run_lock(ctx.out))
+        start_run(ctx.out, document, versions())
+        todo = unfinished(todo_all, ctx.out)
+        bar = stack.enter_context(tqdm(total=len(todo_all), initial=len(todo_all) - len(todo),
+                                       desc="cells", disable=not ctx.progress, position=0))
+        if client is not None:
+            results = run_on_cluster(client, todo, ctx, threads, local_cache=True)
+        elif jobs > 1 and todo:
+            client = stack.enter_context(local_cluster(jobs, ctx.device))
+            threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+            results = run_on_cluster(client, todo, ctx, threads)
+        else:
+            results = _serial(todo, ctx, bar, threads)
+        for job, outcome in results:
+            write_cache_files(ctx.out, outcome["cache"])
+            write_cell(job.path, outcome["record"])
             bar.update()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = [pool.submit(_run_in_worker, job, ctx) for job in todo]
-            for future in as_completed(futures):
-                future.result()
-                bar.update()
-    bar.close()
     return [j.path for j in todo_all]
