@@ -30,8 +30,9 @@ from .memory import check_memory, network_bytes
 from .models import TwoLayerNet
 from .settings import Settings, setting
 
+#: ``adversary(loss_fn, x_b, y_b, epoch)`` → the batch to train on (epochs count from 1).
 Adversary = Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor,
-                      torch.Tensor], torch.Tensor]
+                      torch.Tensor, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,8 @@ def train(
 
     ``x`` is what the model takes (pixels when it holds its preprocessing); ``y`` is (n × C):
     one-hot or ±1 (see :func:`loss_for_targets`). With ``adversary`` (adversarial training)
-    each batch is replaced by ``adversary(loss_fn, x_b, y_b)`` against the current weights,
-    in the space of ``x``.
+    each batch is replaced by ``adversary(loss_fn, x_b, y_b, epoch)`` against the current
+    weights, in the space of ``x``.
     """
     y = as_tensor(y, "y", ndim=2, dtype=model.weight.dtype)
     x = as_tensor(x, "x", ndim=None, dtype=None)
@@ -145,7 +146,7 @@ def train(
             idx = order[s:s + settings.batch_size]
             xb, yb = x[idx], y[idx]
             if adversary is not None:
-                xb = adversary(batch_loss, xb, yb)
+                xb = adversary(batch_loss, xb, yb, epoch)
             optimizer.zero_grad(set_to_none=True)
             value = objective(model, w0, batch_hidden(xb), yb, loss, settings.l2_to_init,
                               settings.l2_convention)
