@@ -99,9 +99,14 @@ def test_restarts_are_at_least_as_strong_as_each_restart(digits):
     assert torch.equal(best, torch.stack(singles).amax(0))
 
 
-def test_restarts_only_for_pgd():
-    with pytest.raises(ValueError, match="^restarts: expected 1 for the deterministic attack"):
-        AttackSettings("fgsm", restarts=2)
+def test_deterministic_attacks_ignore_restarts(digits):
+    tr, _ = digits
+    net, x, y = _net(tr), tr.pixels[:8].to(F64), tr.targets()[:8]
+    rows = torch.arange(8)
+    for name in ("fgsm", "mim"):
+        one = perturb_rows(net, x, y, rows, AttackSettings(name, eps=0.1, steps=3))
+        three = perturb_rows(net, x, y, rows, AttackSettings(name, eps=0.1, steps=3, restarts=3))
+        assert torch.equal(one, three)
     with pytest.raises(ValueError, match="^restarts: expected a positive integer"):
         AttackSettings(restarts=0)
 

@@ -82,13 +82,9 @@ class AttackSettings(Settings):
     seed: int = setting(0, "Seed of PGD's random start.", check_seed)
     loss: AttackLoss = setting(AttackLoss.TARGET, "Loss maximised against a model: target "
                                "(the training loss) or margin (Carlini & Wagner).")
-    restarts: int = setting(1, "PGD random restarts; the worst case per point is kept.",
+    restarts: int = setting(1, "PGD random restarts; the worst case per point is kept "
+                                 "(FGSM and MIM are deterministic and ignore it).",
                             check_positive_int)
-
-    def check_relations(self) -> None:
-        if self.restarts > 1 and self.attack is not Attack.PGD:
-            raise ValueError(f"restarts: expected 1 for the deterministic attack "
-                             f"{self.attack.value}, got {self.restarts}")
 
     def run(self, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """This attack on ``loss_fn`` at (``x``, ``y``)."""
