@@ -5,7 +5,9 @@ Every attack has the same call shape ``attack(loss_fn, x, y, eps, ...)``: ``loss
 returns per-example losses of shape (B,), the attack maximises their sum over the set
 {x' : ‖x' − x‖∞ ≤ ε, 0 ≤ x' ≤ 1} and returns a detached tensor of x's shape and dtype.
 Gradients are taken with respect to the input only, so model parameters get no ``.grad``
-and the model's train/eval mode is left alone.
+and the model's train/eval mode is left alone. PGD with ``restarts`` > 1 keeps, per example,
+the restart of largest loss (the worst case). Against a model, the loss is the target's
+training loss or the margin loss of Carlini & Wagner (:func:`margin_loss`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,24 @@ class Attack(StrEnum):
     MIM = "mim"
 
 
+class AttackLoss(StrEnum):
+    """The loss an attack on a model maximises: the target's training loss (cross-entropy or
+    ½(f − y)², :func:`loss_for_targets`) or the margin loss (:func:`margin_loss`)."""
+
+    TARGET = "target"
+    MARGIN = "margin"
+
+
+def margin_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Margin loss per row (Carlini & Wagner 2017): max_{j ≠ c} f_j − f_c for one-hot ``y``
+    of class c, −y·f for one ±1 column. Positive exactly when the row is misclassified."""
+    if y.shape[-1] == 1:
+        return -(y * f)[..., 0]
+    true = (f * y).sum(-1)
+    other = f.masked_fill(y.bool(), float("-inf")).amax(-1)
+    return other - true
+
+
 def check_eps(value: Any, name: str) -> float:
     """An ℓ∞ budget in [0, 1] pixel units."""
     eps = check_nonnegative(value, name)
@@ -60,26 +80,35 @@ class AttackSettings(Settings):
     steps: int = setting(40, "PGD/MIM steps (paper: 40).", check_positive_int)
     momentum: float = setting(1.0, "MIM momentum μ (paper: 1.0).", check_nonnegative)
     seed: int = setting(0, "Seed of PGD's random start.", check_seed)
+    loss: AttackLoss = setting(AttackLoss.TARGET, "Loss maximised against a model: target "
+                               "(the training loss) or margin (Carlini & Wagner).")
+    restarts: int = setting(1, "PGD random restarts; the worst case per point is kept "
+                                 "(FGSM and MIM are deterministic and ignore it).",
+                            check_positive_int)
 
     def run(self, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """This attack on ``loss_fn`` at (``x``, ``y``)."""
         return run_attack(self.attack, loss_fn, x, y, self.eps, alpha=self.alpha,
-                          steps=self.steps, momentum=self.momentum, seed=self.seed)
+                          steps=self.steps, momentum=self.momentum, seed=self.seed,
+                          restarts=self.restarts)
+
+    def model_loss(self, model: nn.Module, y: torch.Tensor) -> LossFn:
+        """``loss_fn(x, y)`` of this attack against ``model`` for targets like ``y``."""
+        if self.loss is AttackLoss.MARGIN:
+            return lambda xb, yb: margin_loss(model(xb), yb)
+        loss = loss_for_targets(y)
+        return lambda xb, yb: per_example_loss(model(xb), yb, loss)
 
 
 def perturb_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor,
                  attack: AttackSettings) -> torch.Tensor:
     """A copy of ``x`` (the model's inputs, e.g. pixels) with the rows ``rows`` replaced by
-    their adversarial versions against ``model``'s loss at their own labels ``y``."""
-    loss = loss_for_targets(y)
+    their adversarial versions against ``model``'s loss (``attack.loss``) at their own labels
+    ``y``."""
     dtype = next(model.parameters()).dtype
-
-    def loss_fn(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return per_example_loss(model(xb), yb, loss)
-
     out = x.clone()
     if rows.numel():
-        out[rows] = attack.run(loss_fn, x[rows], y[rows].to(dtype))
+        out[rows] = attack.run(attack.model_loss(model, y), x[rows], y[rows].to(dtype))
     return out
 
 
@@ -139,27 +168,48 @@ def pgd(
     steps: int = AttackSettings.steps,
     random_start: bool = True,
     seed: int = AttackSettings.seed,
+    restarts: int = AttackSettings.restarts,
 ) -> torch.Tensor:
     """Projected gradient descent, ℓ∞ (Madry et al. 2018).
 
     x⁰ = Π(x + U[−ε, ε]) (or x⁰ = x without ``random_start``), then ``steps`` times
     xᵗ⁺¹ = Π(xᵗ + α·sign ∇_x L(xᵗ, y)). The start is drawn from a ``torch.Generator``
-    seeded with ``seed``; the global RNG is untouched.
+    seeded with ``seed``; the global RNG is untouched. With ``restarts`` = R > 1, restart r
+    starts from seed ``seed`` + r and each example keeps the restart of largest loss.
     """
     x, y, eps = _check_inputs(x, y, eps)
     alpha = check_positive(alpha, "alpha")
     steps = check_positive_int(steps, "steps")
+    restarts = check_positive_int(restarts, "restarts")
     if eps == 0:
         return x.clone()
-    x_adv = x
-    if random_start:
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        u = torch.rand(x.shape, generator=gen, dtype=x.dtype, device=x.device)
-        x_adv = _project(x + eps * (2 * u - 1), x, eps)
-    for t in range(steps):
-        grad = _input_grad(loss_fn, x_adv, y, f"pgd step {t + 1}")
-        x_adv = _project(x_adv + alpha * grad.sign(), x, eps)
-    return x_adv
+    best, best_loss = x, None
+    for r in range(restarts if random_start else 1):
+        x_adv = x
+        if random_start:
+            gen = torch.Generator(device=x.device).manual_seed(seed + r)
+            u = torch.rand(x.shape, generator=gen, dtype=x.dtype, device=x.device)
+            x_adv = _project(x + eps * (2 * u - 1), x, eps)
+        for t in range(steps):
+            grad = _input_grad(loss_fn, x_adv, y, f"pgd step {t + 1}")
+            x_adv = _project(x_adv + alpha * grad.sign(), x, eps)
+        if restarts == 1:
+            return x_adv
+        best, best_loss = worst_case(loss_fn, y, best, best_loss, x_adv)
+    return best
+
+
+def worst_case(loss_fn: LossFn, y: Any, best: torch.Tensor, best_loss: torch.Tensor | None,
+               candidate: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example, the one of ``best`` (loss ``best_loss``; None: no best yet) and
+    ``candidate`` with the larger ``loss_fn``; ties keep ``best``."""
+    with torch.no_grad():
+        loss = check_finite(loss_fn(candidate, y).detach(), "loss_fn", "a pgd restart")
+    if best_loss is None:
+        return candidate, loss
+    better = loss > best_loss
+    mask = better.reshape((-1,) + (1,) * (candidate.ndim - 1))
+    return torch.where(mask, candidate, best), torch.where(better, loss, best_loss)
 
 
 def mim(
@@ -203,16 +253,17 @@ def run_attack(
     steps: int = AttackSettings.steps,
     momentum: float = AttackSettings.momentum,
     seed: int = AttackSettings.seed,
+    restarts: int = AttackSettings.restarts,
 ) -> torch.Tensor:
     """Run the attack named ``attack`` (an ``Attack`` or its name, any case).
 
-    FGSM ignores ``alpha``, ``steps``, ``momentum`` and ``seed``; PGD (random start) ignores
-    ``momentum``; MIM ignores ``seed``.
+    FGSM ignores ``alpha``, ``steps``, ``momentum``, ``seed`` and ``restarts``; PGD (random
+    start) ignores ``momentum``; MIM ignores ``seed`` and ``restarts``.
     """
     name = attack.lower() if isinstance(attack, str) else attack
     kind = Attack(check_choice(name, "attack", tuple(Attack)))
     if kind is Attack.FGSM:
         return fgsm(loss_fn, x, y, eps)
     if kind is Attack.PGD:
-        return pgd(loss_fn, x, y, eps, alpha=alpha, steps=steps, seed=seed)
+        return pgd(loss_fn, x, y, eps, alpha=alpha, steps=steps, seed=seed, restarts=restarts)
     return mim(loss_fn, x, y, eps, alpha=alpha, steps=steps, momentum=momentum)

@@ -8,7 +8,7 @@ Each retrained network starts from the baseline's initialisation (same seed); fo
 reference set is the new training set. Reported: test accuracy by epoch and the malleability
 metrics between the baseline's scores and the retrained network's scores on the points both
 training sets hold. Adversarial training replaces every batch by PGD examples against the
-current weights.
+current weights, with ε ramped up from 0 over the first epochs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from enum import StrEnum
 import torch
 
 from ._validation import parse_enum
-from .attacks import AttackSettings, perturb_rows
+from .attacks import AttackSettings, LossFn, perturb_rows
 from .influence import InfluenceResult, InfluenceSettings, network_influence
 from .measure import MalleabilityResult, compare_scores
 from .metrics import top_fraction
@@ -104,6 +104,14 @@ def intervene(
     return InterventionResult(intervention, history, result, int(kept.numel()))
 
 
+def ramped_eps(eps: float, epoch: int, ramp_epochs: int) -> float:
+    """ε_e = ε · min(1, e / ramp_epochs) at epoch e = 1, 2, … (ε throughout when
+    ``ramp_epochs`` = 0): a linear ramp from 0 that reaches ε at epoch ``ramp_epochs``."""
+    if ramp_epochs <= 0 or epoch >= ramp_epochs:
+        return eps
+    return eps * epoch / ramp_epochs
+
+
 def adversarial_train(
     model: TwoLayerNet,
     x: torch.Tensor,
@@ -112,8 +120,23 @@ def adversarial_train(
     attack: AttackSettings = AttackSettings(),
     x_test: torch.Tensor | None = None,
     y_test: torch.Tensor | None = None,
+    ramp_epochs: int = 0,
 ) -> TrainHistory:
     """PGD adversarial training (Madry et al. 2018): every batch is replaced by ``attack``
-    examples against the current weights, in the space of ``x``."""
-    return train(model, x, y, settings, x_test, y_test,
-                 adversary=lambda loss_fn, xb, yb: attack.run(loss_fn, xb, yb))
+    examples against the current weights, in the space of ``x``.
+
+    At epoch e the attack runs at ε_e = :func:`ramped_eps` (``attack.eps``, e,
+    ``ramp_epochs``) with step α·ε_e/ε, so the number of steps to cross the ball is kept.
+    """
+    if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int) \
+            or not 0 <= ramp_epochs <= settings.epochs:
+        raise ValueError(f"ramp_epochs: expected an integer in 0..{settings.epochs} (the "
+                         f"training epochs), got {ramp_epochs!r}")
+
+    def adversary(loss_fn: LossFn, xb: torch.Tensor, yb: torch.Tensor,
+                  epoch: int) -> torch.Tensor:
+        eps = ramped_eps(attack.eps, epoch, ramp_epochs)
+        scale = eps / attack.eps if attack.eps > 0 else 1.0
+        return attack.replace(eps=eps, alpha=attack.alpha * scale).run(loss_fn, xb, yb)
+
+    return train(model, x, y, settings, x_test, y_test, adversary=adversary)

@@ -31,8 +31,9 @@ from .memory import check_memory, network_bytes
 from .models import TwoLayerNet
 from .settings import Settings, setting
 
+#: ``adversary(loss_fn, x_b, y_b, epoch)`` → the batch to train on (epochs count from 1).
 Adversary = Callable[[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.Tensor,
-                      torch.Tensor], torch.Tensor]
+                      torch.Tensor, int], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ def train(
 
     ``x`` is what the model takes (pixels when it holds its preprocessing); ``y`` is (n × C):
     one-hot or ±1 (see :func:`loss_for_targets`). With ``adversary`` (adversarial training)
-    each batch is replaced by ``adversary(loss_fn, x_b, y_b)`` against the current weights,
-    in the space of ``x``.
+    each batch is replaced by ``adversary(loss_fn, x_b, y_b, epoch)`` against the current
+    weights, in the space of ``x``.
     """
     y = as_tensor(y, "y", ndim=2, dtype=model.weight.dtype)
     x = as_tensor(x, "x", ndim=None, dtype=None)
@@ -188,7 +189,7 @@ def train(
         for s in range(0, n, settings.batch_size):
             xb, yb = x_epoch[s:s + settings.batch_size], y_epoch[s:s + settings.batch_size]
             if adversary is not None:
-                xb = adversary(batch_loss, xb, yb)
+                xb = adversary(batch_loss, xb, yb, epoch)
             with torch.no_grad():
                 value = objective_and_gradient_(model.weight, w0, readout, batch_hidden(xb),
                                                 yb, loss, l2, model.weight.grad)
