@@ -241,7 +241,7 @@ def datasets_command(data_root: Path | None) -> None:
 
 @main.command("reproduce")
 @click.option("--preset", default="quick", show_default=True,
-              help="quick, paper, or a path to a preset .toml file.")
+              help="quick, paper, sensitivity, or a path to a preset .toml file.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--only", multiple=True, help="Run only this experiment (repeatable).")
 @click.option("--jobs", type=int, default=1, show_default=True, help="Cells run in parallel.")
@@ -249,8 +249,10 @@ def datasets_command(data_root: Path | None) -> None:
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--seeds", type=int, default=None,
+              help="Run every experiment on seeds 0 … N−1 (overrides the preset's seeds).")
 def reproduce_command(preset: str, out: Path, only: tuple[str, ...], jobs: int, device: str,
-                      data_root: Path | None, quiet: bool) -> None:
+                      data_root: Path | None, quiet: bool, seeds: int | None) -> None:
     """Run a preset's experiments cell by cell (resumable), then write the report."""
     from .repro.problem import RunContext
     from .repro.report import write_report
@@ -258,6 +260,8 @@ def reproduce_command(preset: str, out: Path, only: tuple[str, ...], jobs: int, 
 
     try:
         settings = load_preset(preset)
+        if seeds is not None:
+            settings = settings.with_seeds(seeds)
         if jobs < 1:
             raise ValueError(f"jobs: expected a positive integer, got {jobs}")
         ctx = RunContext(out, None if data_root is None else str(data_root),

@@ -116,14 +116,17 @@ def run(s: NtkDistanceSettings, cell: dict, ctx: RunContext) -> dict:
 
 
 def _width_trend(task: str, model: str, distances: list[float]) -> list[str]:
-    """Our width trend, the paper's, and whether they agree (2L-ReLU and MLP-Attn only)."""
+    """Our width trend (each step decided by its CI over seeds), the paper's, and whether they
+    agree (2L-ReLU and MLP-Attn only; undecided steps → inconclusive)."""
     ours = trend(distances)
+    decided = None if ours == "—" or ours.startswith("undecided") else ours
     if model == "relu":
-        return [ours, "decreasing", agreement(None if ours == "—" else ours == "decreasing", True)]
+        return [ours, "decreasing", agreement(None if decided is None else decided == "decreasing",
+                                              True)]
     if model == "attn":
         expected = PAPER_ATTN_TREND.get(paper_task(task) or "", "not decreasing")
         return [ours, expected,
-                agreement(None if ours == "—" else ours != "decreasing", True)]
+                agreement(None if decided is None else decided != "decreasing", True)]
     return [ours, "—", "—"]
 
 
