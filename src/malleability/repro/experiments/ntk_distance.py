@@ -110,7 +110,10 @@ def run(s: NtkDistanceSettings, cell: dict, ctx: RunContext) -> dict:
             f_m = net(p.x_test).double()
         k_m = empirical_ntk(net, z)
         out[f"function_distance_{stage}"] = function_distance(f_m, f_inf)
-        out[f"kernel_distance_{stage}"] = kernel_distance(k_m, k_inf)
+        # a zero NTK (every hidden unit inactive on every point: a dead network) has no
+        # direction, so its kernel distance is undefined: stored as null
+        out[f"kernel_distance_{stage}"] = (kernel_distance(k_m, k_inf) if bool(k_m.any())
+                                           else None)
     out["final_train_loss"] = history["train_loss"][-1]
     return out
 
@@ -183,7 +186,9 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                      "NTK test acc. %", "final train loss"]
     return [Table(header, summary, "Table 1: function-space NTK distance after training."),
             paper_table(1, [f"m={w}" for w in PAPER_WIDTHS], PAPER_TABLE1),
-            Table(detail_header, detail, "Distances at initialisation and after training."),
+            Table(detail_header, detail, "Distances at initialisation and after training "
+                                         "(kernel distance —: undefined, the network's NTK is "
+                                         "zero because every hidden unit is inactive)."),
             figure(fig1, "Figure 1 (ours): function distance vs width; dashed = at "
                          "initialisation, solid = trained, crosses = the paper's Table 1."),
             figure(fig6, "Figure 6 (ours): kernel (cosine) distance vs width.")]
