@@ -1,4 +1,4 @@
-"""Benchmarks of the NTK, LOO-influence and κ routines against plain torch kernels.
+"""Benchmarks of the NTK, LOO-influence, κ and training routines against plain torch kernels.
 
 Run with ``make bench`` (``.venv/bin/python benchmarks/run.py``); prints a table and writes
 ``benchmarks/results.json``. Every row is "A vs B" with the ratio A/B; see benchmarks/README.md.
@@ -11,6 +11,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,21 +26,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
-from malleability.influence import loo_influence  # noqa: E402
+from malleability._validation import as_tensor  # noqa: E402
+from malleability.influence import loo_influence, ntk_influence  # noqa: E402
+from malleability.kernel_ridge import _estimated_report, fit_kernel_ridge  # noqa: E402
+from malleability.linalg import tri_inverse_  # noqa: E402
 from malleability.models import TwoLayerNet  # noqa: E402
 from malleability.ntk import autograd_ntk, empirical_ntk, infinite_ntk  # noqa: E402
 from malleability.spectral import effective_condition_number  # noqa: E402
+from malleability.training import TrainSettings, train, train_batched  # noqa: E402
 
 SEED = 0
 F64 = torch.float64
 RESULTS = Path(__file__).with_name("results.json")
+SCALING = Path(__file__).with_name("loo_scaling.json")
 
 # Sizes of the three sections.
 NTK_N, NTK_M, NTK_D = 1000, 1024, 784
 # Autograd blocks (rows × cols of the n×n kernel) timed and extrapolated by area.
 AUTOGRAD_BLOCKS = {1: (20, NTK_N), 10: (2, 100)}
-LOO_SIZES, LOO_N_TEST, LOO_C, LOO_RIDGE = (2000, 5000), 500, 10, 1e-3
+LOO_SIZES, LOO_N_TEST, LOO_C, LOO_RIDGE = (3000, 5000), 500, 10, 1e-3
 KAPPA_SHAPE = (60000, 784)
+TRAIN_N, TRAIN_BATCH, TRAIN_BATCHED, TRAIN_EPOCHS = 6000, 128, 4, 3
 SQUARE_GEMM = 2048
 # Environment that changes threaded BLAS/LAPACK timings (recorded in the output).
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY")
@@ -172,39 +180,91 @@ def bench_loo(gen: torch.Generator, extra: dict[str, Any]) -> list[Row]:
         y = eye[torch.randint(0, LOO_C, (n,), generator=gen)]
         y_t = eye[torch.randint(0, LOO_C, (LOO_N_TEST,), generator=gen)]
         reg = k + LOO_RIDGE * torch.eye(n, dtype=F64)
-        small = n == min(LOO_SIZES)  # the first size warms up; the large one is timed once
-        repeats = 3 if small else 1
-        t_base = bench(lambda reg=reg, k_t=k_t: (torch.linalg.cholesky(reg), k_t @ reg),
-                       repeats=3)
+        small = n == min(LOO_SIZES)  # interleaved rounds at the small n; the large n once
+        fns: dict[str, Callable[[], object]] = {
+            "base": lambda reg=reg, k_t=k_t: (torch.linalg.cholesky(reg), k_t @ reg)}
         for loss in ("mse", "ce"):
-            t = bench(lambda k=k, k_t=k_t, y=y, y_t=y_t, loss=loss: loo_influence(
-                k, k_t, y, y_t, LOO_RIDGE, loss), repeats=repeats, warmup=small and loss == "mse")
-            log(f"loo_influence n={n} {loss}: {t:.2f} s (Cholesky + GEMM {t_base:.2f} s)")
+            fns[loss] = lambda k=k, k_t=k_t, y=y, y_t=y_t, loss=loss: loo_influence(
+                k, k_t, y, y_t, LOO_RIDGE, loss)
+        t = bench_interleaved(fns, rounds=3 if small else 1)
+        for loss in ("mse", "ce"):
+            log(f"loo_influence n={n} {loss}: {t[loss]:.2f} s (Cholesky + GEMM {t['base']:.2f} s)")
             rows.append(Row(
                 f"LOO influence n={n} n_test={LOO_N_TEST} C={LOO_C} {loss}", "loo_influence",
-                t, "cholesky + GEMM", t_base,
-                f"median of {repeats}" + ("" if small else ", warmed up at the smaller n")))
+                t[loss], "cholesky + GEMM", t["base"],
+                "median of 3 interleaved rounds" if small else "one round after a warm-up"))
         if small:
-            extra["loo_breakdown"] = loo_breakdown(reg, k_t)
+            extra["loo_breakdown"] = loo_breakdown(k, k_t, y)
             log(f"breakdown n={n}: " + ", ".join(
                 f"{step} {sec:.2f} s" for step, sec in extra["loo_breakdown"].items()))
     return rows
 
 
-def loo_breakdown(reg: torch.Tensor, k_t: torch.Tensor) -> dict[str, float]:
-    """Times of the dense steps fit_kernel_ridge + ntk_influence run on K + λI."""
-    n = reg.shape[0]
-    chol = torch.linalg.cholesky(reg)
-    inv = torch.cholesky_inverse(chol)
-    eye = torch.eye(n, dtype=F64)
+def loo_breakdown(k: torch.Tensor, k_t: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Times of the steps ntk_influence runs (fit_kernel_ridge, then K_t H and diag H)."""
+    fit = fit_kernel_ridge(k, y, LOO_RIDGE)
+    factor = k.clone()
+    factor.diagonal().add_(LOO_RIDGE)
+    chol = torch.linalg.cholesky(factor)
+    info = torch.empty((), dtype=torch.int32)
+
+    def cholesky_in_place() -> None:
+        buf = k.clone()
+        buf.diagonal().add_(LOO_RIDGE)
+        torch.linalg.cholesky_ex(buf.mT, upper=True, out=(buf.mT, info))
+
     steps: dict[str, Callable[[], object]] = {
-        "eigvalsh": lambda: torch.linalg.eigvalsh(reg),
-        "cholesky": lambda: torch.linalg.cholesky_ex(reg),
-        "cholesky_inverse": lambda: torch.cholesky_inverse(chol),
-        "residual (K+λI)H - I": lambda: torch.linalg.norm(reg @ inv - eye),
-        "K_t H": lambda: k_t @ inv,
+        "input checks (as_tensor on K)": lambda: as_tensor(k, "k", ndim=2),
+        "copy K + Cholesky in place": cholesky_in_place,
+        "tri_inverse_ (L → L⁻¹ in place)": lambda: tri_inverse_(chol.clone()),
+        "α = H Y": lambda: fit.times_inverse(y.T),
+        "A.9 estimates": lambda: _estimated_report(fit.factor_inverse, k, LOO_RIDGE),
+        "K_t H": lambda: fit.times_inverse(k_t),
+        "diag H": fit.inverse_diagonal,
     }
-    return {k: bench(fn, repeats=1, warmup=False) for k, fn in steps.items()}
+    return {name: bench(fn, repeats=1, warmup=False) for name, fn in steps.items()}
+
+
+def bench_training(gen: torch.Generator, extra: dict[str, Any]) -> list[Row]:
+    """``train`` (float32) vs its GEMM floor over TRAIN_EPOCHS epochs, and ``train_batched``
+    on k networks vs k calls of ``train``."""
+    n, d, m, c, bs = TRAIN_N, NTK_D, NTK_M, LOO_C, TRAIN_BATCH
+    x = torch.rand(n, d, generator=gen)
+    y = torch.eye(c)[torch.randint(0, c, (n,), generator=gen)]
+    settings = TrainSettings(epochs=TRAIN_EPOCHS, batch_size=bs, progress=False)
+    net = TwoLayerNet(d, m, c, seed=SEED, dtype=torch.float32)
+    nets = [TwoLayerNet(d, m, c, seed=SEED + j, dtype=torch.float32)
+            for j in range(TRAIN_BATCHED)]
+    w, g = net.weight.detach().clone(), torch.randn(bs, m, generator=gen)
+    sizes = [min(bs, n - s) for s in range(0, n, bs)]
+    batches = [x[:b].clone() for b in sizes]
+
+    def floor() -> None:
+        for _ in range(TRAIN_EPOCHS):
+            for xb in batches:  # forward h Wᵀ and weight gradient Gᵀ h of every step
+                xb @ w.T
+                g[:xb.shape[0]].T @ xb
+
+    t = bench_interleaved({
+        "floor": floor, "train": lambda: train(net, x, y, settings),
+        "batched": lambda: train_batched(nets, x, y, settings),
+        "sequential": lambda: [train(mdl, x, y, settings) for mdl in nets]}, rounds=3)
+    flops = TRAIN_EPOCHS * sum(2 * 2 * b * d * m for b in sizes)
+    rate = flops / t["floor"] / 1e9
+    log(f"train {TRAIN_EPOCHS} epochs {t['train']:.3f} s, GEMM floor {t['floor']:.3f} s "
+        f"({rate:.1f} GFLOP/s float32): {t['floor'] / t['train']:.0%} of the floor; train_batched ×"
+        f"{TRAIN_BATCHED} {t['batched']:.3f} s vs sequential {t['sequential']:.3f} s")
+    extra["training"] = {"times_s": t, "float32_gflops": rate,
+                         "fraction_of_floor": t["floor"] / t["train"]}
+    shape = f"n={n} d={d} m={m} C={c} batch {bs}, float32"
+    return [
+        Row(f"train {TRAIN_EPOCHS} epochs vs GEMM floor ({shape})", "train", t["train"],
+            "h Wᵀ + Gᵀ h per step", t["floor"],
+            f"floor at {rate:.1f} GFLOP/s; train at {t['floor'] / t['train']:.0%} of it"),
+        Row(f"{TRAIN_BATCHED} networks, {TRAIN_EPOCHS} epochs", "train_batched", t["batched"],
+            f"{TRAIN_BATCHED} × train", t["sequential"],
+            f"speed-up {t['sequential'] / t['batched']:.2f}×; median of 3 interleaved rounds"),
+    ]
 
 
 def bench_kappa(gen: torch.Generator) -> list[Row]:
@@ -216,6 +276,76 @@ def bench_kappa(gen: torch.Generator) -> list[Row]:
     n, d = KAPPA_SHAPE
     return [Row(f"κ of {n}×{d}", "effective_condition_number", t, "x.T @ x", t_base,
                 "median of 3")]
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of this process's resident memory (VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM to the current RSS (Linux: ``echo 5 > /proc/self/clear_refs``)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def loo_scaling_one(n: int) -> dict[str, Any]:
+    """Exact LOO (MSE) at n training points on an empirical NTK, then the baseline Cholesky
+    (in place) + GEMM; times and peak RSS of each phase (one process per n)."""
+    gen = torch.Generator().manual_seed(SEED)
+    net = TwoLayerNet(NTK_D, NTK_M, LOO_C, seed=SEED)
+    x, x_t = unit_rows(n, NTK_D, gen), unit_rows(LOO_N_TEST, NTK_D, gen)
+    eye = torch.eye(LOO_C, dtype=F64)
+    y = eye[torch.randint(0, LOO_C, (n,), generator=gen)]
+    y_t = eye[torch.randint(0, LOO_C, (LOO_N_TEST,), generator=gen)]
+    matrix = 8 * n * n
+    out: dict[str, Any] = {"n": n, "n_test": LOO_N_TEST, "C": LOO_C, "nxn_bytes": matrix}
+    base_rss = peak_rss_bytes()
+    reset_peak_rss()
+    start = time.perf_counter()
+    k, k_t = empirical_ntk(net, x), empirical_ntk(net, x_t, x)
+    out["kernel_s"] = time.perf_counter() - start
+    out["kernel_peak_nxn"] = (peak_rss_bytes() - base_rss) / matrix
+    log(f"n={n}: empirical NTK {out['kernel_s']:.1f} s, peak +{out['kernel_peak_nxn']:.2f} n×n")
+    reset_peak_rss()
+    start = time.perf_counter()
+    result = ntk_influence(k, k_t, y, y_t, LOO_RIDGE)
+    out["loo_s"] = time.perf_counter() - start
+    out["loo_peak_nxn"] = (peak_rss_bytes() - base_rss) / matrix
+    out["stability"] = result.stability.to_dict()
+    log(f"n={n}: ntk_influence {out['loo_s']:.1f} s, peak +{out['loo_peak_nxn']:.2f} n×n "
+        f"over the process before the kernel (K itself is 1)")
+    del result
+    start = time.perf_counter()
+    factor = k.clone()
+    factor.diagonal().add_(LOO_RIDGE)
+    info = torch.empty((), dtype=torch.int32)
+    torch.linalg.cholesky_ex(factor.mT, upper=True, out=(factor.mT, info))
+    k_t @ factor
+    out["cholesky_gemm_s"] = time.perf_counter() - start
+    out["ratio"] = out["loo_s"] / out["cholesky_gemm_s"]
+    log(f"n={n}: Cholesky (in place) + GEMM {out['cholesky_gemm_s']:.1f} s, "
+        f"ratio {out['ratio']:.2f}")
+    return out
+
+
+def loo_scaling(sizes: list[int]) -> None:
+    """Each size in a fresh process (so peak RSS is its own); writes loo_scaling.json."""
+    results = []
+    for n in sizes:
+        proc = subprocess.run([sys.executable, __file__, "--loo-scaling-one", str(n)],
+                              check=True, stdout=subprocess.PIPE, text=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(proc.stdout.strip().splitlines()[-1], flush=True)
+    meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": cpu_model(), "ram_bytes": os.sysconf("SC_PAGE_SIZE")
+            * os.sysconf("SC_PHYS_PAGES")}
+    SCALING.write_text(json.dumps({"meta": meta, "sizes": results}, indent=2,
+                                  ensure_ascii=False) + "\n")
+    print(f"wrote {SCALING}")
 
 
 def print_table(rows: list[Row]) -> None:
@@ -247,6 +377,8 @@ def main() -> None:
     rows += bench_loo(gen, extra)
     print("3. condition number κ", flush=True)
     rows += bench_kappa(gen)
+    print("4. training", flush=True)
+    rows += bench_training(gen, extra)
     meta["total_s"] = round(time.perf_counter() - start, 1)
     meta["loadavg_end"] = round(os.getloadavg()[0], 2)
     print_table(rows)
@@ -261,4 +393,11 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--loo-scaling-one":
+        print(json.dumps(loo_scaling_one(int(sys.argv[2]))), flush=True)
+    elif len(sys.argv) == 3 and sys.argv[1] == "--loo-scaling":
+        loo_scaling([int(v) for v in sys.argv[2].split(",")])
+    elif len(sys.argv) == 1:
+        main()
+    else:
+        sys.exit("usage: run.py [--loo-scaling 5000,10000,20000]")

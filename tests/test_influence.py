@@ -12,6 +12,7 @@ from malleability import (
     ntk_influence,
 )
 from malleability.losses import per_example_loss
+from malleability.ntk import infinite_ntk
 
 F64 = torch.float64
 
@@ -69,14 +70,61 @@ def test_cross_entropy_blocks_give_the_same_matrix():
     torch.testing.assert_close(full, blocked, rtol=0, atol=1e-13)
 
 
-def test_stability_report_matches_numpy():
+def test_exact_stability_report_matches_numpy():
     k, k_t, y, y_t = _problem(seed=3)
-    report = ntk_influence(k, k_t, y, y_t, 1e-3).stability
+    report = ntk_influence(k, k_t, y, y_t, 1e-3, exact_report=True).stability
     eig = np.linalg.eigvalsh(k.numpy() + 1e-3 * np.eye(18))
+    assert report.exact and report.probes == 0
     assert report.min_eigenvalue == pytest.approx(eig[0], rel=1e-9)
     assert report.condition_number == pytest.approx(eig[-1] / eig[0], rel=1e-9)
     assert report.inversion_residual < 1e-10
     assert report.symmetry_error < 1e-14
+
+
+def _kernels(n=200):
+    """Small SPD kernels with different spectra, and one with a 1e-6 asymmetry."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 30, generator=gen, dtype=F64)
+    x = x / x.norm(dim=1, keepdim=True)
+    net = TwoLayerNet(30, 64, 3, attention="linear", reference=x, seed=0)
+    q = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=F64)).Q
+    g = torch.randn(n, n, generator=gen, dtype=F64)
+    emp = empirical_ntk(net, x)
+    return {"infinite NTK": infinite_ntk(x), "empirical NTK": emp,
+            "flat spectrum": q @ torch.diag(torch.linspace(1, 2, n, dtype=F64)) @ q.T,
+            "Wishart": g @ g.T / n,
+            "asymmetric": emp + 1e-6 * torch.randn(n, n, generator=gen, dtype=F64)}
+
+
+@pytest.mark.parametrize("ridge", [1e-3, 1e-9])
+def test_estimated_stability_report_is_close_to_the_exact_one(ridge):
+    y = torch.ones(200, 1, dtype=F64)
+    for name, k in _kernels().items():
+        est = fit_kernel_ridge(k, y, ridge).stability
+        exact = fit_kernel_ridge(k, y, ridge, exact=True).stability
+        assert not est.exact and est.probes == 8, name
+        # Ritz values bound the extreme eigenvalues from inside; κ₂ from below.
+        assert exact.max_eigenvalue / 1.2 <= est.max_eigenvalue <= exact.max_eigenvalue, name
+        assert exact.min_eigenvalue <= est.min_eigenvalue <= 1.2 * exact.min_eigenvalue, name
+        assert (exact.condition_number / 1.5 <= est.condition_number
+                <= exact.condition_number * (1 + 1e-9)), name
+        if exact.inversion_residual > 1e-13:  # above rounding noise: asymmetric, Wishart
+            assert 0.5 <= est.inversion_residual / exact.inversion_residual <= 2, name
+        if name == "asymmetric":
+            assert 0.67 <= est.symmetry_error / exact.symmetry_error <= 1.5
+        else:
+            assert est.symmetry_error < 1e-15 and est.inversion_residual < 1e-11, name
+
+
+def test_inverse_diagonal_and_products_match_the_explicit_inverse():
+    k = _kernels(300)["empirical NTK"]
+    y = torch.randn(300, 2, dtype=F64)
+    fit = fit_kernel_ridge(k, y, 1e-2)
+    h = torch.linalg.inv(k + 1e-2 * torch.eye(300, dtype=F64))
+    torch.testing.assert_close(fit.inverse_diagonal(), torch.diagonal(h), rtol=1e-10, atol=0)
+    rows = torch.randn(7, 300, dtype=F64)
+    torch.testing.assert_close(fit.times_inverse(rows), rows @ h, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(fit.alpha, h @ y, rtol=1e-9, atol=1e-12)
 
 
 def test_not_positive_definite_is_a_clear_error():

@@ -121,9 +121,9 @@ def test_bad_experiment_seeds(tmp_path):
         load_preset(str(bad))
 
 
-def test_every_section_merges_seeds_except_illustrations():
-    assert [n for n, m in EXPERIMENTS.items() if not getattr(m, "MERGE_SEEDS", True)] == [
-        "influential"]
+def test_every_section_merges_seeds_except_illustrations_and_per_instance_checks():
+    assert {n: m.PER_SEED for n, m in EXPERIMENTS.items() if hasattr(m, "PER_SEED")} == {
+        "influential": "first", "theory": "all"}
 
 
 def test_where_a_claim_holds():

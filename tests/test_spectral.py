@@ -8,6 +8,7 @@ import torch
 
 from malleability import effective_condition_number, mean_pairwise_cosine, width_threshold
 from malleability.diagnostic import diagnose
+from malleability.spectral import softmax_amplification
 
 F64 = torch.float64
 
@@ -105,3 +106,35 @@ def test_bad_inputs():
         effective_condition_number(torch.ones(4, 3), method="randomized", k=5)
     with pytest.raises(ValueError, match="^x: has no eigenvalue above"):
         effective_condition_number(torch.zeros(4, 3))
+
+
+def _exact_softmax_log_kappa(x: torch.Tensor, temperature: float) -> float:
+    """ln κ of ΦΦᵀ, Φ = expm(XXᵀ/τ) X, over its nonzero eigenvalues (brute force)."""
+    g = x @ x.T
+    phi = torch.linalg.matrix_exp(g / temperature) @ x
+    eig = torch.linalg.eigvalsh(phi @ phi.T).flip(0)[:min(x.shape)]
+    return math.log(float(eig[0] / eig[-1]))
+
+
+@pytest.mark.parametrize(("n", "d"), [(5, 8), (9, 4)])  # full row rank, and rank d < n
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_softmax_amplification_matches_the_exact_kernel_spectrum(n, d, temperature):
+    x = torch.rand(n, d, generator=torch.Generator().manual_seed(n + d), dtype=torch.float64)
+    x = x / float(torch.linalg.matrix_norm(x, ord=2)) * 1.8  # λ₁ = 3.24: e^{2λ₁} stays exact
+    amp = softmax_amplification(x, temperature)
+    assert amp.rank == min(n, d)
+    assert amp.log_kappa_softmax == pytest.approx(_exact_softmax_log_kappa(x, temperature),
+                                                  rel=1e-8)
+    assert amp.log_kappa_linear == pytest.approx(3 * amp.log_kappa)
+
+
+def test_softmax_amplification_exceeds_the_cubic_exactly_when_the_gap_exceeds_ln_kappa():
+    # G with eigenvalues 1.5 and 1: gap 0.5 against ln κ = ln 1.5 ≈ 0.405
+    x = torch.diag(torch.tensor([1.5, 1.0], dtype=torch.float64).sqrt())
+    for temperature, exceeds in ((1.0, True), (2.0, False)):
+        amp = softmax_amplification(x, temperature)
+        exact = _exact_softmax_log_kappa(x, temperature)
+        assert amp.exceeds_linear is exceeds
+        assert (exact > 3 * math.log(1.5)) is exceeds
+    with pytest.raises(ValueError, match="^temperature: expected a positive number"):
+        softmax_amplification(x, 0.0)

@@ -6,7 +6,14 @@ import torch
 from malleability import AttackSettings, ModelSettings, TwoLayerNet, perturb_rows
 from malleability.data import load_dataset
 from malleability.interventions import adversarial_train
-from malleability.training import TrainSettings, evaluate, objective, train
+from malleability.training import (
+    TrainSettings,
+    evaluate,
+    objective,
+    objective_and_gradient_,
+    train,
+    train_batched,
+)
 
 F64 = torch.float64
 
@@ -111,3 +118,65 @@ def test_mismatched_labels(digits):
     tr, _ = digits
     with pytest.raises(ValueError, match="^y: expected 240 rows to match x"):
         train(_net(tr), tr.pixels, tr.targets()[:10], TrainSettings(epochs=1))
+
+
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+def test_analytic_gradient_matches_autograd(digits, loss):
+    tr, _ = digits
+    z, y = tr.inputs()[:50], tr.targets()[:50]
+    y = y[:, :1] * 2 - 1 if loss == "mse" else y  # ±1 targets with MSE
+    model = TwoLayerNet(z.shape[1], 32, y.shape[1], attention="linear", reference=z, seed=2)
+    h = model.hidden_inputs(z).detach()
+    w0 = model.weight.detach().clone()
+    model.weight.data += 0.05 * torch.randn_like(w0)
+    value = objective(model, w0, h, y, loss, l2_to_init=0.3)
+    (expected,) = torch.autograd.grad(value, model.weight)
+    grad = torch.empty_like(w0)
+    got = objective_and_gradient_(model.weight, w0, model.readout[None], h, y, loss, 0.3, grad)
+    assert got.shape == (1,)
+    torch.testing.assert_close(got[0], value.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
+
+
+def test_batched_training_follows_each_networks_own_trajectory(digits):
+    tr, te = digits
+    settings = TrainSettings(epochs=3, lr=1e-2, seed=5, checkpoints=(0, 3), progress=False)
+    z, y, zt, yt = tr.pixels, tr.targets(), te.pixels, te.targets()
+    alone = []
+    for seed in (1, 2, 3):
+        model = _net(tr, seed=seed)
+        history = train(model, z, y, settings, x_test=zt, y_test=yt)
+        alone.append((model.weight.detach(), history))
+    nets = [_net(tr, seed=seed) for seed in (1, 2, 3)]
+    histories = train_batched(nets, z, y, settings, x_test=zt, y_test=yt)
+    for net, hist, (w, ref) in zip(nets, histories, alone, strict=True):
+        torch.testing.assert_close(net.weight.detach(), w, rtol=1e-9, atol=1e-12)
+        assert hist.train_loss == pytest.approx(ref.train_loss, rel=1e-9)
+        assert hist.test_accuracy == ref.test_accuracy
+        assert set(hist.checkpoints) == {0, 3}
+        torch.testing.assert_close(hist.checkpoints[3], w)
+    with pytest.raises(ValueError, match="^models: expected networks with the same"):
+        train_batched([_net(tr), _net(tr, "linear")], z, y, settings)
+
+
+@pytest.mark.parametrize("convention", ["sum", "mean"])
+def test_analytic_gradient_follows_the_l2_convention(digits, convention):
+    tr, _ = digits
+    settings = TrainSettings(epochs=2, lr=1e-2, l2_to_init=0.5, l2_convention=convention,
+                             seed=5, progress=False)
+    model = _net(tr, seed=4)
+    w0 = model.weight.detach().clone()
+    train(model, tr.pixels, tr.targets(), settings)
+    h = model.hidden_inputs(model.inputs(tr.pixels[:40])).detach()
+    value = objective(model, w0, h, tr.targets()[:40], "ce", 0.5, convention)
+    (expected,) = torch.autograd.grad(value, model.weight)
+    mean = (model.weight.detach() - w0).square().mean() * 0.5
+    reg = mean if convention == "mean" else mean * w0.numel()
+    data = objective(model, w0, h, tr.targets()[:40], "ce", 0.0)
+    torch.testing.assert_close(value - data, reg, rtol=1e-10, atol=0)
+    grad = torch.empty_like(w0)
+    l2 = 0.5 / w0.numel() if convention == "mean" else 0.5
+    got = objective_and_gradient_(model.weight, w0, model.readout[None], h,
+                                  tr.targets()[:40], "ce", l2, grad)
+    torch.testing.assert_close(got[0], value.detach(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-14)

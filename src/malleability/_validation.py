@@ -51,7 +51,8 @@ def as_tensor(
         x = x.to(torch.float64)
     if device is not None:
         x = x.to(device)
-    if not bool(torch.isfinite(x).all()):
+    # One sum first (a NaN or ±inf makes it non-finite); the elementwise check only then.
+    if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return x
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from ._validation import as_tensor, check_finite, check_fraction, check_nonnegative, parse_enum
-from .kernel_ridge import StabilityReport, as_targets, fit_kernel_ridge
-from .losses import Loss, loss_for_targets, per_example_loss
+from .kernel_ridge import StabilityReport, as_targets, checked_problem, fit_checked
+from .losses import Loss, loss_for_targets
 from .ntk import empirical_ntk
 from .settings import Settings, setting
 
@@ -51,41 +51,47 @@ def ntk_influence(
     ridge: float,
     loss: Loss | str = Loss.MSE,
     block_bytes: int = 256 * 2**20,
+    exact_report: bool = False,
 ) -> InfluenceResult:
     """Leave-one-out influence of every training point on every test point (float64).
 
-    One Cholesky of K + λI and matrix products; for MSE the loss change has the closed form
-    B ⊙ (R βᵀ) + ½ B² ⊙ ‖β‖² with β_i = −α_i/H_ii and R = f − Y_test; for cross-entropy the
-    log-sum-exp is evaluated in test-row blocks of at most ``block_bytes``. A non-finite
-    influence (overflow) raises NonFiniteError.
+    One Cholesky of K + λI, its factor inverted in place, and triangular products:
+    B = K_t H = (K_t L⁻ᵀ) L⁻¹ and diag(H) = column norms² of L⁻¹ (peak memory: K, L⁻¹ and
+    n_t × n matrices). For MSE the loss change has the closed form B ⊙ (R βᵀ) + ½ B² ⊙ ‖β‖²
+    with β_i = −α_i/H_ii and R = f − Y_test; for cross-entropy the log-sum-exp is evaluated in
+    test-row blocks of at most ``block_bytes``. ``exact_report`` computes the A.9 report
+    exactly (see :func:`fit_kernel_ridge`) instead of estimating it. A non-finite influence
+    (overflow) raises NonFiniteError.
     """
     loss = parse_enum(loss, Loss, "loss")
-    fit = fit_kernel_ridge(k_train, y_train, ridge)
-    n = fit.alpha.shape[0]
+    k, y, ridge = checked_problem(k_train, y_train, ridge)
+    n = k.shape[0]
     k_t = as_tensor(k_test_train, "k_test_train", ndim=2)
     if k_t.shape[1] != n:
         raise ValueError(f"k_test_train: expected {n} columns (training points), "
                          f"got {k_t.shape[1]}")
     y_t = as_targets(y_test, "y_test", k_t.shape[0])
-    if y_t.shape[1] != fit.alpha.shape[1]:
-        raise ValueError(f"y_test: expected {fit.alpha.shape[1]} columns to match y_train, "
+    if y_t.shape[1] != y.shape[1]:
+        raise ValueError(f"y_test: expected {y.shape[1]} columns to match y_train, "
                          f"got {y_t.shape[1]}")
     if loss is Loss.CE:
-        _check_one_hot(y_train, "y_train")
+        _check_one_hot(y, "y_train")
         _check_one_hot(y_t, "y_test")
+    fit = fit_checked(k, y, ridge, exact_report)
     f = k_t @ fit.alpha
-    b = k_t @ fit.inverse
-    beta = -fit.alpha / torch.diagonal(fit.inverse)[:, None]  # n×C
+    b = fit.times_inverse(k_t)
+    beta = -fit.alpha / fit.inverse_diagonal()[:, None]  # n×C
     if loss is Loss.MSE:
         matrix = b * ((f - y_t) @ beta.T) + 0.5 * b**2 * (beta**2).sum(1)[None, :]
     else:
-        base = per_example_loss(f, y_t, loss)
+        # L(f + B_ti β_i) − L(f) = lse(f_t + B_ti β_i) − lse(f_t) − B_ti (y_t·β_i): only the
+        # log-sum-exp needs the (rows × n × C) block.
+        matrix = -b * (y_t @ beta.T)
+        matrix -= torch.logsumexp(f, dim=1)[:, None]
         rows = max(1, block_bytes // (8 * n * beta.shape[1]))
-        matrix = torch.empty_like(b)
         for s in range(0, b.shape[0], rows):
             shifted = f[s:s + rows, None, :] + b[s:s + rows, :, None] * beta[None, :, :]
-            matrix[s:s + rows] = (per_example_loss(shifted, y_t[s:s + rows, None, :], loss)
-                                  - base[s:s + rows, None])
+            matrix[s:s + rows] += torch.logsumexp(shifted, dim=2)
     check_finite(matrix, "k_test_train", "the leave-one-out influence matrix", k_t)
     return InfluenceResult(matrix=matrix, scores=matrix.mean(0), predictions=f,
                            alpha=fit.alpha, stability=fit.stability)

@@ -38,13 +38,16 @@ def _pair(x1: torch.Tensor, x2: torch.Tensor | None, d: int | None = None):
     return x1, x2
 
 
-@torch.no_grad()
-def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None
-                  ) -> torch.Tensor:
+def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None = None,
+                  block_bytes: int = 64 * 2**20) -> torch.Tensor:
     """Θ_m(x1, x2) = (Z₁Z₂ᵀ) ⊙ (D₁D₂ᵀ)/m in closed form, on the network's raw inputs (float64).
 
-    The attention front, if any, is applied first (z = φ(x)). Raises NonFiniteError when
-    the kernel overflows float64.
+    The attention front, if any, is applied first (z = φ(x)). Without gradients, Z₁Z₂ᵀ is
+    written into the output and scaled in place by D₁D₂ᵀ/m in row blocks of at most
+    ``block_bytes``, so the only n₁ × n₂ matrix allocated is the result. Differentiable in
+    x1, x2 and the front's reference when they require gradients (W is held fixed; the gates
+    D have zero derivative), so kernel changes can be maximised by gradient ascent.
+    Raises NonFiniteError when the kernel overflows float64.
     """
     if not isinstance(model, TwoLayerNet):
         raise TypeError(f"model: empirical_ntk (closed form) needs a TwoLayerNet, got "
@@ -62,8 +65,22 @@ def empirical_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor | None 
     z2 = z1 if x2 is x1 else (x2 if front is None else front(x2))
     d1 = (z1 @ w.T > 0).to(_F64)
     d2 = d1 if z2 is z1 else (z2 @ w.T > 0).to(_F64)
-    kernel = (z1 @ z2.T) * (d1 @ d2.T) / model.width
+    if torch.is_grad_enabled() and (z1.requires_grad or z2.requires_grad):
+        kernel = (z1 @ z2.T) * (d1 @ d2.T) / model.width
+    else:
+        kernel = _gated_gram(z1, z2, d1, d2, model.width, block_bytes)
     return _check_kernel(kernel, "the empirical NTK Θ_m", x1, x2)
+
+
+@torch.no_grad()
+def _gated_gram(z1: torch.Tensor, z2: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor,
+                width: int, block_bytes: int) -> torch.Tensor:
+    """(Z₁Z₂ᵀ) ⊙ (D₁D₂ᵀ)/m with one n₁ × n₂ allocation: the product, scaled in row blocks."""
+    out = z1 @ z2.T
+    rows = max(1, block_bytes // (8 * out.shape[1]))
+    for s in range(0, out.shape[0], rows):
+        out[s:s + rows].mul_(d1[s:s + rows] @ d2.T).div_(width)
+    return out
 
 
 def _check_materialised(model: nn.Module) -> None:

@@ -3,6 +3,7 @@
 κ_d(G) = λ₁/λ_r over the eigenvalues of G = X Xᵀ with r = min(n, d). Linearized attention
 cubes it: φ(X)φ(X)ᵀ = G³ without row normalisation (Theorem 4.8). Kernel-regime width
 thresholds, constants dropped: MLP-Attn m* = κ⁶ · n log n, 2L-ReLU m* = κ² · n log n.
+Prop. 4.11: unnormalised softmax raises κ to κ·e^{2(λ₁ − λ_r)/τ} (:func:`softmax_amplification`).
 All spectra are computed in float64.
 """
 
@@ -14,7 +15,7 @@ from enum import StrEnum
 
 import torch
 
-from ._validation import as_tensor, check_positive_int, parse_enum
+from ._validation import as_tensor, check_positive, check_positive_int, parse_enum
 from .attention import AttentionFeatures, AttentionKind
 
 _F64 = torch.float64
@@ -113,6 +114,43 @@ def effective_condition_number(
     kappa = top / float(eig[-1]) if full else math.inf
     return ConditionReport(kappa=kappa, kappa_effective=top / smallest_kept, rank=rank, r=r,
                            n=n, d=d, tol=float(tol), eigenvalues=eig, method=method)
+
+
+@dataclass(frozen=True)
+class SoftmaxAmplification:
+    """Prop. 4.11 (our reading): the unnormalised-softmax kernel K = ΦΦᵀ, Φ = exp(G/τ)X with
+    the matrix exponential of G = XXᵀ = UΛUᵀ, is U Λe^{2Λ/τ} Uᵀ; λ ↦ λe^{2λ/τ} increases, so
+    ln κ_sm = ln κ + 2(λ₁ − λ_r)/τ: exponential in the spectral gap λ₁ − λ_r, against
+    ln κ³ for linearized attention (κ = λ₁/λ_r over the numerical rank r)."""
+
+    log_kappa: float
+    log_kappa_softmax: float
+    log_kappa_linear: float
+    gap: float
+    temperature: float
+    rank: int
+
+    @property
+    def exceeds_linear(self) -> bool:
+        """Remark 4.12: κ_sm > κ³ exactly when (λ₁ − λ_r)/τ > ln κ."""
+        return self.gap / self.temperature > self.log_kappa
+
+
+def softmax_amplification(x: torch.Tensor, temperature: float = 1.0, tol: float | None = None
+                          ) -> SoftmaxAmplification:
+    """Prop. 4.11 for inputs ``x`` (n × d): ln κ of the unnormalised-softmax kernel beside
+    ln κ and ln κ³, from the eigenvalues of G = XXᵀ above ``tol`` (see
+    :func:`effective_condition_number`), in logs because e^{2(λ₁ − λ_r)/τ} overflows for
+    image data. ``temperature`` τ scales the scores (the paper's statement: τ = 1)."""
+    temperature = check_positive(temperature, "temperature")
+    report = effective_condition_number(x, tol)
+    top, low = float(report.eigenvalues[0]), float(report.eigenvalues[report.rank - 1])
+    log_kappa = math.log(top / low)
+    gap = top - low
+    return SoftmaxAmplification(log_kappa=log_kappa,
+                                log_kappa_softmax=log_kappa + 2 * gap / temperature,
+                                log_kappa_linear=3 * log_kappa, gap=gap,
+                                temperature=temperature, rank=report.rank)
 
 
 def linear_attention_features(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:

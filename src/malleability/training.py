@@ -8,11 +8,12 @@ cross-entropy; binary targets are ±1 with ½(f − y)² (docs/method.md §1, §
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from ._validation import (
@@ -76,8 +77,44 @@ def objective(model: TwoLayerNet, w0: torch.Tensor, h: torch.Tensor, y: torch.Te
     """mean_b L(f_b, y_b) + λ_reg ‖W − W₀‖² (summed, or averaged with ``l2_convention``
     "mean", over the weights), with f = head(h) on hidden-layer inputs h."""
     data = per_example_loss(model.head(h), y, loss).mean()
-    sq = (model.weight - w0) ** 2
-    return data + l2_to_init * (sq.mean() if l2_convention == "mean" else sq.sum())
+    l2 = l2_per_weight(l2_to_init, l2_convention, model.weight.numel())
+    return data + l2 * ((model.weight - w0) ** 2).sum()
+
+
+def l2_per_weight(l2_to_init: float, l2_convention: str, weights: int) -> float:
+    """The coefficient of each squared weight: λ_reg (``"sum"``) or λ_reg / #weights
+    (``"mean"``), for a network of ``weights`` first-layer weights."""
+    return l2_to_init / weights if l2_convention == "mean" else l2_to_init
+
+
+@torch.no_grad()
+def objective_and_gradient_(w: torch.Tensor, w0: torch.Tensor, readout: torch.Tensor,
+                            h: torch.Tensor, y: torch.Tensor, loss: Loss | str,
+                            l2: float, grad: torch.Tensor) -> torch.Tensor:
+    """:func:`objective` of k networks sharing their inputs, without autograd: the k values
+    (a (k,) tensor, no sync) and their gradients written into ``grad``.
+
+    W (k·m × d) stacks the networks' first layers, A (k × m × C) their readouts. With
+    P = h Wᵀ, f_j = σ(P_j) A_j/√m and G = ∂L/∂f / b (f − y for MSE, softmax(f) − y for
+    cross-entropy), ∇_W = ((G Aᵀ/√m) ⊙ 1[P > 0])ᵀ h + 2l (W − W₀), with l the coefficient of
+    each squared weight (:func:`l2_per_weight`): W − W₀ is written into ``grad`` and the
+    product added to it by one in-place GEMM.
+    """
+    loss = parse_enum(loss, Loss, "loss")
+    k, m, _ = readout.shape
+    b, scale = h.shape[0], m ** -0.5
+    act = torch.relu(h @ w.T)  # b × k·m
+    # The readout products as Aᵀσ(P)ᵀ: a GEMM with b columns, not one with C (much faster).
+    a_t = readout.transpose(1, 2)  # k × C × m
+    f = torch.bmm(a_t, act.T.view(k, m, b)).permute(2, 0, 1).mul_(scale)  # b × k × C
+    data = per_example_loss(f, y[:, None, :], loss).mean(0)
+    g = f - y[:, None, :] if loss is Loss.MSE else torch.softmax(f, dim=2) - y[:, None, :]
+    back = torch.bmm(g.transpose(0, 1), a_t).transpose(0, 1).reshape(b, k * m)
+    back.mul_(act.sign_()).mul_(scale / b)  # σ'(P) = sign(σ(P))
+    torch.sub(w, w0, out=grad)
+    reg = torch.linalg.vector_norm(grad.view(k, -1), dim=1).square_()
+    grad.addmm_(back.T, h, beta=2 * l2)
+    return data + l2 * reg
 
 
 def train(
@@ -126,7 +163,11 @@ def train(
             x = to_hidden(x)
     batch_hidden = _identity if adversary is None else to_hidden
     w0 = model.weight.detach().clone()
-    optimizer = torch.optim.Adam([model.weight], lr=settings.lr)
+    # Gradients are written analytically (objective_and_gradient_), so Adam's fused kernel
+    # does the whole update in one pass where the device supports it.
+    model.weight.grad, readout = torch.empty_like(w0), model.readout[None]
+    l2 = l2_per_weight(settings.l2_to_init, settings.l2_convention, w0.numel())
+    optimizer = torch.optim.Adam([model.weight], lr=settings.lr, fused=True)
     gen = torch.Generator().manual_seed(settings.seed)
     history = TrainHistory()
     if 0 in settings.checkpoints:
@@ -136,26 +177,24 @@ def train(
         return per_example_loss(model.head(to_hidden(xb)), yb, loss)
 
     n = x.shape[0]
+    x_epoch, y_epoch = torch.empty_like(x), torch.empty_like(y)  # reused, shuffled per epoch
     bar = tqdm(range(1, settings.epochs + 1), desc="train", disable=not settings.progress,
                leave=False)
     for epoch in bar:
         order = torch.randperm(n, generator=gen).to(device)
-        total = 0.0
+        torch.index_select(x, 0, order, out=x_epoch)
+        torch.index_select(y, 0, order, out=y_epoch)
+        total_t = torch.zeros((), dtype=y.dtype, device=device)  # summed on device, no sync
         for s in range(0, n, settings.batch_size):
-            idx = order[s:s + settings.batch_size]
-            xb, yb = x[idx], y[idx]
+            xb, yb = x_epoch[s:s + settings.batch_size], y_epoch[s:s + settings.batch_size]
             if adversary is not None:
                 xb = adversary(batch_loss, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            value = objective(model, w0, batch_hidden(xb), yb, loss, settings.l2_to_init,
-                              settings.l2_convention)
-            value.backward()
+            with torch.no_grad():
+                value = objective_and_gradient_(model.weight, w0, readout, batch_hidden(xb),
+                                                yb, loss, l2, model.weight.grad)
             optimizer.step()
-            total += float(value.detach()) * idx.numel()
-        if not math.isfinite(total):
-            raise NonFiniteError(f"x: the training loss at epoch {epoch} is not finite "
-                                 f"({total}); expected finite inputs and a stable lr "
-                                 f"({settings.lr:g})")
+            total_t += value[0] * xb.shape[0]
+        total = _finite_epoch_loss(float(total_t), epoch, settings)
         history.train_loss.append(total / n)
         if h_test is not None:
             with torch.no_grad():
@@ -166,6 +205,100 @@ def train(
         if epoch in settings.checkpoints:
             history.checkpoints[epoch] = model.weight.detach().cpu().clone()
     return history
+
+
+def train_batched(
+    models: Sequence[TwoLayerNet],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    settings: TrainSettings,
+    x_test: torch.Tensor | None = None,
+    y_test: torch.Tensor | None = None,
+    loss: Loss | str | None = None,
+) -> list[TrainHistory]:
+    """Train k networks with the same hidden-layer inputs (e.g. one architecture, several
+    seeds) in place, as one stacked network on the model inputs ``x`` (as for :func:`train`):
+    one GEMM per layer and step for all k and one Adam update of the stacked W (k·m × d).
+
+    All k see the same batches (``settings.seed``); since Adam acts elementwise, each
+    network follows the trajectory :func:`train` gives it, up to rounding. No adversary.
+    """
+    models = list(models)
+    if not models:
+        raise ValueError("models: expected at least one network")
+    first = models[0]
+    shape = (first.width, first.in_features, first.num_classes, first.weight.dtype,
+             first.weight.device)
+    for j, net in enumerate(models):
+        if (net.width, net.in_features, net.num_classes, net.weight.dtype,
+                net.weight.device) != shape:
+            raise ValueError(f"models: network {j} differs from network 0 in width, inputs, "
+                             f"classes, dtype or device")
+    m, dtype, device = first.width, first.weight.dtype, first.weight.device
+    y = as_tensor(y, "y", ndim=2, dtype=dtype).to(device)
+    x = as_tensor(x, "x", ndim=None, dtype=None).to(device)
+    check_rows_match(x, y, "x", "y")
+    loss = loss_for_targets(y) if loss is None else parse_enum(loss, Loss, "loss")
+    if (x_test is None) != (y_test is None):
+        raise ValueError("y_test: give x_test and y_test together")
+    def to_hidden(net: TwoLayerNet, inputs: torch.Tensor) -> torch.Tensor:
+        return net.hidden_inputs(net.inputs(inputs))
+
+    with torch.no_grad():
+        h = to_hidden(first, x)
+        if any(not torch.equal(to_hidden(net, x), h) for net in models[1:]):
+            raise ValueError("models: expected networks with the same hidden-layer inputs "
+                             "(2L-ReLU, or the same attention front)")
+        if x_test is not None:
+            y_test = as_tensor(y_test, "y_test", ndim=2, dtype=dtype, device=device)
+            h_test = to_hidden(first, as_tensor(x_test, "x_test", dtype=None).to(device))
+            check_rows_match(h_test, y_test, "x_test", "y_test")
+    k = len(models)
+    w = nn.Parameter(torch.cat([net.weight.detach() for net in models]))
+    for j, net in enumerate(models):  # each network's W is its block of the stack meanwhile
+        net.weight.data = w.data[j * m:(j + 1) * m]
+    w0, readout = w.detach().clone(), torch.stack([net.readout for net in models])
+    w.grad = torch.empty_like(w0)
+    l2 = l2_per_weight(settings.l2_to_init, settings.l2_convention, m * first.in_features)
+    optimizer = torch.optim.Adam([w], lr=settings.lr, fused=True)
+    gen = torch.Generator().manual_seed(settings.seed)
+    histories = [TrainHistory() for _ in models]
+    if 0 in settings.checkpoints:
+        for j, hist in enumerate(histories):
+            hist.checkpoints[0] = w0[j * m:(j + 1) * m].cpu().clone()
+    n = h.shape[0]
+    h_epoch, y_epoch = torch.empty_like(h), torch.empty_like(y)
+    for epoch in tqdm(range(1, settings.epochs + 1), desc=f"train ×{k}",
+                      disable=not settings.progress, leave=False):
+        order = torch.randperm(n, generator=gen).to(device)
+        torch.index_select(h, 0, order, out=h_epoch)
+        torch.index_select(y, 0, order, out=y_epoch)
+        total = torch.zeros(k, dtype=dtype, device=device)
+        for s in range(0, n, settings.batch_size):
+            hb, yb = h_epoch[s:s + settings.batch_size], y_epoch[s:s + settings.batch_size]
+            total += hb.shape[0] * objective_and_gradient_(
+                w, w0, readout, hb, yb, loss, l2, w.grad)
+            optimizer.step()
+        for net, hist, value in zip(models, histories, total.tolist(), strict=True):
+            hist.train_loss.append(_finite_epoch_loss(value, epoch, settings) / n)
+            if x_test is not None:
+                with torch.no_grad():
+                    test_loss, test_acc = _loss_and_accuracy(net.head(h_test), y_test, loss)
+                hist.test_loss.append(test_loss)
+                hist.test_accuracy.append(test_acc)
+            if epoch in settings.checkpoints:
+                hist.checkpoints[epoch] = net.weight.detach().cpu().clone()
+    for net in models:
+        net.weight.data = net.weight.data.clone()
+    return histories
+
+
+def _finite_epoch_loss(total: float, epoch: int, settings: TrainSettings) -> float:
+    """``total`` (an epoch's summed training loss) if finite, else NonFiniteError."""
+    if not math.isfinite(total):
+        raise NonFiniteError(f"x: the training loss at epoch {epoch} is not finite ({total}); "
+                             f"expected finite inputs and a stable lr ({settings.lr:g})")
+    return total
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Calibration of the paper preset's unstated training settings against Table 5 (training only).
 
 Each job trains one network (TwoLayerNet + train from the package, float32) on the full training
-split and records test accuracy after every epoch. Jobs run in a pool of worker processes that
+split and records test accuracy after every epoch. The cell files beside this script were made
+with the package as of commit 7fa49b3 (before the redesign); this is the same computation on the
+current API. Run: ``python calibrate.py --datasets mnist --root DATA --out DIR --device cuda``. Jobs run in a pool of worker processes that
 share one GPU; finished jobs are written one JSON file each; at the deadline the pool stops.
 """
 
@@ -54,22 +56,21 @@ def run_job(j: dict, root: str, device: str) -> dict:
     train_set = M.load_dataset(j["dataset"], "train", root=root, download=False)
     test_set = M.load_dataset(j["dataset"], "test", root=root, download=False)
     dev = torch.device(device)
+    settings = M.ModelSettings(width=1024, init_scale=j["init_scale"], seed=j["seed"],
+                               dtype="float32")
+    net = M.TwoLayerNet.for_data(train_set, settings,
+                                 None if j["model"] == "relu" else "linear").to(dev)
     x, y = train_set.pixels.to(dev), train_set.targets().to(dev)
     xt, yt = test_set.pixels.to(dev), test_set.targets().to(dev)
-    z = train_set.features(x).to(torch.float32)
-    net = M.TwoLayerNet(z.shape[1], 1024, y.shape[1],
-                        attention=None if j["model"] == "relu" else "linear",
-                        reference=None if j["model"] == "relu" else z,
-                        init_scale=j["init_scale"], seed=j["seed"], dtype=torch.float32).to(dev)
-    settings = M.TrainSettings(epochs=j["epochs"], l2_to_init=j["l2"], seed=j["seed"],
-                               progress=False)
-    hist = M.train(net, x, y, settings, train_set.features, xt, yt)
+    train_settings = M.TrainSettings(epochs=j["epochs"], l2_to_init=j["l2"], seed=j["seed"],
+                                     progress=False)
+    hist = M.train(net, x, y, train_settings, xt, yt)
     out = dict(j, n_train=len(train_set), n_test=len(test_set), device=device,
                torch=torch.__version__, seconds=time.time() - t0,
                test_accuracy=hist.test_accuracy, train_loss=hist.train_loss)
     with torch.no_grad():
-        k = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(0))[:2000]
-        h = net.features(z[k].to(net.weight.dtype))
+        k = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(0))[:2000]
+        h = net.hidden_inputs(net.inputs(x[k]))
         out["mean_pairwise_cosine_hidden_inputs"] = float(M.mean_pairwise_cosine(h))
     return out
 

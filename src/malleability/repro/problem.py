@@ -105,9 +105,11 @@ def load_problem(data: DataSettings, root: str | None = None, device: str = "cpu
 
 
 def build_model(arch: str, problem: Problem, model: ModelSettings, width: int | None = None,
-                reference: torch.Tensor | None = None) -> TwoLayerNet:
+                reference: torch.Tensor | None = None, attention_rank: int | None = None
+                ) -> TwoLayerNet:
     """An untrained network of architecture ``arch`` on ``problem``'s pixels; MLP-Attn attends
-    to ``reference`` network inputs (default: the training set's)."""
+    to ``reference`` network inputs (default: the training set's), truncated to its top
+    ``attention_rank`` singular directions when given (Remark 4.10)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {arch!r}")
     attention = ARCHITECTURES[arch]
@@ -116,22 +118,25 @@ def build_model(arch: str, problem: Problem, model: ModelSettings, width: int | 
     net = TwoLayerNet(problem.z.shape[1], width or model.width, problem.num_outputs,
                       attention=attention, reference=reference if attention else None,
                       init_scale=model.init_scale, seed=model.seed, projection=model.projection,
-                      dtype=getattr(torch, model.dtype), preprocessing=problem.preprocessing)
+                      dtype=getattr(torch, model.dtype), preprocessing=problem.preprocessing,
+                      attention_rank=attention_rank if attention else None)
     return net.to(problem.x.device)
 
 
 def trained_model(arch: str, problem: Problem, model: ModelSettings, train_settings: TrainSettings,
-                  ctx: RunContext, width: int | None = None
+                  ctx: RunContext, width: int | None = None, attention_rank: int | None = None
                   ) -> tuple[TwoLayerNet, dict[str, list[float]]]:
-    """The network of ``arch`` trained on ``problem``, from the run's cache when present.
+    """The network of ``arch`` (attention truncated to ``attention_rank``) trained on
+    ``problem``, from the run's cache when present.
 
     Cached as ``cache/models/<hash>.pt`` (weights and history).
     """
     width = width or model.width
-    net = build_model(arch, problem, model, width)
+    net = build_model(arch, problem, model, width, attention_rank=attention_rank)
     settings = dataclasses.replace(train_settings, progress=False, checkpoints=())
+    truncation = () if net.attention_rank is None else (("attention_rank", attention_rank),)
     key = settings_key("trained", arch, problem.data.replace(n_influence=None), model, settings,
-                       width)
+                       width, *truncation)
     settings = dataclasses.replace(settings, progress=ctx.progress)
     path = ctx.cache / "models" / f"{key}.pt"
     if path.exists():

@@ -215,9 +215,10 @@ def build_report(run: Run, figures: Path) -> list[Block]:
     for number, (name, experiment) in enumerate(EXPERIMENTS.items(), start=2):
         blocks += [Heading(f"{number}. {experiment.TITLE}"), Text(experiment.INTRO)]
         records = run.cells.get(name)
-        if records and getattr(experiment, "MERGE_SEEDS", True):
+        per_seed = getattr(experiment, "PER_SEED", None)  # None: merge seeds (the default)
+        if records and per_seed is None:
             records = merge_seeds(records)
-        elif records:  # an illustration, not a measurement: the first seed's cells
+        elif records and per_seed == "first":  # an illustration: the first seed's cells
             first = min(r["cell"].get("seed", 0) for r in records)
             records = [r for r in records if r["cell"].get("seed", 0) == first]
         blocks += (experiment.section(records, figures) if records else

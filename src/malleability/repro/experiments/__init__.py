@@ -14,13 +14,14 @@ from . import (
     ntk_distance,
     sensitivity,
     spectrum,
+    theory,
 )
 
 #: Experiments by name, in the order a run executes them.
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
     for module in (spectrum, collapse, flip_rates, ntk_distance, adversarial_training,
-                   interventions, complexity, landscape, influential, sensitivity)
+                   interventions, complexity, landscape, influential, theory, sensitivity)
 }
 
 __all__ = ["EXPERIMENTS"]

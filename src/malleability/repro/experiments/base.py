@@ -4,7 +4,9 @@ task × architecture, and the paper's names for tasks and architectures.
 An experiment is a module with ``SETTINGS`` (a settings dataclass), ``TITLE`` and ``INTRO``
 (its report heading and prose), ``cells(settings)`` (the independent units of work),
 ``run(settings, cell, ctx)`` → a JSON-ready dict, ``section(records, figures)`` → report blocks,
-and the paper's numbers it is compared with.
+and the paper's numbers it is compared with. The report merges each cell's seeds into one
+record (numbers → :class:`~..seeds.Estimate`) unless the module sets ``PER_SEED`` to "first"
+(an illustration: the first seed's cells) or "all" (every seed's cells unmerged).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class InfluentialSettings(NetworkSettings):
 
 SETTINGS = InfluentialSettings
 #: An illustration, not a measurement: the report shows the first seed's cells only.
-MERGE_SEEDS = False
+PER_SEED = "first"
 cells = task_model_cells
 
 

@@ -15,12 +15,13 @@ import torch
 
 from ...kernel_ridge import kernel_ridge_predict
 from ...losses import accuracy
+from ...models import TwoLayerNet
 from ...ntk import empirical_ntk, function_distance, infinite_ntk, kernel_distance
 from ...settings import setting
 from ...training import evaluate
 from .. import figures
 from ..figures import Line
-from ..problem import RunContext, build_model, trained_model
+from ..problem import Problem, RunContext, build_model, trained_model
 from ..report import Block, Table, figure, fmt, group, pct, rank
 from .base import (
     NetworkSettings,
@@ -95,26 +96,34 @@ def run(s: NtkDistanceSettings, cell: dict, ctx: RunContext) -> dict:
     width = cell["width"]
     initial = build_model(cell["model"], p, s.model, width)
     trained, history = trained_model(cell["model"], p, s.model, s.train, ctx, width)
+    distances = network_distances(p, initial, trained, s.influence.ridge)
+    return {"n_train": p.x.shape[0], "n_influence": int(p.influence_rows.numel()),
+            "n_test": p.x_test.shape[0], **distances,
+            "final_train_loss": history["train_loss"][-1]}
+
+
+def network_distances(p: Problem, initial: TwoLayerNet, trained: TwoLayerNet, ridge: float
+                      ) -> dict[str, float | None]:
+    """Function and kernel distances of ``initial`` and ``trained`` to the kernel ridge
+    predictor of the infinite-width NTK of ``initial``'s hidden-layer inputs on the influence
+    set, with both test accuracies."""
     z = p.z[p.influence_rows]
-    y = p.y_influence
     with torch.no_grad():
         z_t = initial.inputs(p.x_test)
         h, h_t = initial.hidden_inputs(z).double(), initial.hidden_inputs(z_t).double()
     k_inf, k_inf_t = infinite_ntk(h), infinite_ntk(h_t, h)
-    f_inf = kernel_ridge_predict(k_inf, k_inf_t, y, s.influence.ridge)
-    out: dict = {"n_train": p.x.shape[0], "n_influence": z.shape[0], "n_test": p.x_test.shape[0],
-                 "test_accuracy": evaluate(trained, p.x_test, p.y_test)[1],
-                 "ntk_test_accuracy": accuracy(f_inf, p.y_test)}
+    f_inf = kernel_ridge_predict(k_inf, k_inf_t, p.y_influence, ridge)
+    out = {"test_accuracy": evaluate(trained, p.x_test, p.y_test)[1],
+           "ntk_test_accuracy": accuracy(f_inf, p.y_test)}
     for stage, net in (("init", initial), ("trained", trained)):
         with torch.no_grad():
             f_m = net(p.x_test).double()
-        k_m = empirical_ntk(net, z)
+            k_m = empirical_ntk(net, z)
         out[f"function_distance_{stage}"] = function_distance(f_m, f_inf)
         # a zero NTK (every hidden unit inactive on every point: a dead network) has no
         # direction, so its kernel distance is undefined: stored as null
         out[f"kernel_distance_{stage}"] = (kernel_distance(k_m, k_inf) if bool(k_m.any())
                                            else None)
-    out["final_train_loss"] = history["train_loss"][-1]
     return out
 
 

@@ -1,0 +1,145 @@
+"""The theory experiment: cells on tiny settings, bounds reported as they come out (a failing
+bound is reported as failing), and the ordering / monotonicity summaries on hand-made rows."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from malleability.repro.experiments import theory
+from malleability.repro.problem import RunContext
+from malleability.repro.report import Table, Text
+from malleability.repro.runner import load_preset
+
+TINY = Path(__file__).parent / "data" / "tiny.toml"
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_preset(str(TINY)).experiments["theory"]
+
+
+def _record(cell: dict, result: dict, seed: int = 0) -> dict:
+    return {"cell": {**cell, "seed": seed}, "result": result}
+
+
+def test_bounds_and_remedy_cells_run_and_report(tiny, tmp_path):
+    ctx = RunContext(tmp_path, progress=False)
+    cells = theory.cells(tiny)
+    bounds = next(c for c in cells if c["part"] == "bounds" and c["model"] == "attn")
+    remedy = next(c for c in cells if c["part"] == "remedy" and c["rank"] != theory.FULL)
+    result = theory.run(tiny, bounds, ctx)
+    assert [r["ridge"] for r in result["ridges"]] == list(tiny.ridges)
+    assert len(result["gram_indices"]) == tiny.gram_points
+    assert result["lipschitz_measured"] == pytest.approx(max(result["gram_change"]) / 0.3)
+    for row in result["ridges"]:
+        # the re-run attack reproduces measure_malleability's attacked set
+        assert row["attack_max_perturbation"] == pytest.approx(row["max_perturbation"])
+        assert row["attack_max_perturbation"] <= 0.3 + 1e-12
+        assert 0.0 <= row["flip_rate"] <= 1.0
+        assert set(row["bounds"]) == set(theory.BOUNDS)
+        # the two bounds that are theorems for any ΔK hold on the network's kernels
+        assert row["bounds"]["upper_resolvent"]["holds"]
+        assert row["bounds"]["lower_exact"]["holds"]
+    remedy_result = theory.run(tiny, remedy, ctx)
+    assert remedy_result["rank_used"] == remedy["rank"]
+    # κ of the raw rank-k features is (λ₁/λ_k)³ (Remark 4.10)
+    assert remedy_result["kappa_features"] == pytest.approx(remedy_result["kappa_predicted"],
+                                                            rel=1e-6)
+    blocks = theory.section([_record(bounds, result), _record(remedy, remedy_result)], tmp_path)
+    assert any(isinstance(b, Table) for b in blocks)
+    assert (tmp_path / "theory_bounds.png").exists()
+    assert (tmp_path / "theory_bounds.svg").exists()
+    assert (tmp_path / "theory_remedy_distance.svg").exists()
+
+
+def _diagonal_case(lipschitz: float, **kw) -> dict:
+    """K = diag(2, 1) → K′ = diag(2.5, 1), Y = (1, 1), λ = 0.5: ‖α′ − α‖ = 1/2.5 − 1/3."""
+    k = torch.diag(torch.tensor([2.0, 1.0], dtype=F64))
+    k_new = torch.diag(torch.tensor([2.5, 1.0], dtype=F64))
+    y = torch.tensor([1.0, 1.0], dtype=F64)
+    args = {"eps": 0.1, "eps_z": 0.1, "moved": 1, "lipschitz": lipschitz,
+            "lipschitz_analytic": 100.0, **kw}
+    return theory.check_bounds(k, k_new, y, 0.5, **args)
+
+
+def test_a_failing_bound_is_reported_as_failing(tmp_path):
+    # an L that understates the kernel change (‖ΔK‖ = 0.5 > L ε = 0.001): C.11 fails
+    low = _diagonal_case(0.01)
+    assert low["shift"] == pytest.approx(1 / 2.5 - 1 / 3)
+    assert low["bounds"]["upper_measured"]["value"] == pytest.approx(0.001 * math.sqrt(2) / 0.25)
+    assert not low["bounds"]["upper_measured"]["holds"]
+    assert low["bounds"]["upper_measured"]["ratio"] > 1
+    assert low["bounds"]["upper_analytic"]["holds"]
+    # an L that overstates the change along α: the paper's C.2 form fails (1·√2/2.5² > shift)
+    high = _diagonal_case(10.0)
+    assert high["bounds"]["lower_paper"]["value"] == pytest.approx(math.sqrt(2) / 2.5**2)
+    assert not high["bounds"]["lower_paper"]["holds"]
+    for case in (low, high):  # the theorems hold whatever L is
+        assert case["bounds"]["upper_resolvent"]["holds"]
+        assert case["bounds"]["lower_exact"]["holds"]
+    rows = [{"task": "t", "model": "relu", "seed": 0, "eps": 0.1, "ridge": 0.5,
+             "flip_rate": 0.1, "sensitivity": {"measured": 1.0, "analytic": 2.0},
+             "eps_z": 0.1, **case} for case in (low, high)]
+    verdicts = theory.bound_verdicts(rows)
+    assert verdicts["upper_measured"] == {"holds": 1, "fails": 1}
+    assert verdicts["lower_paper"] == {"holds": 1, "fails": 1}
+    assert verdicts["lower_exact"] == {"holds": 2, "fails": 0}
+    record = _record({"part": "bounds", "task": "t", "model": "relu", "eps": 0.1},
+                     {"lipschitz_measured": 0.01, "lipschitz_measured_l2": 0.01,
+                      "lipschitz_analytic": 100.0, "gram_indices": [0], "ridges": [
+                          {k: v for k, v in rows[0].items()
+                           if k not in ("task", "model", "seed", "eps")}]})
+    blocks = theory.section([record], tmp_path)
+    upper = next(b for b in blocks if isinstance(b, Table) and "C.11 upper" in b.caption)
+    assert "FAILS" in upper.rows[0][-3] and "holds" in upper.rows[0][-1]
+
+
+def _row(task, model, ridge, sensitivity, flip, seed=0, eps=0.3):
+    return {"task": task, "model": model, "seed": seed, "eps": eps, "ridge": ridge,
+            "flip_rate": flip, "sensitivity": {"measured": sensitivity,
+                                               "analytic": 10 * sensitivity}}
+
+
+def test_ordering_counts_agreements_and_correlates_sensitivity_with_flip_rate():
+    rows = [_row("a", "relu", 1e-3, 1.0, 0.10), _row("a", "attn", 1e-3, 10.0, 0.30),  # agree
+            _row("a", "relu", 1e-1, 2.0, 0.20), _row("a", "attn", 1e-1, 1.5, 0.25),  # disagree
+            _row("b", "relu", 1e-3, 3.0, 0.40), _row("b", "attn", 1e-3, 5.0, 0.05),  # disagree
+            _row("b", "relu", 1e-3, 4.0, 0.50, seed=1),  # no MLP-Attn partner: not compared
+            _row("c", "relu", 1e-3, 9.0, 0.9), _row("c", "attn", 1e-3, 1.0, 0.1)]  # agree
+    result = theory.ordering(rows)
+    assert (result["agree"], result["n"]) == (2, 4)
+    assert [c["agree"] for c in result["comparisons"]] == [True, False, False, True]
+    s = [r["sensitivity"]["measured"] for r in rows]
+    f = [r["flip_rate"] for r in rows]
+    assert result["spearman"] == pytest.approx(spearmanr(s, f).statistic)
+    assert theory.ordering(rows, "analytic")["spearman"] == pytest.approx(result["spearman"])
+    assert math.isnan(theory.ordering(rows[:1])["spearman"])
+
+
+def test_monotonicity_counts_rises_of_the_flip_rate_with_ridge(tmp_path):
+    rows = [_row("a", "relu", r, 1.0, f) for r, f in ((1.0, 0.1), (1e-3, 0.3), (1e-2, 0.2),
+                                                      (1e-1, 0.25))]
+    rows += [_row("a", "attn", r, 1.0, f) for r, f in ((1e-3, 0.5), (1e-1, 0.4), (1.0, 0.4))]
+    result = {m["key"][1]: m for m in theory.monotonicity(rows)}
+    assert result["relu"]["ridges"] == [1e-3, 1e-2, 1e-1, 1.0]
+    assert result["relu"]["flip_rates"] == [0.3, 0.2, 0.25, 0.1]
+    assert result["relu"]["violations"] == 1  # 0.2 → 0.25
+    assert result["attn"]["violations"] == 0  # equal steps are not violations
+    text = [b for b in theory._bounds_blocks([], [{**r, **_diagonal_case(1.0)} for r in rows],
+                                             tmp_path) if isinstance(b, Text)]
+    assert text[0].text.startswith("Corollary C.4: 1 violation(s)")
+
+
+def test_bad_settings_fail_at_load(tmp_path):
+    bad = tmp_path / "bad.toml"
+    for text, message in (("models = [\"attn-softmax\"]", r"^theory\.models\[0\]: expected relu"),
+                          ("epsilons = [1.5]", r"^theory\.epsilons\[0\]: expected a budget"),
+                          ("ridges = [0.0]", r"^theory\.ridges\[0\]: expected a positive"),
+                          ("remedy_tasks = [\"mnist\"]", r"^theory\.remedy_tasks\[0\]")):
+        bad.write_text(f"[experiments.theory]\n{text}\n")
+        with pytest.raises(ValueError, match=message):
+            load_preset(str(bad))
