@@ -77,3 +77,19 @@ def test_flip_rate_table_and_json(runner):
     assert "flip %" in result.output and "attn" in result.output
     result = runner.invoke(main, [*args, "--eps", "-1"])
     assert result.exit_code != 0 and "eps: expected a non-negative number" in result.output
+
+
+def test_reproduce_seeds_overrides_the_preset(runner, tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text('seeds = [5]\n[experiments.collapse]\nseeds = [7]\n'
+                      'tasks = [{ dataset = "digits", n_train = 40, n_test = 10 }]\n')
+    out = tmp_path / "run"
+    result = runner.invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out),
+                                  "--seeds", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "collapse").glob("*.json")) == [
+        f"task=digits__seed={s}.json" for s in range(3)]
+    assert "[" in (out / "report.md").read_text(encoding="utf-8")  # intervals shown
+    result = runner.invoke(main, ["reproduce", "--preset", str(preset), "--out", str(out),
+                                  "--seeds", "0"])
+    assert result.exit_code != 0 and "seeds: expected a positive number" in result.output

@@ -1,10 +1,10 @@
-"""The report builds from a stored quick run (tests/data/report_run, sklearn digits), shows
-every section with the paper's numbers beside ours, and says "not run" for missing parts."""
+"""The report builds from a stored run (tests/data/report_run: tests/data/tiny.toml with
+--seeds 3, sklearn digits), shows every section with the paper's numbers beside ours and
+intervals over seeds, and says "not run" for missing parts."""
 
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 import shutil
@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from malleability.jsonsafe import loads_strict
 from malleability.repro import figures
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import paper_task, trend
 from malleability.repro.report import fmt, write_report
+from malleability.repro.store import write_cell
 
 RUN = Path(__file__).parent / "data" / "report_run"
 
@@ -64,9 +66,9 @@ def test_a_missing_result_key_is_an_error(tmp_path: Path) -> None:
     out = tmp_path / "run"
     shutil.copytree(RUN / "collapse", out / "collapse")
     path = next((out / "collapse").glob("*.json"))
-    record = json.loads(path.read_text())
-    del record["result"]["collapse"]["softmax"]
-    path.write_text(json.dumps(record))
+    record = loads_strict(path.read_text())
+    del record["result"]["collapse"]["softmax"], record["checksum"]
+    write_cell(path, record)  # a valid cell of a format that lacks the key
     with pytest.raises(KeyError, match="softmax"):
         write_report(out)
 
@@ -93,23 +95,29 @@ def test_paper_values_sit_beside_matching_tasks(tmp_path: Path,
     for name in ("spectrum", "ntk_distance", "flip_rates", "adversarial_training"):
         (out / name).mkdir(parents=True)
         for path in (RUN / name).glob("*.json"):
-            record = json.loads(path.read_text())
+            record = loads_strict(path.read_text())
             record["cell"]["task"] = relabel[record["cell"]["task"]]
-            (out / name / path.name).write_text(json.dumps(record))
+            del record["checksum"]
+            write_cell(out / name / path.name, record)
     lines = write_report(out).read_text(encoding="utf-8").splitlines()
 
     def row(*parts: str) -> str:
         return next(line for line in lines if all(part in line for part in parts))
 
+    # verdicts from the stored 3-seed intervals: decided ones agree or disagree, the rest are
+    # inconclusive
     assert row("| mnist | 2L-ReLU |", "45.1 / 39.9 / 39.2").endswith(
-        "| increasing | decreasing | disagrees |")  # stored: 23.7, 35, 35.7
+        "| decreasing | decreasing | agrees |")  # paired steps: every seed decreases
     assert row("| mnist | MLP-Attn |", "10.3 / 33.3 / 43.4").endswith(
-        "| non-monotonic | non-monotonic | agrees |")
+        "| decreasing | non-monotonic | disagrees |")
     assert row("| cifar10 1,0 | 2L-ReLU |", "15.2 / 15.5 / 15.3")
-    assert row("| cifar10 1,0 | FGSM |").endswith("| 0.941 | yes | no (≈ equal) | disagrees |")
-    assert row("| mnist | PGD |").endswith("| 8.76 | yes | yes | agrees |")
+    assert row("| cifar10 1,0 | FGSM |").endswith(
+        "| 0 [-100, 100] | 1 | 0.941 | no (≈ equal) | inconclusive |")
+    assert row("| cifar10 1,0 | PGD |").endswith("| no (≈ equal) | agrees |")  # gap −25 always
+    assert row("| mnist | FGSM |").endswith("| 44.4 [16.7, 83.3] | 9 | 8.44 | yes | agrees |")
+    assert row("| mnist | PGD |").endswith("| 22.2 [0, 66.7] | 3 | 8.76 | yes | inconclusive |")
     assert row("| mnist | MLP-Attn |", "28.9 → 42.2")
-    assert row("| mnist | 1297 |").endswith("| 1.2e3 |")
+    assert row("| mnist | 40 |").endswith("| 1.2e3 |")
 
 
 @pytest.mark.parametrize(("value", "text"), [

@@ -274,7 +274,7 @@ def datasets_command(data_root: Path | None) -> None:
 
 @main.command("reproduce")
 @click.option("--preset", default="quick", show_default=True,
-              help="quick, paper, or a path to a preset .toml file.")
+              help="quick, paper, sensitivity, or a path to a preset .toml file.")
 @click.option("--out", required=True, help="Output folder (new, empty, or an earlier run of "
               "the same preset to resume).")
 @click.option("--only", multiple=True, help="Run only this experiment (repeatable).")
@@ -290,9 +290,11 @@ def datasets_command(data_root: Path | None) -> None:
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--seeds", type=int, default=None,
+              help="Run every experiment on seeds 0 … N−1 (overrides the preset's seeds).")
 def reproduce_command(preset: str, out: str, only: tuple[str, ...], jobs: int,
                       cluster: str | None, threads: int | None, device: str,
-                      data_root: Path | None, quiet: bool) -> None:
+                      data_root: Path | None, quiet: bool, seeds: int | None) -> None:
     """Run a preset's experiments cell by cell (resumable), then write the report."""
     from .repro.problem import RunContext
     from .repro.report import write_report
@@ -305,6 +307,8 @@ def reproduce_command(preset: str, out: str, only: tuple[str, ...], jobs: int,
             if value is not None and value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value}")
         settings = load_preset(preset)
+        if seeds is not None:
+            settings = settings.with_seeds(seeds)
         ctx = RunContext(Path(out), None if data_root is None else str(data_root),
                          _device(device), progress=not quiet)
         reproduce(settings, ctx, only, jobs, cluster, threads)

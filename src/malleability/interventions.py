@@ -74,15 +74,23 @@ def intervene(
     attack: AttackSettings = AttackSettings(),
     influence: InfluenceSettings = InfluenceSettings(),
     baseline: InfluenceResult | None = None,
+    subset: torch.Tensor | None = None,
 ) -> InterventionResult:
     """Apply ``intervention`` to the training set (``x``, ``y``, in the model's input space)
-    of the trained ``model`` and retrain."""
+    of the trained ``model`` and retrain on the whole (intervened) set.
+
+    Influence is computed on the training rows ``subset`` (the influence set; default all) and
+    S is the top fraction of them; ``baseline`` (if given) is the influence on those rows.
+    The flip rate compares the scores of the influence-set points the new training set still
+    holds."""
     intervention = parse_enum(intervention, Intervention, "intervention")
     fraction, ridge = influence.fraction, influence.ridge
+    n = x.shape[0]
+    rows = torch.arange(n, device=x.device) if subset is None else subset.to(x.device)
     if baseline is None:
-        baseline = network_influence(model, x, y, x_test, y_test, ridge)
-    selected = top_fraction(baseline.scores, fraction)
-    kept = torch.arange(x.shape[0])
+        baseline = network_influence(model, x[rows], y[rows], x_test, y_test, ridge)
+    selected = rows[top_fraction(baseline.scores, fraction)]  # S, as training rows
+    kept = torch.arange(n, device=x.device)
     if intervention is Intervention.CURATED:
         kept = kept[~torch.isin(kept, selected)]
         x_new = x[kept]
@@ -91,12 +99,17 @@ def intervene(
     else:
         x_new = perturb_rows(model, x, y, kept, attack)
     y_new = y[kept]
+    # influence-set points the new set holds: their positions in the subset and in the new set
+    position = torch.full((n,), -1, dtype=torch.long, device=x.device)
+    position[kept] = torch.arange(kept.numel(), device=x.device)
+    held = (position[rows] >= 0).nonzero().flatten()
+    rows_new = position[rows[held]]
     with torch.no_grad():
         z_new = model.inputs(x_new)
     new_model = model.reinitialized(z_new if model.front is not None else None)
     history = train(new_model, x_new, y_new, train_settings, x_test, y_test)
-    after = network_influence(new_model, x_new, y_new, x_test, y_test, ridge)
-    result = compare_scores(baseline, after, fraction, kept=kept,
+    after = network_influence(new_model, x_new[rows_new], y_new[rows_new], x_test, y_test, ridge)
+    result = compare_scores(baseline, after, fraction, kept=held,
                             max_perturbation=float((x_new - x[kept]).abs().amax()),
                             settings={"intervention": intervention.value,
                                       "attack": attack.to_dict(), "fraction": fraction,

@@ -1,6 +1,6 @@
 """Figures of the report: small matplotlib (Agg) plotters that take plain numbers and write a
 PNG and an SVG copy beside it, so the experiments decide what to plot and these decide only
-how."""
+how. Numbers measured per seed (Estimates with a 95 % ``interval``) get error bars."""
 
 from __future__ import annotations
 
@@ -71,6 +71,16 @@ def _tick_label(value: float) -> str:
     return f"{value:g}"
 
 
+def _yerr(values: Sequence[float]) -> np.ndarray | None:
+    """Asymmetric error bars (2 × n) from values carrying a 95 % ``interval`` (an Estimate
+    over seeds); None when no value has one."""
+    bounds = [getattr(v, "interval", None) for v in values]
+    if not any(bounds):
+        return None
+    return np.array([[float(v) - b[0], b[1] - float(v)] if b else [0.0, 0.0]
+                     for v, b in zip(values, bounds, strict=True)]).T
+
+
 def line_panels(path: Path, panels: dict[str, list[Line]], xlabel: str, ylabel: str,
                 logx: bool = False, logy: bool = False) -> Path:
     """One panel per title, each with its curves (non-finite points dropped), one legend
@@ -80,7 +90,13 @@ def line_panels(path: Path, panels: dict[str, list[Line]], xlabel: str, ylabel: 
         for line in lines:
             x, y = np.asarray(line.x, float), np.asarray(line.y, float)
             keep = np.isfinite(y) & (y > 0 if logy else True)
-            ax.plot(x[keep], y[keep], label=line.label, **{"marker": "o", "ms": 4, **line.style})
+            yerr = _yerr(line.y)
+            style = {"marker": "o", "ms": 4, **line.style}
+            if yerr is None:
+                ax.plot(x[keep], y[keep], label=line.label, **style)
+            else:
+                ax.errorbar(x[keep], y[keep], yerr=yerr[:, keep], label=line.label, capsize=2,
+                            **style)
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
         if logy:
             ax.set_yscale("log")
@@ -111,7 +127,7 @@ def bar_panels(path: Path, panels: dict[str, dict[str, dict[str, float]]], ylabe
         for j, name in enumerate(series):
             xs = np.arange(len(groups)) + (j - (len(series) - 1) / 2) * width
             ys = [groups[g].get(name, np.nan) for g in groups]
-            ax.bar(xs, ys, width, label=name)
+            ax.bar(xs, np.asarray(ys, float), width, label=name, yerr=_yerr(ys), capsize=2)
             refs = [ref.get(g, {}).get(name, np.nan) for g in groups]
             if np.isfinite(refs).any():
                 ax.plot(xs, refs, "kD", ms=5, label=None if labelled else reference_label)

@@ -18,6 +18,7 @@ from typing import Any
 from ..attacks import Attack
 from ..interventions import Intervention
 from .problem import ARCHITECTURE_NAMES
+from .seeds import CI_METHOD, Estimate, merge_seeds
 from .store import Run, atomic_write, load_run, log
 
 #: Settings every network experiment has, shown in their own tables of the run summary.
@@ -65,7 +66,16 @@ def figure(path: Path, caption: str) -> Image:
 
 def fmt(value: Any, digits: int = 3) -> str:
     """``digits`` significant digits; ∞ for inf; "—" for None or NaN (a value the run stored
-    as missing); ints and strings as they are."""
+    as missing); ints and strings as they are. An :class:`Estimate` (a number measured per
+    seed) as ``mean [low, high]`` (its 95 % CI), or with fewer than 3 seeds as
+    ``mean (v₁, v₂; CI n/a)``."""
+    if isinstance(value, Estimate) and len(value.values) > 1:
+        mean = fmt(float(value), digits)
+        if value.interval is not None:
+            return f"{mean} [{fmt(value.interval[0], digits)}, {fmt(value.interval[1], digits)}]"
+        return f"{mean} ({', '.join(fmt(v, digits) for v in value.values)}; CI n/a)"
+    if isinstance(value, Estimate):
+        value = float(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, bool):
@@ -79,7 +89,9 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 
 def pct(value: float | None) -> str:
-    """A fraction as a percentage, 3 significant digits."""
+    """A fraction as a percentage, 3 significant digits (an Estimate with its interval)."""
+    if isinstance(value, Estimate):
+        return fmt(value.scaled(100))
     return fmt(None if value is None else 100 * value)
 
 
@@ -119,13 +131,32 @@ def _flatten(settings: Any, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}={settings}"]
 
 
+#: Settings shown per experiment in the run summary (the unstated ones the preset calibrates).
+CALIBRATED = ("train.l2_to_init", "train.l2_convention", "model.init_scale", "model.width",
+              "model.dtype", "train.epochs", "tasks.n_train", "tasks.n_influence", "tasks.n_test",
+              "influence.ridge", "attack.eps")
+
+
+def _get(settings: dict | None, key: str) -> Any:
+    """A dotted setting of an experiment's settings dict (tasks: the first task's), or None."""
+    value: Any = settings
+    for part in key.split("."):
+        if isinstance(value, list):
+            value = value[0] if value else None
+        value = value.get(part) if isinstance(value, dict) else None
+    if key.startswith("tasks.n_") and value is None and settings and settings.get("tasks"):
+        return "full" if key == "tasks.n_train" else "all n_train"
+    return value
+
+
 def summary_section(run: Run, names: list[str]) -> list[Block]:
     """Settings, versions, device, wall time and cell counts of the experiments ``names``."""
     records = [r for cells in run.cells.values() for r in cells]
     seconds = sum(r["timing"]["seconds"] for r in records)
     devices = sorted({str(r["device"]) for r in records})
     versions = run.versions or (records[0]["versions"] if records else {})
-    experiments = {k: v for k, v in run.settings.items() if k != "seeds"}
+    experiments = {k: v for k, v in run.settings.items()
+                   if k not in ("seeds", "experiment_seeds")}
     own = [[name, str(len(run.cells.get(name, []))),
             fmt(sum(r["timing"]["seconds"] for r in run.cells.get(name, []))),
             "; ".join(_flatten({k: v for k, v in (experiments.get(name) or {}).items()
@@ -142,11 +173,22 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
     columns = ("dataset", "classes", "n_train", "n_influence", "n_test", "seed")
     task_rows = [[fmt(t.get(k)) for k in columns] for t in tasks.values()]
     seeds = run.settings.get("seeds", [0])
+    calibrated = [[name, ", ".join(map(str, sorted({r["cell"].get("seed", 0)
+                                                     for r in run.cells.get(name, [])}))) or "—",
+                   *(fmt(_get(experiments.get(name), key)) for key in CALIBRATED)]
+                  for name in names if "train" in (experiments.get(name) or {})]
     return [Text("What was run: the resolved preset from settings.json, the software versions, "
                  "the device and the cells finished per experiment."),
             Text(f"Device: {', '.join(devices) or '—'}. Seeds: {', '.join(map(str, seeds))}. "
                  f"Cells: {len(records)}; total cell wall time {fmt(seconds)} s "
                  f"({fmt(seconds / 60)} min)."),
+            Text(f"Every measured number is the mean over seeds with a confidence interval: "
+                 f"{CI_METHOD}; a run with one seed shows plain values. A verdict is agrees / "
+                 "disagrees only when that interval decides it, else inconclusive."),
+            Table(["experiment", "seeds run", *CALIBRATED], calibrated,
+                  "The training settings the paper does not state (λ_reg and its convention, "
+                  "init scale, n_train, epochs) and the sizes measured on, per experiment "
+                  "(first task's sizes; every task in the tasks table)."),
             Table(["package", "version"], [[k, str(v)] for k, v in versions.items()],
                   "Versions."),
             Table(["experiment", "cells", "wall time s", "settings"], own,
@@ -173,6 +215,12 @@ def build_report(run: Run, figures: Path) -> list[Block]:
     for number, (name, experiment) in enumerate(EXPERIMENTS.items(), start=2):
         blocks += [Heading(f"{number}. {experiment.TITLE}"), Text(experiment.INTRO)]
         records = run.cells.get(name)
+        per_seed = getattr(experiment, "PER_SEED", None)  # None: merge seeds (the default)
+        if records and per_seed is None:
+            records = merge_seeds(records)
+        elif records and per_seed == "first":  # an illustration: the first seed's cells
+            first = min(r["cell"].get("seed", 0) for r in records)
+            records = [r for r in records if r["cell"].get("seed", 0) == first]
         blocks += (experiment.section(records, figures) if records else
                    [Text(f"Not run: no results under {name}/ in this run.")])
     return blocks

@@ -42,7 +42,7 @@ from .store import (
     write_cell,
 )
 
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "paper", "sensitivity")
 #: Tables of ``[shared]`` applied to every experiment whose settings have that field.
 SHARED = ("tasks", "model", "train", "influence", "attack")
 
@@ -65,10 +65,24 @@ class Preset(Settings):
                                            "the offset added to every seed of its settings.",
                                      _check_seeds)
     experiments: dict[str, Any] = field(default_factory=dict)
+    #: Per-experiment seed lists (an experiment table's ``seeds``) overriding ``seeds``.
+    experiment_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def check_relations(self) -> None:
         if not self.experiments:
             raise ValueError("experiments: expected at least one [experiments.NAME] table")
+        for name, seeds in self.experiment_seeds.items():
+            _check_seeds(tuple(seeds), f"{name}.seeds")
+
+    def seeds_of(self, experiment: str) -> tuple[int, ...]:
+        """The seeds ``experiment`` runs with."""
+        return tuple(self.experiment_seeds.get(experiment, self.seeds))
+
+    def with_seeds(self, count: int) -> Preset:
+        """This preset with every experiment on seeds 0 … count − 1 (``reproduce --seeds``)."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"seeds: expected a positive number of seeds, got {count!r}")
+        return self.replace(seeds=tuple(range(count)), experiment_seeds={})
 
 
 def preset_text(preset: str) -> str:
@@ -86,7 +100,8 @@ def preset_text(preset: str) -> str:
 def load_preset(preset: str) -> Preset:
     """A validated :class:`Preset` from a packaged name or a TOML file.
 
-    The TOML has an optional top-level ``seeds`` list, a ``[shared]`` table (``tasks`` and
+    The TOML has an optional top-level ``seeds`` list (an experiment table may hold its own
+    ``seeds``, overriding it for that experiment), a ``[shared]`` table (``tasks`` and
     the ``model``, ``train``, ``influence`` and ``attack`` tables) applied to every experiment
     that takes them, and one ``[experiments.NAME]`` table per experiment to run.
     """
@@ -106,7 +121,7 @@ def load_preset(preset: str) -> Preset:
     if unknown:
         raise ValueError(f"preset: unknown experiments {unknown}; "
                          f"expected some of {', '.join(EXPERIMENTS)}")
-    experiments = {}
+    experiments, experiment_seeds = {}, {}
     for name in EXPERIMENTS:
         if name not in chosen:
             continue
@@ -114,6 +129,13 @@ def load_preset(preset: str) -> Preset:
         own = chosen[name]
         if not isinstance(own, dict):
             raise ValueError(f"{name}: expected a table of settings, got {own!r}")
+        if "seeds" in own:
+            own = dict(own)
+            seeds = own.pop("seeds")
+            if not isinstance(seeds, list) or any(isinstance(v, bool) or not isinstance(v, int)
+                                                   for v in seeds):
+                raise ValueError(f"{name}.seeds: expected a list of integers, got {seeds!r}")
+            experiment_seeds[name] = tuple(seeds)
         fields = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in shared.items() if k in fields}
         for key, value in own.items():  # a table merges over the shared one
@@ -121,7 +143,8 @@ def load_preset(preset: str) -> Preset:
                 value = {**values[key], **value}
             values[key] = value
         experiments[name] = cls.from_dict(values, name)
-    return Preset.from_dict({"seeds": doc.get("seeds", [0]), "experiments": experiments})
+    return Preset.from_dict({"seeds": doc.get("seeds", [0]), "experiments": experiments,
+                             "experiment_seeds": experiment_seeds})
 
 
 def versions() -> dict[str, str]:
@@ -158,7 +181,7 @@ def plan(preset: Preset, out: Path, only: tuple[str, ...] = ()) -> list[CellJob]
         if only and name not in only:
             continue
         digest = settings_key(s)
-        for seed in preset.seeds:
+        for seed in preset.seeds_of(name):
             for cell in EXPERIMENTS[name].cells(s):
                 cell = {**cell, "seed": seed}
                 jobs.append(CellJob(name, s, cell, out / name / f"{cell_name(cell)}.json",
@@ -170,6 +193,7 @@ def preset_document(preset: Preset) -> dict[str, Any]:
     """The resolved preset as settings.json records it: seeds and each experiment's
     settings."""
     return {"seeds": list(preset.seeds),
+            "experiment_seeds": to_jsonable(preset.experiment_seeds),
             **{k: to_jsonable(v) for k, v in preset.experiments.items()}}
 
 

@@ -12,6 +12,7 @@ from . import (
     interventions,
     landscape,
     ntk_distance,
+    sensitivity,
     spectrum,
     theory,
 )
@@ -20,7 +21,7 @@ from . import (
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
     for module in (spectrum, collapse, flip_rates, ntk_distance, adversarial_training,
-                   interventions, complexity, landscape, influential, theory)
+                   interventions, complexity, landscape, influential, theory, sensitivity)
 }
 
 __all__ = ["EXPERIMENTS"]

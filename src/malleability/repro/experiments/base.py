@@ -4,7 +4,9 @@ task × architecture, and the paper's names for tasks and architectures.
 An experiment is a module with ``SETTINGS`` (a settings dataclass), ``TITLE`` and ``INTRO``
 (its report heading and prose), ``cells(settings)`` (the independent units of work),
 ``run(settings, cell, ctx)`` → a JSON-ready dict, ``section(records, figures)`` → report blocks,
-and the paper's numbers it is compared with.
+and the paper's numbers it is compared with. The report merges each cell's seeds into one
+record (numbers → :class:`~..seeds.Estimate`) unless the module sets ``PER_SEED`` to "first"
+(an illustration: the first seed's cells) or "all" (every seed's cells unmerged).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ...settings import Settings, setting
 from ...training import TrainSettings
 from ..problem import ARCHITECTURE_NAMES, ARCHITECTURES, Problem, RunContext, load_problem
 from ..report import Block, Table
+from ..seeds import Estimate, combine
 
 
 class Experiment(Protocol):
@@ -150,17 +153,49 @@ def paper_table(number: int, columns: list[str], values: dict[tuple[str, str], t
     return Table(["task", "model", *columns], rows, f"The paper's Table {number} (reported).")
 
 
-def trend(values: list[float]) -> str:
-    """Strict direction of a sequence: decreasing, increasing or non-monotonic; "—" for
-    fewer than two values."""
-    if len(values) < 2 or any(v is None or math.isnan(v) for v in values):
-        return "—"
-    steps = [b - a for a, b in zip(values, values[1:], strict=False)]
-    if all(s < 0 for s in steps):
-        return "decreasing"
-    return "increasing" if all(s > 0 for s in steps) else "non-monotonic"
+def decide(ours: float | None, band: tuple[float, float]) -> bool | None:
+    """Whether the measured value lies in ``band`` = (low, high), decided by its 95 % CI over
+    seeds: True when the interval lies inside the band, False when it lies wholly outside,
+    None when it straddles an edge, has no interval (fewer than 3 seeds, or a number not
+    measured per seed) or is missing."""
+    interval = getattr(ours, "interval", None)
+    if ours is None or interval is None:
+        return None
+    low, high = interval
+    if band[0] < low and high < band[1]:
+        return True
+    if high <= band[0] or low >= band[1]:
+        return False
+    return None
 
 
 def agreement(ours: bool | None, paper: bool) -> str:
-    """Whether a computed flag matches the paper's: agrees / disagrees, "—" when unknown."""
-    return "—" if ours is None else ("agrees" if ours == paper else "disagrees")
+    """A decided flag against the paper's: agrees / disagrees; inconclusive when undecided."""
+    return "inconclusive" if ours is None else ("agrees" if ours == paper else "disagrees")
+
+
+def verdict(ours: float | None, band: tuple[float, float], paper_inside: bool = True) -> str:
+    """The verdict of every section: the paper claims the quantity lies inside ``band``
+    (``paper_inside``) or outside it; "agrees" / "disagrees" only when our 95 % CI decides
+    (:func:`decide`), else "inconclusive". A directional claim "x > 0" is ``band=(0, inf)``;
+    "near the paper's p" is ``band=(p - tol, p + tol)``."""
+    return agreement(decide(ours, band), paper_inside)
+
+
+def trend(values: list[float]) -> str:
+    """Direction of a sequence decided step by step on the paired differences' 95 % CIs
+    (plain numbers: strictly): decreasing, increasing, non-monotonic, or "undecided" when
+    some step's interval straddles 0; "—" for fewer than two values."""
+    if len(values) < 2 or any(v is None or math.isnan(v) for v in values):
+        return "—"
+    steps = []
+    for a, b in zip(values, values[1:], strict=False):
+        step = combine(lambda u, v: v - u, a, b)
+        steps.append(decide(step, (0.0, math.inf)) if isinstance(step, Estimate)
+                     else (step > 0 if step != 0 else None))
+    if None in steps:
+        means = trend([float(v) for v in values]) if isinstance(values[0], Estimate) else "—"
+        return "undecided" if means in ("—", "undecided") else f"undecided (means {means})"
+    if not any(steps):
+        return "decreasing"
+    return "increasing" if all(steps) else "non-monotonic"

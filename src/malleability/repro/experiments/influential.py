@@ -37,6 +37,8 @@ class InfluentialSettings(NetworkSettings):
 
 
 SETTINGS = InfluentialSettings
+#: An illustration, not a measurement: the report shows the first seed's cells only.
+PER_SEED = "first"
 cells = task_model_cells
 
 

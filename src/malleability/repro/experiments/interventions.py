@@ -1,6 +1,9 @@
 """Data interventions (Table 5): Curated, Transformed, Adversarial — test accuracy by epoch of
-the retrained network and the malleability of its influence scores against the baseline's.
-They act on the whole training set (n_train); n_influence is not used here yet."""
+the retrained network beside the paper's, and the malleability of its influence scores against
+the baseline's. Networks train on the task's n_train points; influence, S and the flip rate use
+its seeded n_influence subset (S = the top 10 % of that subset); Curated drops S from the whole
+training set, Transformed replaces S by its PGD versions, Adversarial replaces every training
+point; each retrains from the baseline's initialisation on the whole intervened set."""
 
 from __future__ import annotations
 
@@ -14,14 +17,50 @@ from .. import figures
 from ..figures import Line
 from ..problem import RunContext, trained_model
 from ..report import Block, Table, figure, fmt, group, pct
-from .base import AttackExperimentSettings, cell_problem, check_nonempty, model_name, task_title
+from ..seeds import scale
+from .base import (
+    AttackExperimentSettings,
+    cell_problem,
+    check_nonempty,
+    model_name,
+    paper_number,
+    task_parts,
+    task_title,
+    verdict,
+)
 
 TITLE = "Data interventions: accuracy by epoch and flip rate (Table 5)"
-INTRO = ("Test accuracy by epoch after retraining on intervened data (curated: the top 10% "
-         "most helpful points dropped; transformed: those points replaced by their PGD "
-         "versions; adversarial: every training point replaced by its PGD version), and the "
-         "flip rate of the perturbation. The paper reports these in Table 5; its values are not "
-         "part of this project's spec, so none are shown beside ours.")
+INTRO = ("Test accuracy by epoch of the baseline (Base) and after retraining on intervened data "
+         "(Curated: the top 10% most helpful points of the influence set dropped; Transformed: "
+         "those points replaced by their PGD versions; Adversarial: every training point "
+         "replaced by its PGD version), beside the paper's Table 5, and the flip rate between "
+         "the baseline's influence scores and the retrained network's. The paper's accuracies "
+         "are a training outcome: the preset's unstated training settings were calibrated on "
+         "them (docs/reproduction.md), never on the flip rates.")
+
+#: Table 5 epochs, and the paper's columns: Base @1, Curated/Transformed @1, @10, @100, then the
+#: PGD flip rate %. Keys: (dataset, architecture, "standard" or "adversarially trained").
+TABLE5_EPOCHS = (1, 10, 100)
+PAPER_TABLE5 = {
+    ("mnist", "relu", "standard"): (91.6, 89.2, 91.8, 95.1, 97.1, 97.8, 98.4, 3.3),
+    ("fashion-mnist", "relu", "standard"): (88.5, 86.1, 89.2, 90.8, 93.1, 93.9, 95.6, 15.0),
+    ("cifar10", "relu", "standard"): (65.3, 63.8, 66.1, 68.9, 70.8, 71.6, 73.1, 3.1),
+    ("mnist", "attn", "standard"): (93.1, 90.7, 93.3, 96.6, 98.6, 99.3, 99.9, 28.9),
+    ("fashion-mnist", "attn", "standard"): (90.5, 88.1, 91.2, 92.8, 95.1, 95.9, 97.6, 31.2),
+    ("cifar10", "attn", "standard"): (70.8, 69.3, 71.6, 74.4, 76.3, 77.1, 78.6, 19.1),
+    ("mnist", "relu", "adversarially trained"): (89.6, 87.7, 90.8, 93.9, 96.3, 96.8, 97.9, 43.4),
+    ("fashion-mnist", "relu", "adversarially trained"): (86.5, 84.6, 88.2, 89.6, 92.3, 92.9,
+                                                         95.1, 42.9),
+    ("cifar10", "relu", "adversarially trained"): (63.3, 62.3, 65.1, 67.7, 70.0, 70.6, 72.6,
+                                                   36.5),
+    ("mnist", "attn", "adversarially trained"): (91.1, 89.2, 92.3, 95.4, 97.8, 98.3, 99.4, 42.2),
+    ("fashion-mnist", "attn", "adversarially trained"): (88.5, 86.6, 90.2, 91.6, 94.3, 94.9,
+                                                         97.1, 44.4),
+    ("cifar10", "attn", "adversarially trained"): (68.8, 67.8, 70.6, 73.2, 75.5, 76.1, 78.1,
+                                                   38.6),
+}
+#: "Near the paper's accuracy": within this many points (the issue's "within a few points").
+ACCURACY_TOLERANCE = 2.0
 
 
 @dataclass(frozen=True)
@@ -41,37 +80,105 @@ def cells(s: InterventionSettings) -> list[dict]:
 def run(s: InterventionSettings, cell: dict, ctx: RunContext) -> dict:
     p = cell_problem(s.tasks, cell, ctx)
     net, history = trained_model(cell["model"], p, s.model, s.train, ctx)
-    baseline = network_influence(net, p.x, p.y, p.x_test, p.y_test, s.influence.ridge)
+    rows = p.influence_rows
+    baseline = network_influence(net, p.x[rows], p.y[rows], p.x_test, p.y_test,
+                                 s.influence.ridge)
     train_settings = s.train.replace(progress=ctx.progress)
     result = intervene(cell["intervention"], net, p.x, p.y, p.x_test, p.y_test, train_settings,
-                       s.attack_as("pgd"), s.influence, baseline)
-    return {**result.summary(), "baseline_accuracy_by_epoch": {
-        e: history["test_accuracy"][e - 1] for e in result.accuracy_by_epoch()}}
+                       s.attack_as("pgd"), s.influence, baseline, subset=rows)
+    return {**result.summary(), "n_influence": int(rows.numel()),
+            "baseline_accuracy_by_epoch": {
+                e: history["test_accuracy"][e - 1] for e in result.accuracy_by_epoch()}}
+
+
+def _by_epoch(values: dict) -> dict[int, float]:
+    """Accuracy by epoch with int keys (JSON stores them as strings)."""
+    return {int(e): a for e, a in values.items()}
+
+
+def _paper_row(task: str, model: str, kind: str = "standard") -> tuple | None:
+    dataset, classes = task_parts(task)
+    return None if classes is not None else PAPER_TABLE5.get((dataset, model, kind))
+
+
+def _paper_at(paper: tuple | None, epoch: int) -> tuple:
+    """The paper's Base, Curated, Transformed accuracy % at ``epoch`` (None where absent)."""
+    if paper is None or epoch not in TABLE5_EPOCHS:
+        return (None, None, None)
+    i = TABLE5_EPOCHS.index(epoch)
+    return (paper[0] if i == 0 else None, paper[1 + 2 * i], paper[2 + 2 * i])
+
+
+def _near(ours: float | None, paper: float | None) -> str:
+    if ours is None or paper is None:
+        return "—"
+    return verdict(scale(ours, 100), (paper - ACCURACY_TOLERANCE, paper + ACCURACY_TOLERANCE))
+
+
+def table5(records: list[dict]) -> list[list[str]]:
+    """Rows of Table 5: per task, model and epoch, Base / Curated / Transformed accuracy %,
+    the paper's, and whether each lies within ACCURACY_TOLERANCE of the paper's."""
+    rows = []
+    for (task, model), group_records in group(records, "task", "model").items():
+        by = {r["cell"]["intervention"]: r["result"] for r in group_records}
+        acc = {i: _by_epoch(res["accuracy_by_epoch"]) for i, res in by.items()}
+        base = _by_epoch(group_records[0]["result"]["baseline_accuracy_by_epoch"])
+        paper = _paper_row(task, model)
+        for epoch in sorted(base):
+            ours = (base[epoch], *(acc.get(i, {}).get(epoch) for i in ("curated", "transformed")))
+            theirs = _paper_at(paper, epoch)
+            rows.append([task, model_name(model), str(epoch), *map(pct, ours),
+                         " / ".join(paper_number(v) if v is not None else "—" for v in theirs),
+                         "; ".join(f"{name}: {_near(o, t)}" for name, o, t in
+                                   zip("BCT", ours, theirs, strict=True) if t is not None)
+                         or "—"])
+        flip = by.get("transformed", {}).get("flip_rate")
+        rows.append([task, model_name(model), "PGD flip rate", "—", "—", pct(flip),
+                     "—" if paper is None else paper_number(paper[-1]), "—"])
+    return rows
 
 
 def section(records: list[dict], figs: Path) -> list[Block]:
-    """Table 5: accuracy by epoch (baseline in parentheses), flip rate; accuracy figure."""
+    """Table 5 beside the paper's, per-intervention detail, accuracy figure."""
     epochs = sorted({int(e) for r in records for e in r["result"]["accuracy_by_epoch"]})
     rows, panels = [], {}
     for (task, model), group_records in group(records, "task", "model").items():
-        base = {int(e): a for e, a in
-                group_records[0]["result"]["baseline_accuracy_by_epoch"].items()}
+        base = _by_epoch(group_records[0]["result"]["baseline_accuracy_by_epoch"])
         lines = []
         for record in group_records:
             res = record["result"]
-            acc = {int(e): a for e, a in res["accuracy_by_epoch"].items()}
+            acc = _by_epoch(res["accuracy_by_epoch"])
             rows.append([task, model_name(model), record["cell"]["intervention"],
-                         *(f"{pct(acc.get(e))} ({pct(base.get(e))})" for e in epochs),
-                         pct(res["flip_rate"]), fmt(res["spearman"])])
+                         *(pct(acc.get(e)) for e in epochs),
+                         pct(res["flip_rate"]), fmt(res["spearman"]),
+                         fmt(res["n_influence"]), fmt(res["n_train"])])
             lines.append(Line(record["cell"]["intervention"], sorted(acc),
-                              [100 * acc[e] for e in sorted(acc)]))
-        lines.append(Line("baseline", sorted(base), [100 * base[e] for e in sorted(base)],
+                              [scale(acc[e], 100) for e in sorted(acc)]))
+        lines.append(Line("baseline", sorted(base), [scale(base[e], 100) for e in sorted(base)],
                           {"color": "k", "ls": "--"}))
+        paper = _paper_row(task, model)
+        if paper is not None:
+            lines.append(Line("paper Base", [1], [paper[0]],
+                              {"color": "k", "ls": "none", "marker": "x", "ms": 8}))
         panels[f"{task_title(task)} — {model_name(model)}"] = lines
     path = figures.line_panels(figs / "interventions.png", panels, "epoch", "test accuracy %",
                                logx=True)
+    paper_rows = [[dataset, model_name(model), kind, *map(paper_number, values)]
+                  for (dataset, model, kind), values in PAPER_TABLE5.items()]
     header = ["task", "model", "intervention", *(f"acc. % @ epoch {e}" for e in epochs),
-              "flip rate %", "Spearman ρ"]
-    return [Table(header, rows, "Table 5: test accuracy % by epoch after the intervention "
-                                "(unmodified baseline in parentheses)."),
-            figure(path, "Test accuracy vs epoch per intervention; dashed = baseline.")]
+              "flip rate %", "Spearman ρ", "n_influence", "n_train after"]
+    return [Table(["task", "model", "epoch", "Base %", "Curated %", "Transformed %",
+                   "paper Base / Curated / Transformed %",
+                   f"vs paper (within ±{ACCURACY_TOLERANCE:g} points)"], table5(records),
+                  "Table 5 (ours): test accuracy % at epochs 1, 10 and 100 of the baseline (B) "
+                  "and after the Curated (C) and Transformed (T) interventions, and the PGD flip "
+                  "rate of the Transformed retraining, beside the paper's; the paper gives Base "
+                  "at epoch 1 only. Our adversarially trained networks are not intervened on "
+                  "here (the paper's rows are in the next table)."),
+            Table(["data set", "model", "network", "Base @1", "Curated @1", "Transformed @1",
+                   "Curated @10", "Transformed @10", "Curated @100", "Transformed @100",
+                   "PGD flip %"], paper_rows, "The paper's Table 5 (reported)."),
+            Table(header, rows, "Per intervention: test accuracy % by epoch, flip rate and "
+                                "Spearman ρ against the baseline's scores on the influence set."),
+            figure(path, "Test accuracy vs epoch per intervention (95 % CI over seeds); dashed "
+                         "= baseline; cross = the paper's Base at epoch 1.")]

@@ -103,7 +103,7 @@ def run(s: NtkDistanceSettings, cell: dict, ctx: RunContext) -> dict:
 
 
 def network_distances(p: Problem, initial: TwoLayerNet, trained: TwoLayerNet, ridge: float
-                      ) -> dict[str, float]:
+                      ) -> dict[str, float | None]:
     """Function and kernel distances of ``initial`` and ``trained`` to the kernel ridge
     predictor of the infinite-width NTK of ``initial``'s hidden-layer inputs on the influence
     set, with both test accuracies."""
@@ -120,19 +120,25 @@ def network_distances(p: Problem, initial: TwoLayerNet, trained: TwoLayerNet, ri
             f_m = net(p.x_test).double()
             k_m = empirical_ntk(net, z)
         out[f"function_distance_{stage}"] = function_distance(f_m, f_inf)
-        out[f"kernel_distance_{stage}"] = kernel_distance(k_m, k_inf)
+        # a zero NTK (every hidden unit inactive on every point: a dead network) has no
+        # direction, so its kernel distance is undefined: stored as null
+        out[f"kernel_distance_{stage}"] = (kernel_distance(k_m, k_inf) if bool(k_m.any())
+                                           else None)
     return out
 
 
 def _width_trend(task: str, model: str, distances: list[float]) -> list[str]:
-    """Our width trend, the paper's, and whether they agree (2L-ReLU and MLP-Attn only)."""
+    """Our width trend (each step decided by its CI over seeds), the paper's, and whether they
+    agree (2L-ReLU and MLP-Attn only; undecided steps → inconclusive)."""
     ours = trend(distances)
+    decided = None if ours == "—" or ours.startswith("undecided") else ours
     if model == "relu":
-        return [ours, "decreasing", agreement(None if ours == "—" else ours == "decreasing", True)]
+        return [ours, "decreasing", agreement(None if decided is None else decided == "decreasing",
+                                              True)]
     if model == "attn":
         expected = PAPER_ATTN_TREND.get(paper_task(task) or "", "not decreasing")
         return [ours, expected,
-                agreement(None if ours == "—" else ours != "decreasing", True)]
+                agreement(None if decided is None else decided != "decreasing", True)]
     return [ours, "—", "—"]
 
 
@@ -189,7 +195,9 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                      "NTK test acc. %", "final train loss"]
     return [Table(header, summary, "Table 1: function-space NTK distance after training."),
             paper_table(1, [f"m={w}" for w in PAPER_WIDTHS], PAPER_TABLE1),
-            Table(detail_header, detail, "Distances at initialisation and after training."),
+            Table(detail_header, detail, "Distances at initialisation and after training "
+                                         "(kernel distance —: undefined, the network's NTK is "
+                                         "zero because every hidden unit is inactive)."),
             figure(fig1, "Figure 1 (ours): function distance vs width; dashed = at "
                          "initialisation, solid = trained, crosses = the paper's Table 1."),
             figure(fig6, "Figure 6 (ours): kernel (cosine) distance vs width.")]

@@ -142,6 +142,8 @@ class TheorySettings(AttackExperimentSettings):
 
 
 SETTINGS = TheorySettings
+#: The section checks the bounds instance by instance: it gets every seed's cells unmerged.
+PER_SEED = "all"
 
 
 def cells(s: TheorySettings) -> list[dict]:

@@ -1,0 +1,138 @@
+"""Statistics over seeds: Estimates and their bootstrap intervals, merging per-seed results,
+the one verdict helper every section uses, and the seed offset reaching every seed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from malleability.repro.experiments import EXPERIMENTS
+from malleability.repro.experiments.base import decide, trend, verdict
+from malleability.repro.report import fmt, pct
+from malleability.repro.runner import load_preset, plan
+from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values
+from malleability.settings import reseeded
+
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def test_interval_is_scipys_percentile_bootstrap_of_the_mean():
+    values = [0.31, 0.28, 0.35, 0.30, 0.33]
+    e = Estimate(values, SEEDS)
+    assert float(e) == pytest.approx(np.mean(values))
+    ref = stats.bootstrap((np.array(values),), np.mean, method="percentile",
+                          n_resamples=9999, random_state=0).confidence_interval
+    assert e.interval == pytest.approx((ref.low, ref.high))
+    assert min(values) <= e.interval[0] < float(e) < e.interval[1] <= max(values)
+
+
+def test_fewer_than_three_seeds_or_nan_give_no_interval():
+    assert Estimate([0.1, 0.2], [0, 1]).interval is None
+    assert Estimate([0.1, None, 0.2], [0, 1, 2]).interval is None
+    assert fmt(Estimate([0.1, 0.2], [0, 1])) == "0.15 (0.1, 0.2; CI n/a)"
+    assert pct(Estimate([0.5, 0.5, 0.5], [0, 1, 2])) == "50 [50, 50]"
+    assert fmt(Estimate([0.7], [0])) == "0.7"
+
+
+def test_verdict_overlap_is_inconclusive_and_decided_intervals_agree_or_disagree():
+    near = Estimate([90.0, 91.0, 92.0, 91.5, 90.5], SEEDS)  # CI ≈ [90.4, 91.6]
+    assert verdict(near, (91.0, math.inf)) == "inconclusive"  # interval overlaps 91
+    assert verdict(near, (89.0, 93.0)) == "agrees"  # within the paper ± tolerance
+    assert verdict(near, (95.0, 99.0)) == "disagrees"  # wholly outside
+    assert verdict(near, (89.0, 93.0), paper_inside=False) == "disagrees"
+    gap = Estimate([5.0, 6.0, 7.0], [0, 1, 2])
+    assert verdict(gap, (0.0, math.inf)) == "agrees"
+    assert verdict(gap, (0.0, math.inf), paper_inside=False) == "disagrees"
+    assert verdict(Estimate([1.0, 2.0], [0, 1]), (0.0, math.inf)) == "inconclusive"  # 2 seeds
+    assert verdict(3.0, (0.0, math.inf)) == "inconclusive"  # a plain number has no interval
+    assert decide(None, (0.0, 1.0)) is None
+
+
+def test_paired_difference_and_trend_over_seeds():
+    a = Estimate([1.0, 2.0, 3.0], [0, 1, 2])
+    b = Estimate([1.5, 2.5, 3.5], [0, 1, 2])
+    d = combine(lambda u, v: v - u, a, b)  # paired: every difference is 0.5
+    assert d.values == (0.5, 0.5, 0.5) and d.interval == (0.5, 0.5)
+    assert trend([b, a]) == "decreasing"  # decided although the values' ranges overlap
+    noisy = Estimate([1.0, 3.0, 1.2], [0, 1, 2])
+    assert trend([a, noisy]).startswith("undecided")
+    assert trend([3.0, 2.0, 1.0]) == "decreasing"
+
+
+def test_merge_values_and_missing_keys():
+    merged = merge_values([{"a": 0.1, "n": 5, "s": "x", "l": [1.0, 2.0]},
+                           {"a": 0.3, "n": 5, "s": "x", "l": [3.0, 4.0]}], [0, 1])
+    assert isinstance(merged["a"], Estimate) and float(merged["a"]) == pytest.approx(0.2)
+    assert merged["n"] == 5 and merged["s"] == "x"
+    assert [float(v) for v in merged["l"]] == [2.0, 3.0]
+    with pytest.raises(KeyError, match="b"):
+        merge_values([{"a": 1.0, "b": 2.0}, {"a": 1.0}], [0, 1])
+    records = [{"cell": {"task": "t", "seed": s}, "result": {"v": float(s)}} for s in (2, 0, 1)]
+    (one,) = merge_seeds(records)
+    assert one["cell"] == {"task": "t"} and one["seeds"] == [0, 1, 2]
+    assert one["result"]["v"].values == (0.0, 1.0, 2.0)
+
+
+def test_seed_offset_reaches_data_network_training_and_attack():
+    s = load_preset("paper").experiments["flip_rates"]
+    moved = reseeded(s, 3)
+    assert [t.seed for t in moved.tasks] == [t.seed + 3 for t in s.tasks]  # data subsets
+    assert moved.model.seed == s.model.seed + 3  # network initialisation
+    assert moved.train.seed == s.train.seed + 3  # mini-batch order
+    assert moved.attack.seed == s.attack.seed + 3  # PGD's random start
+    assert [t.label for t in moved.tasks] == [t.label for t in s.tasks]  # cells still match
+
+
+def test_paper_preset_is_the_calibrated_point(tmp_path):
+    preset = load_preset("paper")
+    assert preset.seeds == (0, 1, 2, 3, 4) and preset.seeds_of("ntk_distance") == (0, 1, 2)
+    for name, s in preset.experiments.items():
+        if hasattr(s, "train"):
+            assert (s.train.l2_to_init, s.train.l2_convention, s.train.epochs) == (0.0, "sum", 100)
+            assert (s.model.init_scale, s.model.dtype, s.model.width) == (1.0, "float32", 1024)
+        # adversarial training: 10,000 points (PGD-7 in every step; stated in the preset)
+        n_train = 10000 if name == "adversarial_training" else None
+        for t in s.tasks:
+            assert (t.n_train, t.n_influence, t.n_test) == (n_train, 1000, 500), name
+    seeds = {(j.experiment, j.cell["seed"]) for j in plan(preset, tmp_path)}
+    assert {s for e, s in seeds if e == "ntk_distance"} == {0, 1, 2}
+    assert {s for e, s in seeds if e == "flip_rates"} == set(SEEDS)
+    quick = load_preset("quick")
+    assert quick.seeds == (0, 1)
+    assert all(s.train.l2_to_init == 0.0 for s in quick.experiments.values() if hasattr(s, "train"))
+    assert len(load_preset("sensitivity").seeds) >= 3
+
+
+def test_with_seeds_overrides_every_list(tmp_path):
+    preset = load_preset("paper").with_seeds(2)
+    assert preset.seeds == (0, 1) and preset.seeds_of("ntk_distance") == (0, 1)
+    with pytest.raises(ValueError, match="^seeds: expected a positive number"):
+        preset.with_seeds(0)
+
+
+def test_bad_experiment_seeds(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[experiments.collapse]\nseeds = [1, 1]\n")
+    with pytest.raises(ValueError, match=r"^collapse\.seeds: expected distinct seeds"):
+        load_preset(str(bad))
+    bad.write_text("[experiments.collapse]\nseeds = 3\n")
+    with pytest.raises(ValueError, match=r"^collapse\.seeds: expected a list of integers"):
+        load_preset(str(bad))
+
+
+def test_every_section_merges_seeds_except_illustrations_and_per_instance_checks():
+    assert {n: m.PER_SEED for n, m in EXPERIMENTS.items() if hasattr(m, "PER_SEED")} == {
+        "influential": "first", "theory": "all"}
+
+
+def test_where_a_claim_holds():
+    from malleability.repro.experiments.sensitivity import where_it_holds
+
+    assert where_it_holds([("a", "agrees"), ("b", "agrees")]) == "holds everywhere"
+    assert where_it_holds([("a", "disagrees")]) == "fails everywhere"
+    assert where_it_holds([("a", "agrees"), ("b", "inconclusive"), ("c", "disagrees")]) == (
+        "holds in a region: a; fails at: c; undecided elsewhere")
+    assert where_it_holds([("a", "inconclusive")]).startswith("undecided")
