@@ -73,12 +73,13 @@ def _tick_label(value: float) -> str:
 
 def _yerr(values: Sequence[float]) -> np.ndarray | None:
     """Asymmetric error bars (2 × n) from values carrying a 95 % ``interval`` (an Estimate
-    over seeds); None when no value has one."""
+    over seeds); None when no value has one. Clipped at 0: the bootstrap's interval of nearly
+    equal values can miss the mean by round-off."""
     bounds = [getattr(v, "interval", None) for v in values]
     if not any(bounds):
         return None
-    return np.array([[float(v) - b[0], b[1] - float(v)] if b else [0.0, 0.0]
-                     for v, b in zip(values, bounds, strict=True)]).T
+    return np.maximum(np.array([[float(v) - b[0], b[1] - float(v)] if b else [0.0, 0.0]
+                                for v, b in zip(values, bounds, strict=True)]).T, 0.0)
 
 
 def line_panels(path: Path, panels: dict[str, list[Line]], xlabel: str, ylabel: str,
