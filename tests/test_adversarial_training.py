@@ -13,6 +13,7 @@ from malleability.interventions import adversarial_train, ramped_eps
 from malleability.repro import figures
 from malleability.repro.experiments import adversarial_training as at
 from malleability.repro.report import Table
+from malleability.repro.seeds import Estimate
 from malleability.training import TrainSettings, train
 
 F64 = torch.float64
@@ -164,8 +165,14 @@ def test_robustness_rule_and_verdicts():
     assert not at.robustness_measurable(0.06, 0.1, 0.1)
     assert at.table3_verdict(0.03, 0.4, robust=False) == at.NOT_TESTED
     assert at.table3_verdict(0.4, 0.03, robust=False) == at.NOT_TESTED
-    assert at.table3_verdict(0.03, 0.4, robust=True) == "agrees"
-    assert at.table3_verdict(0.4, 0.03, robust=True) == "disagrees"
+    seeds = (0, 1, 2, 3)
+    low = Estimate([0.03, 0.05, 0.04, 0.02], seeds)
+    high = Estimate([0.40, 0.45, 0.38, 0.42], seeds)
+    assert at.table3_verdict(low, high, robust=True) == "agrees"
+    assert at.table3_verdict(high, low, robust=True) == "disagrees"
+    assert at.table3_verdict(0.03, 0.4, robust=True) == "inconclusive"  # one seed: no interval
+    mixed = Estimate([0.45, 0.01, 0.40, 0.02], seeds)  # rises for some seeds, falls for others
+    assert at.table3_verdict(Estimate([0.2] * 4, seeds), mixed, robust=True) == "inconclusive"
 
 
 def _record(eps, robust, before=0.1, after=0.3):
@@ -184,7 +191,9 @@ def test_section_reports_not_tested_without_robustness(tmp_path: Path, monkeypat
     rows = {row[2]: row for row in table.rows}
     assert rows["0.3"][-1] == at.NOT_TESTED and rows["0.3"][-3] == "no"
     assert rows["0.3"][5] == "3.3 → 43.4"  # the paper's Table 3 beside ε = 0.3 only
-    assert rows["0.1"][-1] == "agrees" and rows["0.1"][-3] == "yes" and rows["0.1"][5] == "—"
+    # robust, so tested; one seed gives no interval, so the rise is not decided
+    assert rows["0.1"][-1] == "inconclusive" and rows["0.1"][-3] == "yes"
+    assert rows["0.1"][5] == "—"
 
 
 def test_bad_settings():

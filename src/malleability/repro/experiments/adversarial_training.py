@@ -10,6 +10,7 @@ the verdict is "not tested" (docs/adversarial_training.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,9 @@ from ...training import evaluate
 from .. import figures
 from ..problem import RunContext, build_model, trained_model
 from ..report import Block, Table, Text, figure, group, pct
+from ..seeds import combine
 from .base import (
     AttackExperimentSettings,
-    agreement,
     cell_problem,
     check_nonempty,
     model_name,
@@ -34,6 +35,7 @@ from .base import (
     paper_task,
     paper_values,
     task_title,
+    verdict,
 )
 
 TITLE = "PGD flip rate, standard vs adversarially trained (Table 3)"
@@ -132,8 +134,11 @@ def robustness_measurable(strong_accuracy: float, chance: float, margin: float) 
 
 def table3_verdict(before: float, after: float, robust: bool) -> str:
     """Table 3's claim (the flip rate rises) against ours: "not tested" without measurable
-    robustness, else agrees / disagrees."""
-    return agreement(after > before, True) if robust else NOT_TESTED
+    robustness, else the verdict of the paired rise after − before over seeds (agrees /
+    disagrees only where its 95 % CI decides, else inconclusive)."""
+    if not robust:
+        return NOT_TESTED
+    return verdict(combine(lambda a, b: b - a, before, after), (0.0, math.inf))
 
 
 def run(s: AdversarialTrainingSettings, cell: dict, ctx: RunContext) -> dict:
