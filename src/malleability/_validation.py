@@ -52,6 +52,8 @@ def as_tensor(
     if device is not None:
         x = x.to(device)
     # One sum first (a NaN or ±inf makes it non-finite); the elementwise check only then.
+    if torch.compiler.is_exporting():  # data-dependent checks cannot be traced
+        return x
     if not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name}: contains NaN or infinite values")
     return x

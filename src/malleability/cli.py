@@ -1,5 +1,5 @@
-"""Command-line interface: ``malleability diagnose | datasets | flip-rate | reproduce | report``
-and ``malleability audit``."""
+"""Command-line interface: ``malleability diagnose | datasets | flip-rate | reproduce | report``,
+``malleability train`` and ``malleability audit``."""
 
 from __future__ import annotations
 
@@ -21,8 +21,12 @@ from tqdm.auto import tqdm
 from .data.features import read_feature_file
 from .diagnostic import PRACTICAL_SCALES, Diagnosis, diagnose
 from .jsonsafe import dumps_strict
+from .models import ModelSettings
 from .repro.experiments import flip_rates
-from .settings import Settings
+from .repro.experiments.base import TaskSettings
+from .repro.problem import ARCHITECTURES
+from .settings import Settings, setting
+from .training import TrainSettings
 
 
 def _fail(message: str) -> None:
@@ -179,11 +183,13 @@ def _click_type(hint: Any) -> Any:
     return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(hint, click.STRING)
 
 
-def settings_options(cls: type) -> tuple[Callable, Callable[[dict], dict]]:
-    """Click options for every leaf setting of ``cls`` (defaults and help text from its
-    fields; ``--NAME``, or ``--GROUP-NAME`` where a name recurs), and a function from the
+def settings_options(cls: type, skip: tuple[str, ...] = ()
+                     ) -> tuple[Callable, Callable[[dict], dict]]:
+    """Click options for every leaf setting of ``cls`` but those in ``skip`` (dotted paths,
+    e.g. ``data.n_influence``; they keep their defaults), with defaults and help text from its
+    fields (``--NAME``, or ``--GROUP-NAME`` where a name recurs), and a function from the
     parsed options back to nested settings values."""
-    leaves = _leaves(cls)
+    leaves = [leaf for leaf in _leaves(cls) if ".".join(leaf[0]) not in skip]
     counts: dict[str, int] = {}
     for path, _, _ in leaves:
         counts[path[-1]] = counts.get(path[-1], 0) + 1
@@ -224,6 +230,13 @@ def settings_options(cls: type) -> tuple[Callable, Callable[[dict], dict]]:
 _flip_options, _flip_values = settings_options(flip_rates.SETTINGS)
 
 
+def check_architecture(value: str, name: str) -> str:
+    """One architecture name of :data:`~.repro.problem.ARCHITECTURES`."""
+    if value not in ARCHITECTURES:
+        raise ValueError(f"{name}: expected one of {', '.join(ARCHITECTURES)}, got {value!r}")
+    return value
+
+
 @main.command("flip-rate")
 @_flip_options
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
@@ -258,6 +271,57 @@ def flip_rate_command(data_root: Path | None, device: str, as_json: bool, **opti
                f"width {settings.model.width}, {settings.train.epochs} epochs, "
                f"ε = {settings.attack.eps}; models: {', '.join(settings.models)}")
     click.echo(to_text(flip_rates.detail_table(records)))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainCommandSettings(TaskSettings):
+    """``malleability train``: one architecture on one task."""
+
+    architecture: str = setting("relu", "Architecture: relu (2L-ReLU), attn (MLP-Attn), "
+                                "attn-softmax, attn-exponential.", check_architecture,
+                                flag="--model")
+    model: ModelSettings = setting(ModelSettings(), "Network construction.")
+    train: TrainSettings = setting(TrainSettings(), "Training.")
+
+
+_train_options, _train_values = settings_options(TrainCommandSettings, ("data.n_influence",))
+
+
+@main.command("train")
+@_train_options
+@click.option("--save", "save_path", required=True, type=click.Path(path_type=Path),
+              help="Checkpoint to write: a torch.export .pt2 file (pixels → logits, any batch "
+                   "size) that `malleability audit --model PATH` loads.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --save file.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(save_path: Path, force: bool, data_root: Path | None, device: str,
+                  quiet: bool, **options: Any) -> None:
+    """Train 2L-ReLU or MLP-Attn on a dataset's pixels, print its test accuracy and save it
+    as a torch.export checkpoint for `malleability audit`."""
+    from .model_io import check_save_path, save_exported
+    from .repro.problem import ARCHITECTURE_NAMES, build_model, load_problem
+    from .training import train
+
+    try:
+        settings = TrainCommandSettings.from_dict(_train_values(options), "train")
+        check_save_path(save_path, force)
+        task = settings.tasks[0]
+        problem = load_problem(task, None if data_root is None else str(data_root),
+                               _device(device))
+        net = build_model(settings.architecture, problem, settings.model)
+        history = train(net, problem.x, problem.y, settings.train.replace(progress=not quiet),
+                        problem.x_test, problem.y_test)
+        save_exported(net, problem.x[:2], save_path)
+    except (ValueError, OSError, RuntimeError) as err:
+        _fail(str(err))
+    click.echo(f"{task.label}: n_train = {problem.x.shape[0]}, n_test = "
+               f"{problem.x_test.shape[0]}; {ARCHITECTURE_NAMES[settings.architecture]} width "
+               f"{settings.model.width}, {settings.train.epochs} epochs: test accuracy "
+               f"{history.test_accuracy[-1]:.4f}")
+    click.echo(f"saved: {save_path} (torch.export; `malleability audit --model {save_path}`)")
 
 
 @main.command("datasets")

@@ -1,10 +1,11 @@
 """Loading a user's model for ``malleability audit``: ``module:callable``, a torch.export file,
-or a state_dict plus a builder."""
+or a state_dict plus a builder; saving a network as a torch.export file."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -78,3 +79,32 @@ def load_checkpoint(path: Path) -> Mapping[str, torch.Tensor]:
     if not isinstance(state, Mapping):
         raise ValueError(f"checkpoint: expected a state_dict in {path.name}")
     return state
+
+
+def check_save_path(path: Path, force: bool = False) -> Path:
+    """``path`` if :func:`save_exported` may write it: a ``.pt2`` name in an existing folder,
+    not an existing file unless ``force``; else a one-line ValueError naming ``save``."""
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ValueError(f"save: expected a .pt2 file name, got {str(path)!r}")
+    if path.is_dir():
+        raise ValueError(f"save: {path} is a folder, expected a .pt2 file name")
+    if not path.parent.is_dir():
+        raise ValueError(f"save: no such folder {path.parent}")
+    if path.exists() and not force:
+        raise ValueError(f"save: {path} exists; pass --force to overwrite it")
+    return path
+
+
+def save_exported(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    """Write ``model`` (in eval mode, on the CPU) as a torch.export ``.pt2`` program traced on
+    the batch ``example`` with a dynamic batch dimension, atomically; :func:`load_model` and
+    ``malleability audit --model PATH`` load it with no user code."""
+    from .repro.store import atomic_write
+
+    model = model.eval().cpu()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (example.cpu(),), dynamic_shapes=({0: batch},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    return atomic_write(path, buffer.getvalue())
