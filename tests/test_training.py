@@ -120,8 +120,9 @@ def test_mismatched_labels(digits):
         train(_net(tr), tr.pixels, tr.targets()[:10], TrainSettings(epochs=1))
 
 
+@pytest.mark.parametrize("l2", [0.0, 0.3])
 @pytest.mark.parametrize("loss", ["mse", "ce"])
-def test_analytic_gradient_matches_autograd(digits, loss):
+def test_analytic_gradient_matches_autograd(digits, loss, l2):
     tr, _ = digits
     z, y = tr.inputs()[:50], tr.targets()[:50]
     y = y[:, :1] * 2 - 1 if loss == "mse" else y  # ±1 targets with MSE
@@ -129,10 +130,10 @@ def test_analytic_gradient_matches_autograd(digits, loss):
     h = model.hidden_inputs(z).detach()
     w0 = model.weight.detach().clone()
     model.weight.data += 0.05 * torch.randn_like(w0)
-    value = objective(model, w0, h, y, loss, l2_to_init=0.3)
+    value = objective(model, w0, h, y, loss, l2_to_init=l2)
     (expected,) = torch.autograd.grad(value, model.weight)
     grad = torch.empty_like(w0)
-    got = objective_and_gradient_(model.weight, w0, model.readout[None], h, y, loss, 0.3, grad)
+    got = objective_and_gradient_(model.weight, w0, model.readout[None], h, y, loss, l2, grad)
     assert got.shape == (1,)
     torch.testing.assert_close(got[0], value.detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-14)
