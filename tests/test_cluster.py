@@ -6,7 +6,6 @@ dominates the time of this file."""
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ import torch
 from click.testing import CliRunner
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
+from same_values import same
 
 from malleability.cli import main
 from malleability.repro.cluster import connect
@@ -75,15 +75,6 @@ def cluster() -> str:
         yield local.scheduler_address
 
 
-def _same(a, b) -> bool:
-    """Exact equality, NaN equal to NaN."""
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
 
 
 def assert_same_run(a: Path, b: Path, cells: str = "*/*.json") -> None:
@@ -93,7 +84,7 @@ def assert_same_run(a: Path, b: Path, cells: str = "*/*.json") -> None:
     for rel in files:
         x, y = read_cell(a / rel), read_cell(b / rel)
         for key in PAYLOAD:
-            assert _same(x[key], y[key]), (rel, key)
+            assert same(x[key], y[key]), (rel, key)
     models = sorted(p.name for p in (a / "cache" / "models").glob("*.pt"))
     assert models == sorted(p.name for p in (b / "cache" / "models").glob("*.pt"))
     for name in models:

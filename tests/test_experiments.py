@@ -1,7 +1,6 @@
 """Every experiment on a tiny setting, JSON round trips, presets, and resume after a kill."""
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from same_values import same
 
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.problem import RunContext
@@ -23,15 +23,6 @@ def _strip_timing(payload: dict) -> dict:
     return {k: v for k, v in payload.items() if k not in ("timing",)}
 
 
-def _same(a, b) -> bool:
-    """Equality that treats NaN as equal to NaN."""
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return a == b
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +59,7 @@ def test_each_experiment_runs_and_round_trips_json(tiny_settings, tmp_path, name
     _assert_json_native(payload)
     path = tmp_path / "cell.json"
     write_json(path, payload)
-    assert _same(json.loads(path.read_text()), payload)
+    assert same(json.loads(path.read_text()), payload)
 
 
 def _assert_json_native(value) -> None:
@@ -167,5 +158,5 @@ def test_killed_run_resumes_to_identical_results(tmp_path):
     for rel in cells:
         a = json.loads((out / rel).read_text())
         b = json.loads((reference / rel).read_text())
-        assert _same(a["result"], b["result"]), rel
+        assert same(a["result"], b["result"]), rel
     assert (out / "report.md").exists()

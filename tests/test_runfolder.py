@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from same_values import same
 
 from malleability.cli import main
 from malleability.data import DataSettings
@@ -275,14 +276,6 @@ def _record(result: dict) -> dict:
             "versions": {"torch": "x"}, "device": "cpu", "timing": {"seconds": 0.25}}
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    return type(a) is type(b) and a == b
 
 
 _leaf = (st.floats() | st.integers(-(2**70), 2**70) | st.text(max_size=8) | st.booleans()
@@ -301,7 +294,7 @@ def test_cell_store_round_trip(result):
         path = write_cell(Path(tmp) / "c.json", _record(result))
         record = read_cell(path, "collapse", {"task": "t", "seed": 0},
                            settings_key({"a": [1, 2.5]}))
-        assert _same(record["result"], result)
+        assert same(record["result"], result)
 
 
 @FAST
@@ -325,7 +318,7 @@ def test_corruption_never_crashes_and_is_moved_aside(result, data):
         if todo:
             assert not path.exists() and len(list((out / ASIDE).rglob("c.json.*"))) == 1
         else:
-            assert _same(read_cell(path)["result"], result)
+            assert same(read_cell(path)["result"], result)
 
 
 @settings(max_examples=5, deadline=None)
@@ -352,4 +345,4 @@ def test_concurrent_readers_see_whole_cells(versions):
         for t in readers:
             t.join()
         assert not errors and seen
-        assert all(any(_same(s, v) for v in versions) for s in seen)
+        assert all(any(same(s, v) for v in versions) for s in seen)
