@@ -346,3 +346,19 @@ def test_concurrent_readers_see_whole_cells(versions):
             t.join()
         assert not errors and seen
         assert all(any(same(s, v) for v in versions) for s in seen)
+
+
+def test_cells_runs_only_the_matching_cells_and_a_pattern_matching_none_is_refused(tmp_path):
+    two = ("[experiments.collapse]\ntasks = [" + TASK % 0 + ", "
+           '{ dataset = "digits", classes = "0,1", n_train = 40, n_test = 20, seed = 0 }]\n')
+    out = tmp_path / "run"
+    result = _reproduce(out, "--cells", "task=digits-0-1*", preset=two)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "collapse").iterdir()) == [
+        "task=digits-0-1__seed=0.json"]
+    result = _reproduce(out, "--cells", "task=mnist*", preset=two)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: cells: no cell of this preset matches ['task=mnist*']")
+    result = _reproduce(out, preset=two)  # the rest of the plan resumes in the same folder
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "collapse").iterdir())) == 2

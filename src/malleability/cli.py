@@ -342,6 +342,9 @@ def datasets_command(data_root: Path | None) -> None:
 @click.option("--out", required=True, help="Output folder (new, empty, or an earlier run of "
               "the same preset to resume).")
 @click.option("--only", multiple=True, help="Run only this experiment (repeatable).")
+@click.option("--cells", multiple=True, metavar="PATTERN",
+              help="Run only the cells whose file name matches this shell pattern, e.g. "
+                   "'task=cifar10*' or '*seed=2' (repeatable; splits a run between machines).")
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="Cells run in parallel on this machine (worker processes of a local Dask "
                    "cluster); 1 runs them in this process.")
@@ -356,7 +359,8 @@ def datasets_command(data_root: Path | None) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--seeds", type=int, default=None,
               help="Run every experiment on seeds 0 … N−1 (overrides the preset's seeds).")
-def reproduce_command(preset: str, out: str, only: tuple[str, ...], jobs: int,
+def reproduce_command(preset: str, out: str, only: tuple[str, ...], cells: tuple[str, ...],
+                      jobs: int,
                       cluster: str | None, threads: int | None, device: str,
                       data_root: Path | None, quiet: bool, seeds: int | None) -> None:
     """Run a preset's experiments cell by cell (resumable), then write the report."""
@@ -375,7 +379,7 @@ def reproduce_command(preset: str, out: str, only: tuple[str, ...], jobs: int,
             settings = settings.with_seeds(seeds)
         ctx = RunContext(Path(out), None if data_root is None else str(data_root),
                          _device(device), progress=not quiet)
-        reproduce(settings, ctx, only, jobs, cluster, threads)
+        reproduce(settings, ctx, only, jobs, cluster, threads, cells)
         path = write_report(Path(out))
     except (ValueError, OSError, RuntimeError) as err:
         _fail(str(err))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import os
 import platform
 import time
@@ -170,8 +171,10 @@ class CellJob:
         return f"{self.experiment} {cell_name(self.cell)}"
 
 
-def plan(preset: Preset, out: Path, only: tuple[str, ...] = ()) -> list[CellJob]:
-    """Every cell of the chosen experiments, once per seed, in run order."""
+def plan(preset: Preset, out: Path, only: tuple[str, ...] = (),
+         cells: tuple[str, ...] = ()) -> list[CellJob]:
+    """Every cell of the chosen experiments, once per seed, in run order; with ``cells``, only
+    those whose file name (without ``.json``) matches one of these shell patterns."""
     unknown = set(only) - set(preset.experiments)
     if unknown:
         raise ValueError(f"only: {sorted(unknown)} not in this preset; "
@@ -184,6 +187,8 @@ def plan(preset: Preset, out: Path, only: tuple[str, ...] = ()) -> list[CellJob]
         for seed in preset.seeds_of(name):
             for cell in EXPERIMENTS[name].cells(s):
                 cell = {**cell, "seed": seed}
+                if cells and not any(fnmatch.fnmatchcase(cell_name(cell), p) for p in cells):
+                    continue
                 jobs.append(CellJob(name, s, cell, out / name / f"{cell_name(cell)}.json",
                                     digest))
     return jobs
@@ -244,7 +249,8 @@ def _serial(jobs: list[CellJob], ctx: RunContext, bar: tqdm,
 
 
 def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs: int = 1,
-              cluster: str | None = None, threads: int | None = None) -> list[Path]:
+              cluster: str | None = None, threads: int | None = None,
+              cells: tuple[str, ...] = ()) -> list[Path]:
     """Run every unfinished cell; returns the paths of all cell files of the plan.
 
     Cells run in this process by default; on ``jobs`` local worker processes (an embedded
@@ -253,7 +259,8 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
     :class:`~malleability.repro.store.RunLocked`. ``threads``: torch threads per cell
     (default: this process's; cores / jobs with ``jobs``; the worker's on a cluster). Cell
     results are bitwise equal across modes for equal threads per cell (torch's parallel
-    reductions depend on the thread count).
+    reductions depend on the thread count). ``cells``: only the cells whose names match these
+    shell patterns (:func:`plan`), e.g. to split a preset between machines.
     """
     from .cluster import connect, local_cluster, run_on_cluster  # dask only when used
 
@@ -262,7 +269,10 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
         threads = check_positive_int(threads, "threads")
     if jobs > 1 and cluster is not None:
         raise ValueError("jobs: --jobs runs a local cluster; give either --jobs or --cluster")
-    todo_all = plan(preset, ctx.out, only)
+    todo_all = plan(preset, ctx.out, only, cells)
+    if cells and not todo_all:
+        raise ValueError(f"cells: no cell of this preset matches {list(cells)}; names look like "
+                         f"{cell_name(plan(preset, ctx.out, only)[0].cell)!r}")
     document = preset_document(preset)
     check_run_folder(ctx.out, document)
     with contextlib.ExitStack() as stack:
