@@ -20,8 +20,10 @@ def _unit(z):
     return z / np.linalg.norm(z, axis=1, keepdims=True)
 
 
+@pytest.mark.parametrize("block", [2**24, 30, 60])  # one block; 7 blocks of 1 row; 3+1 of 2
 @pytest.mark.parametrize("projection", ["identity", "orthogonal", "he"])
-def test_maps_match_direct_numpy_formulas(projection):
+def test_maps_match_direct_numpy_formulas(projection, block, monkeypatch):
+    monkeypatch.setattr("malleability.attention.SCORE_BLOCK", block)
     r = _data(25, 8, 1)
     x = _data(7, 8, 2)
     mats = projection_matrices(8, projection, seed=3)
@@ -39,6 +41,18 @@ def test_maps_match_direct_numpy_formulas(projection):
     for kind, want in expected.items():
         got = attention_features(x, r, kind, mats).numpy()
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["softmax", "exponential"])
+def test_score_blocks_keep_the_gradient(kind, monkeypatch):
+    r, x = _data(25, 8, 1), _data(7, 8, 2)
+    grads = []
+    for block in (2**24, 30):
+        monkeypatch.setattr("malleability.attention.SCORE_BLOCK", block)
+        xg = x.clone().requires_grad_(True)
+        (attention_features(xg, r, kind) ** 3).sum().backward()
+        grads.append(xg.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14)
 
 
 def test_reference_and_new_points_use_the_same_map():
@@ -180,3 +194,22 @@ def test_two_layer_net_threads_rank_and_layers():
     again = net.reinitialized()
     torch.testing.assert_close(again.hidden_inputs(r), want, rtol=0, atol=0)
     assert again.front.rank == 2 and again.front.layers == 2
+
+
+def test_replacing_reference_rows_equals_rebuilding_the_front():
+    r, x = _data(40, 8, 1), _data(5, 8, 2)
+    mats = projection_matrices(8, "he", seed=3)
+    new_rows = r[[3, 7, 9]].clone()
+    new_rows[1] += 0.3 * _data(1, 8, 4)[0]  # rows 3 and 9 unchanged, row 7 moved
+    new_rows.requires_grad_(True)
+    moved = r.clone()
+    moved[7] = new_rows[1].detach()
+    front = AttentionFeatures(r, "linear", mats)
+    fast = front.with_rows_replaced(r[[3, 7, 9]], new_rows)
+    torch.testing.assert_close(fast(x), AttentionFeatures(moved, "linear", mats)(x),
+                               rtol=1e-12, atol=1e-13)
+    fast(x).sum().backward()  # differentiable in the new rows; unchanged rows get no gradient
+    assert new_rows.grad[1].abs().sum() > 0 and new_rows.grad[[0, 2]].abs().sum() == 0
+    for bad in (AttentionFeatures(r, "softmax"), AttentionFeatures(r, "linear", rank=3)):
+        with pytest.raises(ValueError, match="^attention: rows can be replaced"):
+            bad.with_rows_replaced(r[:1], r[:1])

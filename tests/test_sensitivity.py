@@ -170,3 +170,30 @@ def test_sensitivity_gap_is_the_ratio_of_lipschitz_constants():
     assert gap == pytest.approx(g**2 / RELU_NTK_FACTOR, rel=1e-12)  # unit rows: ‖G‖²/C
     with pytest.raises(ValueError, match="other_lipschitz"):
         sensitivity_gap(1.0, 0.0)
+
+
+def test_gram_change_from_one_kernel_row_equals_the_full_gram_change():
+    """Without a data-dependent reference only row and column j move: the rank-2 closed form
+    from one row equals the spectral norm of the full ΔK, per candidate and after the search."""
+    x, eps = _pixels(9, 5, 12), 0.2
+    search = ChangeSearch(eps, steps=6, restarts=1, random_directions=3)
+
+    def rbf(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-torch.cdist(a, b) ** 2)
+
+    def gram(xs: torch.Tensor) -> torch.Tensor:
+        return rbf(xs, xs)
+
+    def row(moved: torch.Tensor, j: int) -> torch.Tensor:
+        return rbf(moved[None], torch.cat([x[:j], moved[None], x[j + 1:]]))[0]
+
+    full = gram_change(gram, x, search, indices=[0, 4, 8])
+    fast = gram_change(gram, x, search, indices=[0, 4, 8], row=row)
+    torch.testing.assert_close(fast.change, full.change, rtol=1e-10, atol=1e-14)
+    fast = gram_change(gram, x, ChangeSearch(eps), indices=[0, 4, 8], row=row)
+    for col, j in enumerate([0, 4, 8]):  # a full search reaches the best vertex (SVD norms)
+        best = 0.0
+        for vertex in _box_vertices(x[j], eps):
+            moved = torch.cat([x[:j], vertex[None], x[j + 1:]])
+            best = max(best, float(torch.linalg.matrix_norm(gram(moved) - gram(x), ord=2)))
+        assert float(fast.change[col]) >= 0.99 * best

@@ -143,3 +143,28 @@ def test_bad_settings_fail_at_load(tmp_path):
         bad.write_text(f"[experiments.theory]\n{text}\n")
         with pytest.raises(ValueError, match=message):
             load_preset(str(bad))
+
+
+def test_fast_gram_paths_equal_the_direct_kernels(tiny, tmp_path):
+    """The search's kernels: MLP-Attn's front updated by its moved row equals the front rebuilt
+    on the moved training set; 2L-ReLU's one moving row equals that row of the full kernel."""
+    from malleability.ntk import empirical_ntk
+    from malleability.repro.experiments.base import cell_problem
+    from malleability.repro.problem import build_model
+
+    ctx = RunContext(tmp_path, progress=False)
+    cell = next(c for c in theory.cells(tiny) if c["part"] == "bounds")
+    p = cell_problem(tiny.tasks, {**cell, "seed": 0}, ctx)
+    flat = p.x_influence.flatten(1).double()
+    moved = flat.clone()
+    moved[2] = (moved[2] + 0.1).clamp(0, 1)
+    attn = build_model("attn", p, tiny.model).double()
+    gram, row = theory._gram(attn, p)
+    assert row is None
+    x_all = p.x.index_put((p.influence_rows,), moved.reshape(-1, *p.x.shape[1:]))
+    direct = attn.with_reference(attn.inputs(x_all))
+    want = empirical_ntk(direct, direct.inputs(moved.reshape(-1, *p.x.shape[1:])))
+    torch.testing.assert_close(gram(moved), want, rtol=1e-10, atol=1e-12)
+    relu = build_model("relu", p, tiny.model)
+    gram, row = theory._gram(relu, p)
+    torch.testing.assert_close(row(moved[2], 2), gram(moved)[2], rtol=1e-12, atol=1e-14)

@@ -22,6 +22,7 @@ G^{2L+1}); with ``Stacking.PREVIOUS`` layer l attends to layer l−1's output on
 
 from __future__ import annotations
 
+import copy
 import math
 from enum import StrEnum
 
@@ -91,6 +92,11 @@ def projection_matrices(
     return mats[0], mats[1], mats[2]
 
 
+#: Most entries of one block of softmax/exponential scores (rows of x × reference rows): 2²⁴,
+#: 64 MiB in float32, so φ of a whole training split never holds an n × n_R matrix.
+SCORE_BLOCK = 2**24
+
+
 def attention_features(
     x: torch.Tensor,
     reference: torch.Tensor,
@@ -153,6 +159,9 @@ class AttentionFeatures(nn.Module):
         self.register_buffer("reference", reference)
         keys = attended if w_k is None else attended @ w_k
         values = attended if w_v is None else attended @ w_v
+        # W_K, W_V kept (outside the state dict) for with_rows_replaced
+        self.register_buffer("w_k", w_k, persistent=False)
+        self.register_buffer("w_v", w_v, persistent=False)
         if self.kind is AttentionKind.LINEAR:
             self.register_buffer("kv", keys.T @ values)  # W_Kᵀ RᵀR W_V, d×d
             self.register_buffer("keys", None)
@@ -167,6 +176,31 @@ class AttentionFeatures(nn.Module):
             self.next_layer = AttentionFeatures(
                 self._layer(reference), self.kind, projections, normalize, rank,
                 self.layers - 1, self.stacking)
+
+    def with_rows_replaced(self, old: torch.Tensor, new: torch.Tensor) -> AttentionFeatures:
+        """A shallow copy attending to the reference with rows ``old`` replaced by ``new``
+        (k × d each, row i of ``old`` a row of R). Linearized, untruncated, one layer:
+        W_Kᵀ R′ᵀR′ W_V = kv + Σ_i (k′_i v′_iᵀ − k_i v_iᵀ) over the rows that differ,
+        differentiable in ``new`` (O(k d²), not O(n_R d²)); its ``reference`` buffer still
+        holds R. Other maps raise ValueError."""
+        if self.kind is not AttentionKind.LINEAR or self.rank is not None or self.layers != 1:
+            raise ValueError("attention: rows can be replaced in place only for one untruncated "
+                             "linearized layer; rebuild the front on the new reference")
+        if old.shape != new.shape or old.ndim != 2 or old.shape[1] != self.in_features:
+            raise ValueError(f"new: expected the shape of old, (k, {self.in_features}), got "
+                             f"{tuple(new.shape)} and {tuple(old.shape)}")
+        moved = (old != new).any(dim=1)
+        old, new = old[moved], new[moved]
+
+        def outer(rows: torch.Tensor) -> torch.Tensor:
+            keys = rows if self.w_k is None else rows @ self.w_k
+            values = rows if self.w_v is None else rows @ self.w_v
+            return keys.T @ values
+
+        front = copy.copy(self)
+        front._buffers = dict(self._buffers)
+        front.kv = self.kv + outer(new) - outer(old)
+        return front
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -184,14 +218,19 @@ class AttentionFeatures(nn.Module):
         q = x if self.w_q is None else x @ self.w_q
         if self.kind is AttentionKind.LINEAR:
             out = q @ self.kv
-        else:
-            scores = q @ self.keys.T / math.sqrt(self.in_features)
-            if self.kind is AttentionKind.SOFTMAX:
-                weights = torch.softmax(scores, dim=1)
-            else:
-                weights = torch.exp(scores - scores.amax(dim=1, keepdim=True))
-            out = weights @ self.values
+        else:  # row blocks keep the n × n_R score matrix within SCORE_BLOCK entries
+            rows = max(1, SCORE_BLOCK // self.keys.shape[0])
+            out = torch.cat([self._attend(block) for block in q.split(rows)])
         return rownorm(out) if self.normalize else out
+
+    def _attend(self, q: torch.Tensor) -> torch.Tensor:
+        """softmax(q Kᵀ/√d) V, or exp(q Kᵀ/√d − row max) V, for a block of query rows."""
+        scores = q @ self.keys.T / math.sqrt(self.in_features)
+        if self.kind is AttentionKind.SOFTMAX:
+            weights = torch.softmax(scores, dim=1)
+        else:
+            weights = torch.exp(scores - scores.amax(dim=1, keepdim=True))
+        return weights @ self.values
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind.value}, reference={tuple(self.reference.shape)}, "

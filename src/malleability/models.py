@@ -166,6 +166,15 @@ class TwoLayerNet(nn.Module):
         new.front = self._attention_front(reference, self.front.kind)
         return new
 
+    def with_front(self, front: AttentionFeatures) -> TwoLayerNet:
+        """A shallow copy sharing this network's weights, with attention front ``front``."""
+        if self.front is None:
+            raise ValueError("front: this network has no attention front")
+        new = copy.copy(self)
+        new._modules = dict(self._modules)
+        new.front = front
+        return new
+
     def _attention_front(self, reference: torch.Tensor, kind: AttentionKind) -> AttentionFeatures:
         """The attention front on ``reference``; projections are redrawn from ``seed + 1``."""
         dtype = self.weight.dtype

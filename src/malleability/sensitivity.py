@@ -205,10 +205,19 @@ def kernel_row_change(kernel_rows: Callable[[torch.Tensor], torch.Tensor], x: to
 
 
 def gram_change(gram: Callable[[torch.Tensor], torch.Tensor], x_train: torch.Tensor,
-                search: ChangeSearch, indices: list[int] | None = None) -> KernelChange:
+                search: ChangeSearch, indices: list[int] | None = None,
+                row: Callable[[torch.Tensor, int], torch.Tensor] | None = None
+                ) -> KernelChange:
     """Measured max ‖K(X') − K(X)‖₂ (operator norm) when one training point x_j moves in the
     ℓ∞ ε-ball ∩ [0,1], for each j in ``indices`` (default all). ``gram`` maps X (n, d) to
-    K(X, X) and may use X as its own reference (attention), so every entry may move."""
+    the symmetric K(X, X) and may use X as its own reference (attention), so every entry may
+    move; ‖ΔK‖₂ is then the largest |eigenvalue| of ΔK's symmetric part.
+
+    ``row`` (x′_j, j) ↦ K(x′_j, X′), X′ = X with x_j replaced, serves kernels without a
+    data-dependent reference: only row and column j move, ΔK = e_j δ̃ᵀ + δ̃ e_jᵀ with δ the
+    row's change and δ̃ = δ with δ_j halved, whose eigenvalues δ̃_j ± ‖δ̃‖ give
+    ‖ΔK‖₂ = |δ_j|/2 + ‖δ̃‖ exactly, from one kernel row instead of an n × n kernel.
+    """
     x_train = as_tensor(x_train, "x_train", ndim=2)
     n = x_train.shape[0]
     indices = list(range(n)) if indices is None else [int(j) for j in indices]
@@ -217,11 +226,20 @@ def gram_change(gram: Callable[[torch.Tensor], torch.Tensor], x_train: torch.Ten
     with torch.no_grad():
         base = gram(x_train)
 
+    def full_change(moved_row: torch.Tensor, j: int) -> torch.Tensor:
+        moved = torch.cat([x_train[:j], moved_row[None], x_train[j + 1:]])
+        delta = gram(moved) - base
+        return torch.linalg.eigvalsh((delta + delta.mT) / 2).abs().max()
+
+    def row_change(moved_row: torch.Tensor, j: int) -> torch.Tensor:
+        delta = row(moved_row, j) - base[j]
+        halved = delta.clone()
+        halved[j] = delta[j] / 2
+        return delta[j].abs() / 2 + torch.linalg.vector_norm(halved)
+
+    one = full_change if row is None else row_change
+
     def change(xb: torch.Tensor) -> torch.Tensor:
-        norms = []
-        for row, j in zip(xb, indices, strict=True):
-            moved = torch.cat([x_train[:j], row[None], x_train[j + 1:]])
-            norms.append(torch.linalg.matrix_norm(gram(moved) - base, ord=2))
-        return torch.stack(norms)
+        return torch.stack([one(r, j) for r, j in zip(xb, indices, strict=True)])
 
     return search.maximise(change, x_train[indices])

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ...attacks import perturb_rows
-from ...attention import attention_features
+from ...attention import AttentionKind, attention_features
 from ...bounds import influence_change_bound, influence_change_lower_bound
 from ...influence import InfluenceSettings
 from ...kernel_ridge import as_targets, fit_kernel_ridge
@@ -165,19 +165,38 @@ def run(s: TheorySettings, cell: dict, ctx: RunContext) -> dict:
 
 
 def _gram(net: TwoLayerNet, p: Problem):
-    """X_influence (pixels, flattened) ↦ Θ_m(Z, Z) of ``net`` (float64), the attention front
-    attending to the training set with the influence rows replaced by X, differentiably."""
-    net = copy.deepcopy(net).double()  # float64 front, so with_reference keeps gradients
+    """(gram, row) for :func:`gram_change` on the influence pixels (flattened): gram maps
+    X_influence to Θ_m(Z, Z) of ``net`` (float64), the attention front attending to the
+    training set with the influence rows replaced by X, differentiably; row (2L-ReLU only,
+    whose kernel has no data-dependent reference) maps (x′_j, j) to the one kernel row that
+    moves. The linearized front is updated by its moved rows (``with_rows_replaced``)."""
+    net = copy.deepcopy(net).double()
+    shape = p.x.shape[1:]
+    if net.front is None:
+        z_base = net.inputs(p.x_influence.double())
+
+        def row(moved: torch.Tensor, j: int) -> torch.Tensor:
+            z_j = net.inputs(moved.reshape(1, *shape))
+            z = torch.cat([z_base[:j], z_j, z_base[j + 1:]])
+            return empirical_ntk(net, z_j, z)[0]
+
+        return (lambda flat: empirical_ntk(net, net.inputs(flat.reshape(-1, *shape)))), row
+    with torch.no_grad():
+        base = net.with_reference(net.inputs(p.x))  # float64 front on the training set
+    z_base = base.inputs(p.x_influence.double())
+    fast = (base.front.kind is AttentionKind.LINEAR and base.front.rank is None
+            and base.front.layers == 1)
 
     def gram(flat: torch.Tensor) -> torch.Tensor:
-        x_inf = flat.reshape(-1, *p.x.shape[1:])
-        z = net.inputs(x_inf)
-        if net.front is None:
-            return empirical_ntk(net, z)
-        x_all = p.x.index_put((p.influence_rows,), x_inf)
-        return empirical_ntk(net.with_reference(net.inputs(x_all)), z)
+        x_inf = flat.reshape(-1, *shape)
+        z = base.inputs(x_inf)
+        if fast:
+            moved = base.with_front(base.front.with_rows_replaced(z_base, z))
+        else:
+            moved = base.with_reference(base.inputs(p.x.index_put((p.influence_rows,), x_inf)))
+        return empirical_ntk(moved, z)
 
-    return gram
+    return gram, None
 
 
 def analytic_lipschitz(model: str, z_influence: torch.Tensor, z_reference: torch.Tensor
@@ -245,7 +264,8 @@ def run_bounds(s: TheorySettings, cell: dict, p: Problem, ctx: RunContext) -> di
             indices = selected[:s.gram_points].tolist()
             search = ChangeSearch(eps, steps=s.search_steps, restarts=s.search_restarts,
                                   random_directions=s.search_corners, seed=s.attack.seed)
-            change = gram_change(_gram(net, p), p.x_influence.flatten(1), search, indices)
+            gram, row = _gram(net, p)
+            change = gram_change(gram, p.x_influence.flatten(1), search, indices, row)
             lipschitz = change.lipschitz
             out.update({"gram_indices": indices, "gram_change": change.change.tolist(),
                         "lipschitz_measured": lipschitz,
