@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,7 +27,12 @@ from same_values import same
 from malleability.cli import main
 from malleability.data import DataSettings
 from malleability.models import ModelSettings
-from malleability.repro.problem import RunContext, load_problem, trained_model
+from malleability.repro.problem import (
+    RunContext,
+    load_problem,
+    on_influence_set,
+    trained_model,
+)
 from malleability.repro.report import write_report
 from malleability.repro.runner import CellJob, load_preset, preset_document, reproduce, unfinished
 from malleability.repro.store import (
@@ -362,3 +368,33 @@ def test_cells_runs_only_the_matching_cells_and_a_pattern_matching_none_is_refus
     result = _reproduce(out, preset=two)  # the rest of the plan resumes in the same folder
     assert result.exit_code == 0, result.output
     assert len(list((out / "collapse").iterdir())) == 2
+
+
+def test_an_experiment_without_cells_may_change_its_settings(tmp_path):
+    """The preset evolved under a long run: an experiment with no cells in the folder yet may
+    change; one with cells may not (test above), and other seeds never."""
+    two = ONE + "[experiments.spectrum]\nns = [20]\ntasks = [" + TASK % 0 + "]\n"
+    out = tmp_path / "run"
+    assert _reproduce(out, "--only", "collapse", preset=two).exit_code == 0
+    changed = two.replace("ns = [20]", "ns = [30]")
+    result = _reproduce(out, "--only", "collapse", preset=changed)
+    assert result.exit_code == 0, result.output
+    assert read_json(out / "settings.json")["settings"]["spectrum"]["ns"] == [30]
+    result = _reproduce(out, "--seeds", "2", preset=changed)
+    assert result.exit_code == 1
+    assert "(differing: seeds)" in result.output
+
+
+def test_networks_on_the_influence_set_train_on_exactly_its_points_and_cache_apart(tmp_path):
+    """NTK distance and the remedy compare a network with the kernel predictor of the
+    influence set, so the network trains on those points; its cache entry is its own."""
+    p = load_problem(DataSettings(dataset="digits", n_train=60, n_influence=20, n_test=10))
+    q = on_influence_set(p)
+    assert torch.equal(q.x, p.x[p.influence_rows]) and torch.equal(q.y, p.y[p.influence_rows])
+    assert torch.equal(q.influence_rows, torch.arange(20)) and torch.equal(q.x_test, p.x_test)
+    assert on_influence_set(q) is q
+    ctx = RunContext(tmp_path, progress=False)
+    model, train = ModelSettings(width=8, seed=1), TrainSettings(epochs=1, seed=1)
+    trained_model("relu", p, model, train, ctx)
+    trained_model("relu", q, model, train, ctx)
+    assert len(list((tmp_path / "cache" / "models").iterdir())) == 2

@@ -58,6 +58,8 @@ class Problem:
     preprocessing: Preprocessing
     class_names: tuple[str, ...]
     influence_rows: torch.Tensor
+    #: True when the training set is another task's influence subset (:func:`on_influence_set`)
+    influence_only: bool = False
     z: torch.Tensor = field(init=False)  # network inputs of the training set
 
     def __post_init__(self) -> None:
@@ -104,6 +106,19 @@ def load_problem(data: DataSettings, root: str | None = None, device: str = "cpu
                    train_set.preprocessing, train_set.class_names, rows.to(dev))
 
 
+def on_influence_set(p: Problem) -> Problem:
+    """``p`` with its n_influence subset as the whole training set (same points, same
+    preprocessing and test set), for comparisons of a network with the kernel predictor of
+    those points (NTK distance, the remedy): both then train on the same data. Networks
+    trained on it are cached apart from those trained on the full training set."""
+    rows = p.influence_rows
+    if rows.numel() == p.x.shape[0]:
+        return p
+    every = torch.arange(rows.numel(), device=rows.device)
+    return Problem(p.data, p.x[rows], p.y[rows], p.x_test, p.y_test, p.preprocessing,
+                   p.class_names, every, influence_only=True)
+
+
 def build_model(arch: str, problem: Problem, model: ModelSettings, width: int | None = None,
                 reference: torch.Tensor | None = None, attention_rank: int | None = None
                 ) -> TwoLayerNet:
@@ -136,8 +151,9 @@ def trained_model(arch: str, problem: Problem, model: ModelSettings, train_setti
     net = build_model(arch, problem, model, width, attention_rank=attention_rank)
     settings = dataclasses.replace(train_settings, progress=False, checkpoints=())
     truncation = () if net.attention_rank is None else (("attention_rank", attention_rank),)
+    subset = (("trained_on", "influence subset"),) if problem.influence_only else ()
     key = settings_key("trained", arch, problem.data.replace(n_influence=None), model, settings,
-                       width, *truncation)
+                       width, *truncation, *subset)
     settings = dataclasses.replace(settings, progress=ctx.progress)
     path = ctx.cache / "models" / f"{key}.pt"
     if path.exists():

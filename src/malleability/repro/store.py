@@ -323,9 +323,15 @@ def _read_settings(out: Path, legacy: bool = False) -> dict[str, Any]:
     return meta
 
 
+#: Keys of a run's settings that are not experiments: they always have to match.
+RUN_KEYS = ("seeds", "experiment_seeds")
+
+
 def check_run_folder(out: Path, settings: dict[str, Any]) -> None:
     """Refuse (one line, nothing written) an ``out`` that is a file, a non-empty folder that
-    holds no run, or a run of other settings than ``settings`` (the resolved preset)."""
+    holds no run, or a run of other settings than ``settings`` (the resolved preset): other
+    seeds, or other settings of an experiment that has cells there. An experiment without
+    cells may change its settings (the preset evolved while the run was under way)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"out: expected a folder, got the file {str(out)!r}")
     if not out.is_dir():
@@ -341,9 +347,10 @@ def check_run_folder(out: Path, settings: dict[str, Any]) -> None:
         stored = _read_settings(out)["settings"]
     except CorruptFile:
         return  # moved aside and rewritten under the lock
-    if not _same(stored, settings):
-        keys = sorted(k for k in {*stored, *settings}
-                      if not _same(stored.get(k), settings.get(k)))
+    keys = sorted(k for k in {*stored, *settings} if not _same(stored.get(k), settings.get(k)))
+    # an experiment whose settings changed may join while it has no cells in the folder yet
+    keys = [k for k in keys if k in RUN_KEYS or any((out / k).glob("*.json"))]
+    if keys:
         raise ValueError(f"out: {str(out)!r} holds a run of other settings (differing: "
                          f"{', '.join(keys)}); give another --out, or move that folder away")
 

@@ -3,7 +3,9 @@
 For each task, architecture and width: the function-space distance ‖f_m(X_t) − f_{Θ∞}(X_t)‖_F
 between the network (at initialisation and after training) and the kernel ridge predictor of
 its infinite-width NTK on the influence set, and the scale-free kernel distance
-1 − cos(Θ_m(X, X), Θ_∞(X, X)).
+1 − cos(Θ_m(X, X), Θ_∞(X, X)). The network trains on the influence set too
+(:func:`~malleability.repro.problem.on_influence_set`): a network trained on the full split
+and a kernel predictor fitted on a subset of it would differ by their data alone.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ...settings import setting
 from ...training import evaluate
 from .. import figures
 from ..figures import Line
-from ..problem import Problem, RunContext, build_model, trained_model
+from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
 from ..report import Block, Table, figure, fmt, group, pct, rank
 from .base import (
     NetworkSettings,
@@ -92,7 +94,7 @@ def cells(s: NtkDistanceSettings) -> list[dict]:
 
 
 def run(s: NtkDistanceSettings, cell: dict, ctx: RunContext) -> dict:
-    p = cell_problem(s.tasks, cell, ctx)
+    p = on_influence_set(cell_problem(s.tasks, cell, ctx))
     width = cell["width"]
     initial = build_model(cell["model"], p, s.model, width)
     trained, history = trained_model(cell["model"], p, s.model, s.train, ctx, width)

@@ -48,7 +48,7 @@ from ...settings import setting
 from ...spectral import effective_condition_number, gram_eigenvalues
 from .. import figures
 from ..figures import Line
-from ..problem import Problem, RunContext, build_model, trained_model
+from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
 from ..report import Block, Table, Text, figure, fmt, group, pct
 from .base import AttackExperimentSettings, cell_problem, check_nonempty, model_name, trend
 from .ntk_distance import network_distances
@@ -293,6 +293,7 @@ def run_bounds(s: TheorySettings, cell: dict, p: Problem, ctx: RunContext) -> di
 
 
 def run_remedy(s: TheorySettings, cell: dict, p: Problem, ctx: RunContext) -> dict:
+    p = on_influence_set(p)  # the network and its kernel predictor train on the same points
     rank = None if cell["rank"] == FULL else int(cell["rank"])
     z = p.z.double()
     spectrum = effective_condition_number(z)
