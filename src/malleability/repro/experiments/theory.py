@@ -50,6 +50,7 @@ from .. import figures
 from ..figures import Line
 from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
 from ..report import Block, Table, Text, figure, fmt, group, pct
+from ..seeds import merge_seeds, scale
 from .base import AttackExperimentSettings, cell_problem, check_nonempty, model_name, trend
 from .ntk_distance import network_distances
 
@@ -390,8 +391,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     if rows:
         blocks += _bounds_blocks(records, rows, figs)
     remedy = [r for r in records if r["cell"]["part"] == "remedy"]
-    if remedy:
-        blocks += _remedy_blocks(remedy, figs)
+    if remedy:  # one row per (task, rank, width): the mean over seeds with its interval
+        blocks += _remedy_blocks(merge_seeds(remedy), figs)
     return blocks
 
 
@@ -518,7 +519,7 @@ def _remedy_blocks(records: list[dict], figs: Path) -> list[Block]:
         trends.append([task, str(rank), trend(distances), trend(kernels), trend(flips)])
         label = f"k={rank}"
         distance_panels.setdefault(task, []).append(Line(label, widths, distances))
-        flip_panels.setdefault(task, []).append(Line(label, widths, [100 * f for f in flips]))
+        flip_panels.setdefault(task, []).append(Line(label, widths, [scale(f, 100) for f in flips]))
     fig_distance = figures.line_panels(figs / "theory_remedy_distance.png", distance_panels,
                                        "width m", r"$\|f_m - f_{\Theta_\infty}\|_F$ on test",
                                        logx=True)
