@@ -54,6 +54,13 @@ def test_bounds_and_remedy_cells_run_and_report(tiny, tmp_path):
     assert (tmp_path / "theory_bounds.png").exists()
     assert (tmp_path / "theory_bounds.svg").exists()
     assert (tmp_path / "theory_remedy_distance.svg").exists()
+    # several seeds of a remedy cell make one row: the mean, with the per-seed values
+    shifted = {**remedy_result, "flip_rate": remedy_result["flip_rate"] + 0.5}
+    blocks = theory.section([_record(remedy, remedy_result, 0), _record(remedy, shifted, 1)],
+                            tmp_path)
+    table = next(b for b in blocks if isinstance(b, Table) and "Remark 4.10" in b.caption)
+    assert len(table.rows) == 1
+    assert table.rows[0][5].startswith(f"{100 * remedy_result['flip_rate'] + 25:.3g}")
 
 
 def _diagonal_case(lipschitz: float, **kw) -> dict:
