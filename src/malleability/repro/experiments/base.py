@@ -53,6 +53,16 @@ def check_nonempty(value: tuple, name: str) -> tuple:
     return value
 
 
+def check_task_labels(labels: tuple[str, ...] | None, tasks: tuple[DataSettings, ...],
+                      name: str) -> None:
+    """Each of ``labels`` (None: all tasks) names one of ``tasks``."""
+    known = [t.label for t in tasks]
+    for i, label in enumerate(labels or ()):
+        if label not in known:
+            raise ValueError(f"{name}[{i}]: expected one of the tasks {', '.join(known)}, "
+                             f"got {label!r}")
+
+
 def check_tasks(value: tuple[DataSettings, ...], name: str) -> tuple[DataSettings, ...]:
     """A non-empty list of tasks with distinct labels (a cell names its task by label)."""
     labels = [t.label for t in check_nonempty(value, name)]

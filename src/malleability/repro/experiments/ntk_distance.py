@@ -31,6 +31,7 @@ from .base import (
     cell_problem,
     check_architectures,
     check_nonempty,
+    check_task_labels,
     model_name,
     paper_table,
     paper_task,
@@ -77,11 +78,7 @@ class NtkDistanceSettings(NetworkSettings):
         None, "Tasks for the softmax/exponential variants (default: all).")
 
     def check_relations(self) -> None:
-        labels = [t.label for t in self.tasks]
-        for i, label in enumerate(self.variant_tasks or ()):
-            if label not in labels:
-                raise ValueError(f"variant_tasks[{i}]: expected one of the tasks "
-                                 f"{', '.join(labels)}, got {label!r}")
+        check_task_labels(self.variant_tasks, self.tasks, "variant_tasks")
 
 
 SETTINGS = NtkDistanceSettings

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from ..._validation import check_positive_int
 from ...attacks import perturb_rows
 from ...attention import AttentionKind, attention_features
 from ...bounds import influence_change_bound, influence_change_lower_bound
@@ -51,7 +52,14 @@ from ..figures import Line
 from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
 from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import merge_seeds, scale
-from .base import AttackExperimentSettings, cell_problem, check_nonempty, model_name, trend
+from .base import (
+    AttackExperimentSettings,
+    cell_problem,
+    check_nonempty,
+    check_task_labels,
+    model_name,
+    trend,
+)
 from .ntk_distance import network_distances
 
 TITLE = "Theory against measurement (Theorems C.2, C.11, Corollary C.4, Remark 4.10)"
@@ -98,12 +106,6 @@ def _check_epsilons(value: tuple[float, ...], name: str) -> tuple[float, ...]:
     return value
 
 
-def _check_count(value: int, name: str) -> int:
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return value
-
-
 def _check_corners(value: int, name: str) -> int:
     if value < 0:
         raise ValueError(f"{name}: expected a non-negative integer, got {value}")
@@ -121,9 +123,11 @@ class TheorySettings(AttackExperimentSettings):
                                         "cells (Corollary C.4).", _check_positive_values,
                                         flag="--ridge")
     gram_points: int = setting(12, "Points of S (most helpful first, at the first λ) whose "
-                               "one-point kernel change is maximised.", _check_count)
-    search_steps: int = setting(10, "PGD steps of the kernel-change search.", _check_count)
-    search_restarts: int = setting(1, "PGD restarts of the kernel-change search.", _check_count)
+                               "one-point kernel change is maximised.", check_positive_int)
+    search_steps: int = setting(10, "PGD steps of the kernel-change search.",
+                                check_positive_int)
+    search_restarts: int = setting(1, "PGD restarts of the kernel-change search.",
+                                   check_positive_int)
     search_corners: int = setting(4, "Random corners of the ε-box tried by the search.",
                                   _check_corners)
     ranks: tuple[int, ...] = setting((2, 8, 32), "Attention ranks k of the remedy sweep (full "
@@ -135,11 +139,7 @@ class TheorySettings(AttackExperimentSettings):
                                                    "(default: all).")
 
     def check_relations(self) -> None:
-        labels = [t.label for t in self.tasks]
-        for i, label in enumerate(self.remedy_tasks or ()):
-            if label not in labels:
-                raise ValueError(f"remedy_tasks[{i}]: expected one of the tasks "
-                                 f"{', '.join(labels)}, got {label!r}")
+        check_task_labels(self.remedy_tasks, self.tasks, "remedy_tasks")
 
 
 SETTINGS = TheorySettings
