@@ -13,7 +13,7 @@ from malleability.interventions import adversarial_train, ramped_eps
 from malleability.repro import figures
 from malleability.repro.experiments import adversarial_training as at
 from malleability.repro.report import Table
-from malleability.repro.seeds import Estimate
+from malleability.repro.seeds import Estimate, merge_seeds
 from malleability.training import TrainSettings, train
 
 F64 = torch.float64
@@ -194,6 +194,24 @@ def test_section_reports_not_tested_without_robustness(tmp_path: Path, monkeypat
     # robust, so tested; one seed gives no interval, so the rise is not decided
     assert rows["0.1"][-1] == "inconclusive" and rows["0.1"][-3] == "yes"
     assert rows["0.1"][5] == "—"
+
+
+def test_section_needs_robustness_in_every_seed(tmp_path: Path, monkeypatch):
+    """Seeds merged by the report: a row robust in some seeds only reads "k of n seeds" and is
+    not tested; robust in all, its paired change carries the interval over seeds."""
+    monkeypatch.setattr(figures, "bar_panels", lambda path, *args, **kwargs: path)
+    records = []
+    for seed, robust in enumerate((True, False, True)):
+        for eps, ok in ((0.3, robust), (0.1, True)):
+            record = _record(eps, ok, before=0.1 + 0.01 * seed, after=0.3 + 0.02 * seed)
+            record["cell"]["seed"] = seed
+            records.append(record)
+    blocks = at.section(merge_seeds(records), tmp_path)
+    table = next(b for b in blocks if isinstance(b, Table) and "ε" in b.header)
+    rows = {row[2]: row for row in table.rows}
+    assert rows["0.3"][-3] == "2 of 3 seeds" and rows["0.3"][-1] == at.NOT_TESTED
+    assert rows["0.1"][-3] == "yes" and rows["0.1"][-1] == "agrees"
+    assert rows["0.1"][-2].startswith("21 [") and rows["0.1"][-2].endswith("]")
 
 
 def test_bad_settings():

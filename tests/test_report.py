@@ -5,6 +5,7 @@ intervals over seeds, and says "not run" for missing parts."""
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 import shutil
@@ -83,6 +84,27 @@ def test_missing_experiments_say_not_run(tmp_path: Path) -> None:
         body = _section(markdown, module.TITLE)
         assert ("not run" in body.lower()) == (name != "collapse"), name
     assert "not run" in (out / "report.html").read_text(encoding="utf-8").lower()
+
+
+def test_only_the_presets_experiments_get_sections(tmp_path: Path) -> None:
+    """A preset of two experiments (like ``sensitivity``) reports those two, numbered 2 and 3,
+    not "not run" sections for experiments it never had."""
+    out = tmp_path / "run"
+    out.mkdir()
+    meta = loads_strict((RUN / "settings.json").read_text())
+    kept = ["collapse", "flip_rates"]
+    assert set(kept) < set(meta["settings"])
+    dropped = [name for name in EXPERIMENTS if name not in kept]
+    meta["settings"] = {k: v for k, v in meta["settings"].items() if k not in dropped}
+    (out / "settings.json").write_text(json.dumps(meta))
+    shutil.copytree(RUN / "collapse", out / "collapse")
+    markdown = write_report(out).read_text(encoding="utf-8")
+    assert f"## 2. {EXPERIMENTS['collapse'].TITLE}" in markdown
+    assert f"## 3. {EXPERIMENTS['flip_rates'].TITLE}" in markdown
+    assert "## 4." not in markdown
+    for name in dropped:
+        assert EXPERIMENTS[name].TITLE not in markdown, name
+    assert "Not run: no results under flip_rates/" in markdown
 
 
 def test_paper_values_sit_beside_matching_tasks(tmp_path: Path,

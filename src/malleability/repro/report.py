@@ -171,7 +171,9 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
     tasks = {json.dumps(t, sort_keys=True): t for s in experiments.values()
              for t in s.get("tasks", [])}
     columns = ("dataset", "classes", "n_train", "n_influence", "n_test", "seed")
-    task_rows = [[fmt(t.get(k)) for k in columns] for t in tasks.values()]
+    absent = {"n_train": "full", "n_influence": "all"}  # None in a task: the whole split
+    task_rows = [[fmt(t.get(k)) if t.get(k) is not None else absent.get(k, "—")
+                  for k in columns] for t in tasks.values()]
     seeds = run.settings.get("seeds", [0])
     calibrated = [[name, ", ".join(map(str, sorted({r["cell"].get("seed", 0)
                                                      for r in run.cells.get(name, [])}))) or "—",
@@ -196,7 +198,8 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
             Table(["experiments", "network, training, influence and attack settings"],
                   [[", ".join(names), key] for key, names in shared.items()],
                   "Network, training, influence and attack settings."),
-            Table(list(columns), task_rows, "Tasks (n_influence — = all n_train).")]
+            Table(list(columns), task_rows, "Tasks (n_train full: the whole training split; "
+                                             "n_influence all: every training point).")]
 
 
 # --- building and rendering ---------------------------------------------------------------------
@@ -211,8 +214,12 @@ def build_report(run: Run, figures: Path) -> list[Block]:
                                 "Practical Width. Measured values from the run in "
                                 f"{run.out.name}/, the paper's reported values beside them "
                                 "where it has the task."),
-                           Heading("1. Run summary"), *summary_section(run, list(EXPERIMENTS))]
-    for number, (name, experiment) in enumerate(EXPERIMENTS.items(), start=2):
+                           Heading("1. Run summary")]
+    # the preset's experiments (settings.json), or every experiment for a folder without them
+    names = [n for n in EXPERIMENTS if n in run.settings] or list(EXPERIMENTS)
+    blocks += summary_section(run, names)
+    for number, name in enumerate(names, start=2):
+        experiment = EXPERIMENTS[name]
         blocks += [Heading(f"{number}. {experiment.TITLE}"), Text(experiment.INTRO)]
         records = run.cells.get(name)
         per_seed = getattr(experiment, "PER_SEED", None)  # None: merge seeds (the default)
