@@ -33,10 +33,10 @@ def tiny_settings():
 def test_preset_covers_every_experiment(tiny_settings):
     assert list(tiny_settings.experiments) == list(EXPERIMENTS)
     assert list(load_preset("quick").experiments) == list(EXPERIMENTS)
-    # the paper preset runs every table; the sweep is the sensitivity preset's
-    assert list(load_preset("paper").experiments) == [e for e in EXPERIMENTS
-                                                      if e != "sensitivity"]
-    assert "sensitivity" in load_preset("sensitivity").experiments
+    # the paper preset runs every table; the sweeps are the sensitivity preset's
+    sweeps = ["sensitivity", "width_sensitivity"]
+    assert list(load_preset("paper").experiments) == [e for e in EXPERIMENTS if e not in sweeps]
+    assert list(load_preset("sensitivity").experiments) == sweeps
     paper = load_preset("paper").experiments
     assert paper["flip_rates"].train.epochs == 100 and paper["flip_rates"].attack.eps == 0.3
     assert paper["ntk_distance"].widths == (16, 1024, 4096)

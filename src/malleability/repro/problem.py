@@ -151,9 +151,11 @@ def trained_model(arch: str, problem: Problem, model: ModelSettings, train_setti
     net = build_model(arch, problem, model, width, attention_rank=attention_rank)
     settings = dataclasses.replace(train_settings, progress=False, checkpoints=())
     truncation = () if net.attention_rank is None else (("attention_rank", attention_rank),)
+    # a full-split network serves every n_influence; one trained on the influence subset is
+    # a network of those n_influence points alone
+    data = problem.data if problem.influence_only else problem.data.replace(n_influence=None)
     subset = (("trained_on", "influence subset"),) if problem.influence_only else ()
-    key = settings_key("trained", arch, problem.data.replace(n_influence=None), model, settings,
-                       width, *truncation, *subset)
+    key = settings_key("trained", arch, data, model, settings, width, *truncation, *subset)
     settings = dataclasses.replace(settings, progress=ctx.progress)
     path = ctx.cache / "models" / f"{key}.pt"
     if path.exists():

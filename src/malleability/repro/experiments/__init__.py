@@ -15,13 +15,15 @@ from . import (
     sensitivity,
     spectrum,
     theory,
+    width_sensitivity,
 )
 
 #: Experiments by name, in the order a run executes them.
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
     for module in (spectrum, collapse, flip_rates, ntk_distance, adversarial_training,
-                   interventions, complexity, landscape, influential, theory, sensitivity)
+                   interventions, complexity, landscape, influential, theory, sensitivity,
+                   width_sensitivity)
 }
 
 __all__ = ["EXPERIMENTS"]

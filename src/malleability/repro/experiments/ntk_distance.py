@@ -126,7 +126,7 @@ def network_distances(p: Problem, initial: TwoLayerNet, trained: TwoLayerNet, ri
     return out
 
 
-def _width_trend(task: str, model: str, distances: list[float]) -> list[str]:
+def width_trend(task: str, model: str, distances: list[float]) -> list[str]:
     """Our width trend (each step decided by its CI over seeds), the paper's, and whether they
     agree (2L-ReLU and MLP-Attn only; undecided steps → inconclusive)."""
     ours = trend(distances)
@@ -163,7 +163,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
         summary.append([task, model_name(model),
                         *(fmt(by_width[w]["function_distance_trained"] if w in by_width
                               else None) for w in widths),
-                        paper_values(paper), *_width_trend(task, model, trained)])
+                        paper_values(paper), *width_trend(task, model, trained)])
         for w in ws:
             res = by_width[w]
             detail.append([task, model_name(model), str(w),

@@ -12,12 +12,14 @@ the gap paired by seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..._validation import check_positive_int
 from ...attacks import Attack
+from ...data import DataSettings
 from ...measure import measure_malleability
 from ...settings import setting
 from .. import figures
@@ -62,6 +64,14 @@ def _positive_ints(value: tuple[int, ...], name: str) -> tuple[int, ...]:
     return value
 
 
+def check_influence_sizes(tasks: tuple[DataSettings, ...], sizes: tuple[int, ...]) -> None:
+    """Every swept n_influence fits in every task's training set."""
+    for i, task in enumerate(tasks):
+        for n in sizes:
+            if task.n_train is not None and n > task.n_train:
+                raise ValueError(f"n_influence: {n} exceeds tasks[{i}].n_train ({task.n_train})")
+
+
 @dataclass(frozen=True)
 class SensitivitySettings(AttackExperimentSettings):
     models: tuple[str, ...] = setting(("relu", "attn"), "Architectures (fixed: the gap needs "
@@ -83,38 +93,43 @@ class SensitivitySettings(AttackExperimentSettings):
     def check_relations(self) -> None:
         if set(self.models) != {"relu", "attn"}:
             raise ValueError(f"models: expected relu and attn, got {list(self.models)}")
-        for i, task in enumerate(self.tasks):
-            for n in self.n_influence:
-                if task.n_train is not None and n > task.n_train:
-                    raise ValueError(f"n_influence: {n} exceeds tasks[{i}].n_train "
-                                     f"({task.n_train})")
-
-    def calibrated(self, axis: str) -> object:
-        """The calibrated point's value on ``axis``."""
-        return {"n_influence": self.tasks[0].n_influence, "l2_to_init": self.train.l2_to_init,
-                "ridge": self.influence.ridge, "eps": self.attack.eps,
-                "perturbed": "trained"}[axis]
-
-    def at(self, axis: str, value: object) -> SensitivitySettings:
-        """These settings moved to ``value`` on ``axis`` (the calibrated point for axis
-        "calibrated")."""
-        if axis == "n_influence":
-            return self.replace(tasks=tuple(t.replace(n_influence=value) for t in self.tasks))
-        if axis == "l2_to_init":
-            return self.replace(train=self.train.replace(l2_to_init=value))
-        if axis == "ridge":
-            return self.replace(influence=self.influence.replace(ridge=value))
-        if axis == "eps":
-            return self.replace(attack=self.attack.replace(eps=value))
-        return self
+        check_influence_sizes(self.tasks, self.n_influence)
 
 
 SETTINGS = SensitivitySettings
 
 
-def points(s: SensitivitySettings) -> list[tuple[str, object]]:
-    """The calibrated point, then every swept value that differs from it."""
-    swept = [(axis, v) for axis in AXES for v in getattr(s, axis) if v != s.calibrated(axis)]
+def calibrated(s: Any, axis: str) -> object:
+    """The calibrated point's value on ``axis`` of settings ``s`` (any experiment's settings
+    with the fields the axis moves: tasks, train, influence, attack)."""
+    if axis == "n_influence":
+        return s.tasks[0].n_influence
+    if axis == "l2_to_init":
+        return s.train.l2_to_init
+    if axis == "ridge":
+        return s.influence.ridge
+    if axis == "eps":
+        return s.attack.eps
+    return "trained"
+
+
+def moved(s: Any, axis: str, value: object) -> Any:
+    """Settings ``s`` moved to ``value`` on ``axis``; the calibrated point itself for axis
+    "calibrated" (and "perturbed", which changes how a cell runs, not its settings)."""
+    if axis == "n_influence":
+        return s.replace(tasks=tuple(t.replace(n_influence=value) for t in s.tasks))
+    if axis == "l2_to_init":
+        return s.replace(train=s.train.replace(l2_to_init=value))
+    if axis == "ridge":
+        return s.replace(influence=s.influence.replace(ridge=value))
+    if axis == "eps":
+        return s.replace(attack=s.attack.replace(eps=value))
+    return s
+
+
+def points(s: Any, axes: Iterable[str] = AXES) -> list[tuple[str, object]]:
+    """The calibrated point, then every value swept on ``axes`` that differs from it."""
+    swept = [(axis, v) for axis in axes for v in getattr(s, axis) if v != calibrated(s, axis)]
     return [("calibrated", "—"), *swept]
 
 
@@ -124,7 +139,7 @@ def cells(s: SensitivitySettings) -> list[dict]:
 
 
 def run(s: SensitivitySettings, cell: dict, ctx: RunContext) -> dict:
-    v = s.at(cell["axis"], cell["value"])
+    v = moved(s, cell["axis"], cell["value"])
     p = cell_problem(v.tasks, cell, ctx)
     net, history = trained_model(cell["model"], p, v.model, v.train, ctx)
     retrain = v.train.replace(progress=False) if cell["value"] == "retrained" else None
@@ -135,7 +150,7 @@ def run(s: SensitivitySettings, cell: dict, ctx: RunContext) -> dict:
             history["test_accuracy"][-1], "n_influence": int(p.influence_rows.numel())}
 
 
-def _point(axis: str, value: object) -> str:
+def point_label(axis: str, value: object) -> str:
     return "calibrated point" if axis == "calibrated" else f"{axis} = {fmt(value)}"
 
 
@@ -169,12 +184,12 @@ def section(records: list[dict], figs: Path) -> list[Block]:
         higher = paper_attn_higher(task)
         judged = verdict(gap, (0.0, math.inf), higher)
         claim = (task, attack, "MLP-Attn higher" if higher else "MLP-Attn not higher")
-        verdicts.setdefault(claim, []).append((_point(axis, value), judged))
+        verdicts.setdefault(claim, []).append((point_label(axis, value), judged))
         for panel in ([f"{a} ({attack.upper()})" for a in AXES] if axis == "calibrated"
                       else [f"{axis} ({attack.upper()})"]):
             label = "calibrated" if axis == "calibrated" else fmt(value)
             bars.setdefault(panel, {}).setdefault(label, {})[task] = gap
-        rows.append([task, attack.upper(), _point(axis, value), pct(rates["relu"]),
+        rows.append([task, attack.upper(), point_label(axis, value), pct(rates["relu"]),
                      pct(rates["attn"]), fmt(gap), claim[2], judged])
     summary = []
     for (task, attack, claim), judged in verdicts.items():
