@@ -21,7 +21,7 @@ from ..._validation import check_positive_int
 from ...attacks import Attack
 from ...data import DataSettings
 from ...measure import measure_malleability
-from ...settings import setting
+from ...settings import Settings, setting
 from .. import figures
 from ..problem import RunContext, trained_model
 from ..report import Block, Table, figure, fmt, group, pct
@@ -73,17 +73,23 @@ def check_influence_sizes(tasks: tuple[DataSettings, ...], sizes: tuple[int, ...
 
 
 @dataclass(frozen=True)
-class SensitivitySettings(AttackExperimentSettings):
-    models: tuple[str, ...] = setting(("relu", "attn"), "Architectures (fixed: the gap needs "
-                                      "both).", cli=False)
-    attacks: tuple[Attack, ...] = setting((Attack.PGD,), "Attacks at every point.",
-                                          check_nonempty)
+class TrainingSweep(Settings):
+    """The swept settings every claim shares: influence-set size, λ_reg, kernel-ridge λ."""
+
     n_influence: tuple[int, ...] = setting((100, 200, 500, 1000, 2000),
                                            "Influence-set sizes swept.", _positive_ints)
     l2_to_init: tuple[float, ...] = setting((0.0, 1e-5, 1e-4, 1e-3), "λ_reg values swept.",
                                             _non_negative)
     ridge: tuple[float, ...] = setting((1e-4, 1e-3, 1e-2, 1e-1), "Kernel-ridge λ swept.",
                                        _positive_numbers)
+
+
+@dataclass(frozen=True)
+class SensitivitySettings(AttackExperimentSettings, TrainingSweep):
+    models: tuple[str, ...] = setting(("relu", "attn"), "Architectures (fixed: the gap needs "
+                                      "both).", cli=False)
+    attacks: tuple[Attack, ...] = setting((Attack.PGD,), "Attacks at every point.",
+                                          check_nonempty)
     eps: tuple[float, ...] = setting((0.05, 0.1, 0.2, 0.3), "Attack budgets ε swept.",
                                      _positive_numbers)
     perturbed: tuple[Literal["trained", "retrained"], ...] = setting(

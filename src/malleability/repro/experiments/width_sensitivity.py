@@ -21,9 +21,7 @@ from ..report import Block, Table, figure, fmt, group
 from . import ntk_distance
 from .base import model_name, task_title
 from .sensitivity import (
-    _non_negative,
-    _positive_ints,
-    _positive_numbers,
+    TrainingSweep,
     check_influence_sizes,
     moved,
     point_label,
@@ -52,15 +50,9 @@ def _check_models(value: tuple[str, ...], name: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class WidthSensitivitySettings(ntk_distance.NtkDistanceSettings):
+class WidthSensitivitySettings(ntk_distance.NtkDistanceSettings, TrainingSweep):
     models: tuple[str, ...] = setting(("relu", "attn"), "Architectures.", _check_models,
                                       flag="--model")
-    n_influence: tuple[int, ...] = setting((100, 200, 500, 1000, 2000),
-                                           "Influence-set sizes swept.", _positive_ints)
-    l2_to_init: tuple[float, ...] = setting((0.0, 1e-5, 1e-4, 1e-3), "λ_reg values swept.",
-                                            _non_negative)
-    ridge: tuple[float, ...] = setting((1e-4, 1e-3, 1e-2, 1e-1), "Kernel-ridge λ swept.",
-                                       _positive_numbers)
 
     def check_relations(self) -> None:
         super().check_relations()
