@@ -35,8 +35,8 @@ INTRO = ("Around the calibrated point, one unstated setting at a time is swept (
          "weights or a network retrained on the perturbed set), with the flip rate of both "
          "architectures at every point and the MLP-Attn − 2L-ReLU gap's 95 % CI over seeds. Per "
          "claim: holds everywhere, holds in a region (the points where it agrees), or fails. "
-         "Table 1's width trend and Table 3 are judged at the calibrated point in their own "
-         "sections.")
+         "Table 1's width trend has its own sweep (width_sensitivity); Table 3 is measured at "
+         "three ε in its own section.")
 
 #: The swept settings, in report order: (axis, the preset's setting it replaces).
 AXES = {"n_influence": "tasks[].n_influence", "l2_to_init": "train.l2_to_init",
