@@ -398,10 +398,11 @@ def test_networks_on_the_influence_set_train_on_exactly_its_points_and_cache_apa
     trained_model("relu", p, model, train, ctx)
     trained_model("relu", q, model, train, ctx)
     assert len(list((tmp_path / "cache" / "models").iterdir())) == 2
-    # another n_influence is another training set: its own network, not the cached one
+    # another n_influence is another training set: the run must give the network trained on
+    # those 30 points (ground truth: trained in an empty folder), not the cached 20-point one
     other = on_influence_set(load_problem(p.data.replace(n_influence=30)))
+    fresh, _ = trained_model("relu", other, model, train, RunContext(tmp_path / "b",
+                                                                      progress=False))
     net, _ = trained_model("relu", other, model, train, ctx)
     assert len(list((tmp_path / "cache" / "models").iterdir())) == 3
-    elsewhere = RunContext(tmp_path / "b", progress=False)
-    fresh, _ = trained_model("relu", other, model, train, elsewhere)
     assert torch.equal(net.weight, fresh.weight)

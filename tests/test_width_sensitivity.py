@@ -4,12 +4,16 @@ judges each architecture's trend per point."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from malleability.ntk import infinite_ntk
 from malleability.repro import figures
 from malleability.repro.experiments import ntk_distance
 from malleability.repro.experiments import width_sensitivity as ws
-from malleability.repro.problem import RunContext
+from malleability.repro.experiments.base import cell_problem
+from malleability.repro.problem import RunContext, build_model, on_influence_set, trained_model
 from malleability.repro.report import Table
 from malleability.repro.runner import load_preset
 from malleability.repro.seeds import merge_seeds
@@ -39,6 +43,18 @@ def test_a_moved_cell_is_ntk_distance_at_the_moved_settings(settings, tmp_path):
     # the same network (its training loss) against another kernel predictor
     assert ridge["final_train_loss"] == base["final_train_loss"]
     assert ridge["function_distance_trained"] != base["function_distance_trained"]
+    # ground truth: ‖f_m(X_t) − K_t (K + 0.01 I)⁻¹ Y‖_F with NumPy's solve, on the cached network
+    p = on_influence_set(cell_problem(moved.tasks, cell, ctx))
+    net, _ = trained_model("relu", p, moved.model, moved.train, ctx, 8)
+    initial = build_model("relu", p, moved.model, 8)  # Θ∞ of the initial hidden-layer inputs
+    with torch.no_grad():
+        f_m = net(p.x_test).double().numpy()
+        h = initial.hidden_inputs(p.z).double()
+        h_t = initial.hidden_inputs(initial.inputs(p.x_test)).double()
+    k, k_t = infinite_ntk(h).numpy(), infinite_ntk(h_t, h).numpy()
+    f_inf = k_t @ np.linalg.solve(k + 1e-2 * np.eye(len(k)), p.y.double().numpy())
+    assert ridge["function_distance_trained"] == pytest.approx(
+        np.linalg.norm(f_m - f_inf), rel=1e-8)
     small = ws.run(settings, {**cell, "axis": "n_influence", "value": 20}, ctx)
     assert small["n_influence"] == small["n_train"] == 20 and base["n_train"] == 40
 

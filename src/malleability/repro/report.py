@@ -137,6 +137,10 @@ CALIBRATED = ("train.l2_to_init", "train.l2_convention", "model.init_scale", "mo
               "influence.ridge", "attack.eps")
 
 
+#: How a task size stored as None (the whole split) is shown.
+WHOLE_SPLIT = {"n_train": "full", "n_influence": "all n_train"}
+
+
 def _get(settings: dict | None, key: str) -> Any:
     """A dotted setting of an experiment's settings dict (tasks: the first task's), or None."""
     value: Any = settings
@@ -145,7 +149,7 @@ def _get(settings: dict | None, key: str) -> Any:
             value = value[0] if value else None
         value = value.get(part) if isinstance(value, dict) else None
     if key.startswith("tasks.n_") and value is None and settings and settings.get("tasks"):
-        return "full" if key == "tasks.n_train" else "all n_train"
+        return WHOLE_SPLIT.get(key.removeprefix("tasks."))
     return value
 
 
@@ -171,9 +175,8 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
     tasks = {json.dumps(t, sort_keys=True): t for s in experiments.values()
              for t in s.get("tasks", [])}
     columns = ("dataset", "classes", "n_train", "n_influence", "n_test", "seed")
-    absent = {"n_train": "full", "n_influence": "all"}  # None in a task: the whole split
-    task_rows = [[fmt(t.get(k)) if t.get(k) is not None else absent.get(k, "—")
-                  for k in columns] for t in tasks.values()]
+    task_rows = [[WHOLE_SPLIT.get(k, "—") if t.get(k) is None else fmt(t[k]) for k in columns]
+                 for t in tasks.values()]
     seeds = run.settings.get("seeds", [0])
     calibrated = [[name, ", ".join(map(str, sorted({r["cell"].get("seed", 0)
                                                      for r in run.cells.get(name, [])}))) or "—",
@@ -198,8 +201,7 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
             Table(["experiments", "network, training, influence and attack settings"],
                   [[", ".join(names), key] for key, names in shared.items()],
                   "Network, training, influence and attack settings."),
-            Table(list(columns), task_rows, "Tasks (n_train full: the whole training split; "
-                                             "n_influence all: every training point).")]
+            Table(list(columns), task_rows, "Tasks (n_train full: the whole training split).")]
 
 
 # --- building and rendering ---------------------------------------------------------------------

@@ -79,7 +79,6 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     for (task, model, axis, value), by_width in group(records, "task", "model", "axis",
                                                       "value").items():
         by_width = sorted(by_width, key=lambda r: r["cell"]["width"])
-        widths = [r["cell"]["width"] for r in by_width]
         trained = [r["result"]["function_distance_trained"] for r in by_width]
         ours, paper, judged = ntk_distance.width_trend(task, model, trained)
         claim = f"{model_name(model)}: {paper}"
@@ -88,7 +87,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                      " / ".join(fmt(d) for d in trained), ours, paper, judged])
         label = "calibrated" if axis == "calibrated" else f"{axis} = {fmt(value)}"
         panels.setdefault(f"{task_title(task)}, {model_name(model)}", []).append(
-            Line(label, [float(w) for w in widths], trained))
+            Line(label, [float(r["cell"]["width"]) for r in by_width], trained))
+    widths = sorted({r["cell"]["width"] for r in records})
     summary = [[task, claim, f"{sum(v == 'agrees' for _, v in judged)}/{len(judged)}",
                 where_it_holds(judged)] for (task, claim), judged in verdicts.items()]
     path = figures.line_panels(figs / "width_sensitivity.png", panels, "width m",
