@@ -15,9 +15,10 @@ import pytest
 
 from malleability.jsonsafe import loads_strict
 from malleability.repro import figures
-from malleability.repro.experiments import EXPERIMENTS
+from malleability.repro.experiments import EXPERIMENTS, interventions
 from malleability.repro.experiments.base import paper_task, trend
 from malleability.repro.report import fmt, write_report
+from malleability.repro.seeds import merge_seeds
 from malleability.repro.store import write_cell
 
 RUN = Path(__file__).parent / "data" / "report_run"
@@ -160,3 +161,29 @@ def test_paper_task_and_trend() -> None:
     assert trend([1.0, 2.0]) == "increasing"
     assert trend([1.0, 3.0, 2.0]) == "non-monotonic"
     assert trend([1.0]) == "—"
+
+
+def test_table5_claims_are_paired_by_seed_and_read_the_papers_differences() -> None:
+    """Per seed: Transformed beats Curated by 1, 2, 3 points (a paired CI above 0 although the
+    two accuracies' ranges overlap); MLP-Attn trails 2L-ReLU by 10 points; its flip rate is
+    higher by 20, 0, 40 points (its CI reaches 0: inconclusive)."""
+    def result(acc: float, flip: float, rho: float) -> dict:
+        return {"accuracy_by_epoch": {"1": acc, "10": acc, "100": acc}, "flip_rate": flip,
+                "spearman": rho}
+
+    raw = []
+    for seed, (base, flip) in enumerate([(0.90, 0.2), (0.80, 0.0), (0.85, 0.4)]):
+        for model, shift, extra_flip, rho in (("relu", 0.0, 0.0, 0.9), ("attn", -0.1, flip, 0.3)):
+            for name, gain in (("curated", 0.0), ("transformed", (seed + 1) / 100)):
+                raw.append({"cell": {"task": "mnist", "model": model, "intervention": name,
+                                     "seed": seed},
+                            "result": result(base + shift + gain, 0.05 + extra_flip, rho)})
+    rows = {row[2]: row for row in interventions.claims(merge_seeds(raw))}
+    assert rows["2L-ReLU: T − C @ 1"][3:] == ["2 [1, 3]", "2.6", "agrees"]
+    assert rows["MLP-Attn: T − C @ 100"][3:] == ["2 [1, 3]", "0.6", "agrees"]
+    assert rows["curated: MLP-Attn − 2L-ReLU @ 10"][3:] == ["-10 [-10, -10]", "1.5", "disagrees"]
+    assert rows["transformed: MLP-Attn − 2L-ReLU"][3:] == ["20 [0, 40]", "25.6",
+                                                          "inconclusive"]
+    assert rows["curated: Spearman ρ, 2L-ReLU − MLP-Attn"][3:] == ["0.6 [0.6, 0.6]", "—",
+                                                                   "agrees"]
+    assert len(rows) == 6 + 6 + 1 + 2
