@@ -171,11 +171,11 @@ def claims(records: list[dict]) -> list[list[str]]:
         result = res.get((task, model, intervention))
         return None if result is None else _by_epoch(result["accuracy_by_epoch"]).get(epoch)
 
+    columns = {e: (1 + 2 * i, 2 + 2 * i)  # the paper's Curated / Transformed columns
+               for i, e in enumerate(TABLE5_EPOCHS)}
     for (task,), task_records in group(records, "task").items():
         models = list(dict.fromkeys(r["cell"]["model"] for r in task_records))
         paper = {m: _paper_row(task, m) for m in ("relu", "attn")}
-        columns = {e: (1 + 2 * i, 2 + 2 * i)  # the paper's Curated / Transformed columns
-                   for i, e in enumerate(TABLE5_EPOCHS)}
         for model in models:
             for epoch, (c, t) in columns.items():
                 row(task, "Transformed keeps more accuracy than Curated",
