@@ -35,12 +35,6 @@ VARIANTS = {
 }
 
 
-def features(front: M.AttentionFeatures, z: torch.Tensor, block: int = 2000) -> torch.Tensor:
-    """φ(z) in row blocks (the softmax front's score matrix is block × n_R)."""
-    with torch.no_grad():
-        return torch.cat([front(part) for part in z.split(block)])
-
-
 def run(name: str, root: str, epochs: int, seed: int) -> dict:
     kind, normalize, n_reference, centre = VARIANTS[name]
     t0 = time.time()
@@ -53,7 +47,8 @@ def run(name: str, root: str, epochs: int, seed: int) -> dict:
         pick = torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))
         reference = z[pick[:n_reference]]
     front = M.AttentionFeatures(reference, kind, normalize=normalize)
-    h, h_test = features(front, z), features(front, z_test)
+    with torch.no_grad():  # the front blocks its score matrix itself (SCORE_BLOCK)
+        h, h_test = front(z), front(z_test)
     if centre:
         mean = h.mean(dim=0)
         h, h_test = h - mean, h_test - mean
