@@ -136,3 +136,21 @@ def test_where_a_claim_holds():
     assert where_it_holds([("a", "agrees"), ("b", "inconclusive"), ("c", "disagrees")]) == (
         "holds in a region: a; fails at: c; undecided elsewhere")
     assert where_it_holds([("a", "inconclusive")]).startswith("undecided")
+
+
+def test_sensitivity_section_with_one_architecture_reports_no_gap(tmp_path):
+    from malleability.repro.experiments import sensitivity
+    from malleability.repro.report import Table, Text
+
+    def record(model, rate, seed):
+        return {"cell": {"task": "mnist", "model": model, "attack": "pgd", "axis": "calibrated",
+                         "value": "-", "seed": seed}, "result": {"flip_rate": rate}}
+
+    only_relu = merge_seeds([record("relu", 0.2 + 0.01 * s, s) for s in range(3)])
+    blocks = sensitivity.section(only_relu, tmp_path)
+    assert len(blocks) == 1 and isinstance(blocks[0], Text) and "both" in blocks[0].text
+    both = merge_seeds([record(m, r + 0.01 * s, s) for s in range(3)
+                        for m, r in (("relu", 0.2), ("attn", 0.5))])
+    summary = next(b for b in sensitivity.section(both, tmp_path) if isinstance(b, Table))
+    assert summary.rows[0][-1] == "holds everywhere"
+    assert (tmp_path / "sensitivity_gap.png").exists()

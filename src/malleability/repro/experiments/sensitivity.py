@@ -24,7 +24,7 @@ from ...measure import measure_malleability
 from ...settings import Settings, setting
 from .. import figures
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, figure, fmt, group, pct
+from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import combine
 from .base import AttackExperimentSettings, cell_problem, check_nonempty, model_name, verdict
 from .flip_rates import paper_attn_higher
@@ -197,6 +197,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
             bars.setdefault(panel, {}).setdefault(label, {})[task] = gap
         rows.append([task, attack.upper(), point_label(axis, value), pct(rates["relu"]),
                      pct(rates["attn"]), fmt(gap), claim[2], judged])
+    if not rows:
+        return [Text("No point has both architectures' cells yet, so no gap is measured.")]
     summary = []
     for (task, attack, claim), judged in verdicts.items():
         agrees = [point for point, v in judged if v == "agrees"]
