@@ -17,12 +17,10 @@ from pathlib import Path
 
 import torch
 
-from malleability.attacks import perturb_rows
 from malleability.repro import runner
 from malleability.repro.experiments import adversarial_training
 from malleability.repro.problem import RunContext, trained_model
 from malleability.settings import reseeded
-from malleability.training import evaluate
 
 
 def main() -> None:
@@ -40,13 +38,11 @@ def main() -> None:
     s = reseeded(jobs[0].settings, args.seed)
     p = adversarial_training.cell_problem(s.tasks, jobs[0].cell, ctx)
     net, _ = trained_model(args.model, p, s.model, s.train, ctx)
-    rows = torch.arange(p.x_test.shape[0])
     for eps in s.epsilons:
         for alpha in (s.strong.alpha, eps / 10):
             t0 = time.perf_counter()
-            attack = s.strong.replace(eps=eps, alpha=alpha)
-            accuracy = evaluate(net, perturb_rows(net, p.x_test, p.y_test, rows, attack),
-                                p.y_test)[1]
+            accuracy = adversarial_training.attacked_test_accuracy(
+                net, p, s.strong.replace(eps=eps, alpha=alpha))
             print(json.dumps({"model": args.model, "seed": args.seed, "eps": eps,
                               "alpha": alpha, "strong_accuracy": accuracy,
                               "seconds": time.perf_counter() - t0}), flush=True)

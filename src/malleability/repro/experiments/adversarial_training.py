@@ -23,7 +23,7 @@ from ...measure import measure_malleability
 from ...settings import setting
 from ...training import evaluate
 from .. import figures
-from ..problem import RunContext, build_model, trained_model
+from ..problem import Problem, RunContext, build_model, trained_model
 from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import Estimate, combine
 from .base import (
@@ -149,6 +149,12 @@ def table3_verdict(before: float, after: float, robust: bool) -> str:
     return verdict(combine(lambda a, b: b - a, before, after), (0.0, math.inf))
 
 
+def attacked_test_accuracy(net: torch.nn.Module, p: Problem, attack: AttackSettings) -> float:
+    """Test accuracy after ``attack`` perturbs every test point (worst case over restarts)."""
+    rows = torch.arange(p.x_test.shape[0])
+    return evaluate(net, perturb_rows(net, p.x_test, p.y_test, rows, attack), p.y_test)[1]
+
+
 def run(s: AdversarialTrainingSettings, cell: dict, ctx: RunContext) -> dict:
     p = cell_problem(s.tasks, cell, ctx)
     eps = float(cell["eps"])
@@ -165,14 +171,12 @@ def run(s: AdversarialTrainingSettings, cell: dict, ctx: RunContext) -> dict:
                  "schedule": {"epochs": s.adversarial_epochs, "ramp_epochs": s.ramp_epochs,
                               "train_attack": s.train_attack(eps).to_dict()},
                  "strong_attack": strong.to_dict()}
-    test_points = torch.arange(p.x_test.shape[0])
     for name, net, hist in (("standard", standard, history),
                             ("adversarial", robust, adv_history.to_dict())):
         m = measure_malleability(net, p.x, p.y, p.x_test, p.y_test, attack, s.influence,
                                  subset=p.influence_rows)
-        accuracies = {f"{key}_test_accuracy": evaluate(
-            net, perturb_rows(net, p.x_test, p.y_test, test_points, a), p.y_test)[1]
-            for key, a in (("pgd", attack), ("strong", strong))}
+        accuracies = {f"{key}_test_accuracy": attacked_test_accuracy(net, p, a)
+                      for key, a in (("pgd", attack), ("strong", strong))}
         out[name] = {**m.summary(), "test_accuracy": hist["test_accuracy"][-1], **accuracies}
     out["robust"] = robustness_measurable(out["adversarial"]["strong_test_accuracy"], chance,
                                           s.robust_margin)
