@@ -2,6 +2,10 @@
 influence scores be trusted? An implementation of arXiv 2603.13085; the formulas and protocol
 are in docs/method.md.
 
+Extension points are registries by name: influence estimators (:data:`ESTIMATORS`,
+:mod:`malleability.estimators`), attacks (:data:`ATTACKS`, :mod:`malleability.attacks`) and
+architectures (:data:`ARCHITECTURES`); :func:`measure` is the one pipeline of Definition 3.4.
+
 Data spaces: pixels x → network inputs z (``TwoLayerNet.inputs``) → hidden-layer inputs h
 (``TwoLayerNet.hidden_inputs``) → outputs (``TwoLayerNet.head``). The reproduction machinery
 (experiments, presets, runner, report) lives in :mod:`malleability.repro`.
@@ -9,9 +13,21 @@ Data spaces: pixels x → network inputs z (``TwoLayerNet.inputs``) → hidden-l
 
 from . import _env  # noqa: F401  (must run before torch is imported)
 from ._validation import NonFiniteError
-from .attacks import Attack, AttackSettings, fgsm, mim, perturb_rows, pgd, run_attack
+from .attacks import (
+    ATTACKS,
+    Attack,
+    AttackMethod,
+    AttackSettings,
+    fgsm,
+    make_attack,
+    mim,
+    perturb_rows,
+    pgd,
+    random_sign,
+    run_attack,
+)
 from .attention import AttentionFeatures, AttentionKind, Projection, attention_features
-from .auditing import AuditReport, Interval, audit
+from .auditing import AuditReport, AuditSettings, audit
 from .data import (
     Dataset,
     DataSettings,
@@ -22,7 +38,13 @@ from .data import (
     preprocess,
 )
 from .diagnostic import Diagnosis, diagnose
-from .estimators import Estimator, influence_scores
+from .estimators import (
+    ESTIMATORS,
+    Attribution,
+    InfluenceEstimator,
+    influence_scores,
+    make_estimator,
+)
 from .influence import (
     InfluenceResult,
     InfluenceSettings,
@@ -34,9 +56,9 @@ from .interventions import Intervention, adversarial_train, intervene
 from .jacobian_ntk import jacobian_ntk, last_layers, select_parameters
 from .kernel_ridge import KernelRidgeFit, StabilityReport, fit_kernel_ridge, kernel_ridge_predict
 from .losses import Loss, accuracy, loss_for_targets, per_example_loss
-from .measure import MalleabilityResult, measure_malleability
+from .measure import Measurement, measure
 from .metrics import flip_rate, spearman, top_fraction, top_k_overlap
-from .models import ModelSettings, TwoLayerNet
+from .models import ARCHITECTURE_NAMES, ARCHITECTURES, ModelSettings, TwoLayerNet
 from .ntk import autograd_ntk, empirical_ntk, function_distance, infinite_ntk, kernel_distance
 from .spectral import (
     ConditionReport,
@@ -50,24 +72,30 @@ from .training import TrainHistory, TrainSettings, evaluate, train
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARCHITECTURES",
+    "ARCHITECTURE_NAMES",
+    "ATTACKS",
     "Attack",
+    "AttackMethod",
     "AttackSettings",
     "AttentionFeatures",
     "AttentionKind",
+    "Attribution",
     "AuditReport",
+    "AuditSettings",
     "ConditionReport",
     "DataSettings",
     "Dataset",
     "Diagnosis",
     "DownloadError",
-    "Estimator",
+    "ESTIMATORS",
+    "InfluenceEstimator",
     "InfluenceResult",
     "InfluenceSettings",
-    "Interval",
     "Intervention",
     "KernelRidgeFit",
     "Loss",
-    "MalleabilityResult",
+    "Measurement",
     "ModelSettings",
     "NonFiniteError",
     "Preprocessing",
@@ -101,8 +129,10 @@ __all__ = [
     "load_dataset",
     "loo_influence",
     "loss_for_targets",
+    "make_attack",
+    "make_estimator",
     "mean_pairwise_cosine",
-    "measure_malleability",
+    "measure",
     "mim",
     "network_influence",
     "ntk_influence",
@@ -110,6 +140,7 @@ __all__ = [
     "perturb_rows",
     "pgd",
     "preprocess",
+    "random_sign",
     "run_attack",
     "select_parameters",
     "spearman",

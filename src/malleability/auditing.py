@@ -4,20 +4,21 @@
    width thresholds κ⁶·n log n (MLP-Attn) and κ²·n log n (2L-ReLU) (§7 of SPEC). Token inputs
    (n × T × d) get two Grams: per example (rows = flattened examples, n × T·d) and per token
    (rows = tokens, n·T × d).
-2. Influence malleability (Definition 3.4) of an estimator's scores: attack the top ``fraction``
-   of training points (FGSM/PGD/MIM inside ``bounds``, same weights), recompute the scores, and
-   report the flip rate, Spearman ρ and top-K overlap. 2b: with several checkpoints, the
-   scores at each, their pairwise agreement, and the ensembled (mean) scores with their own
-   flip rate under an attack on the checkpoints' mean loss.
+2. Influence malleability (Definition 3.4) of an estimator's scores, by
+   :func:`~malleability.measure.measure`: attack the top ``fraction`` of training points
+   inside ``bounds`` (same weights), recompute the scores, and report the flip rate,
+   Spearman ρ and top-K overlap. 2b: with several checkpoints, the scores at each, their
+   pairwise agreement, and the ensembled (mean) scores with their own flip rate under an
+   attack on the checkpoints' mean loss.
 
-Each metric is a mean over ``seeds`` (attack start and the estimator's randomness) with a
-95 % Student-t interval mean ± t₀.₉₇₅,ₖ₋₁ · s/√k (none for one seed).
+Each metric is an :class:`~malleability.intervals.Estimate` over ``seeds`` (the attack's
+start and, for a randomized estimator, its randomness); a deterministic estimator's clean
+scores are computed once, at the first seed.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,89 +27,146 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
-from ._validation import check_fraction, check_nonnegative, parse_enum
-from .attacks import Attack, run_attack
+from ._validation import (
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+    check_seed,
+)
+from .attacks import AttackLoss, check_attack, make_attack
 from .data import Dataset
-from .estimators import Estimator, influence_scores, training_loss
+from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
+from .intervals import CI_METHOD, Estimate
 from .jacobian_ntk import output_size
-from .metrics import flip_rate, spearman, top_fraction, top_k_overlap
+from .jsonsafe import dumps_strict, to_strict_json
+from .measure import attribute, measure
+from .metrics import spearman, top_k_overlap
+from .settings import Settings, setting
 from .spectral import effective_condition_number, width_threshold
 
-#: Estimators whose scores depend on ``seed`` (random projections or sampling); the others
-#: are computed once per model and input set.
-RANDOMIZED = frozenset({Estimator.TRAK, Estimator.IF_LISSA, Estimator.IF_ARNOLDI})
+
+def _parse_list(value: Any) -> Any:
+    """``"0,1,2"`` → ``["0", "1", "2"]`` for list settings given as text (the CLI)."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+def _check_seeds(value: tuple[int, ...], name: str) -> tuple[int, ...]:
+    if not value:
+        raise ValueError(f"{name}: expected at least one seed")
+    return tuple(check_seed(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+def _check_bounds(value: tuple[float, ...], name: str) -> tuple[float, ...]:
+    if len(value) != 2 or not value[1] > value[0]:
+        raise ValueError(f"{name}: expected low,high with low < high, got {list(value)}")
+    return value
+
+
+def _numbers(kind: type):
+    """A ``parse`` for a list of numbers given as text: ``"0,1"`` → ``[0, 1]`` (text that is
+    no number is left for the type check to name)."""
+    def parse(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        items = _parse_list(value)
+        try:
+            return [kind(v) for v in items]
+        except ValueError:
+            return items
+    return parse
 
 
 @dataclass(frozen=True)
-class Interval:
-    """Mean over seeds with a 95 % Student-t interval (``None`` bounds for a single seed)."""
+class AuditSettings(Settings):
+    """What ``audit`` measures and how (A.12); the estimator is chosen per call."""
 
-    mean: float
-    low: float | None
-    high: float | None
-    values: tuple[float, ...]
+    attack: str = setting("pgd", "Attack on the top points: fgsm, pgd, mim or any registered "
+                          "attack (random-sign: the random-perturbation control).",
+                          check_attack)
+    eps: float = setting(0.3, "ℓ∞ budget ε, in the units of the inputs.", check_nonnegative)
+    alpha: float | None = setting(None, "Step size α of PGD/MIM (default: 0.01·(high − low), "
+                                  "the paper's 0.01 on [0, 1]).", check_positive)
+    steps: int = setting(40, "Steps of PGD/MIM (paper: 40).", check_positive_int)
+    momentum: float = setting(1.0, "Momentum μ of MIM (paper: 1.0).", check_nonnegative)
+    restarts: int = setting(1, "Random restarts of PGD (worst case per point kept).",
+                            check_positive_int)
+    loss: AttackLoss = setting(AttackLoss.TARGET, "Loss the attack maximises: target (the "
+                               "training loss) or margin (Carlini & Wagner).")
+    fraction: float = setting(0.1, "Share of most helpful training points attacked (S).",
+                              check_fraction)
+    seeds: tuple[int, ...] = setting((0,), "Seeds, comma-separated: each gives one value of "
+                                     "every metric (attack start, estimator randomness).",
+                                     _check_seeds, parse=_numbers(int))
+    bounds: tuple[float, ...] = setting((0.0, 1.0), "Input domain low,high: the attack stays "
+                                        "inside it.", _check_bounds, parse=_numbers(float))
+    ridge: float = setting(1e-3, "NTK-LOO's kernel-ridge λ, absolute (K + λI).",
+                           check_nonnegative)
+    damping: float = setting(1e-3, "Damping of the influence functions' Hessian inverse.",
+                             check_positive)
+    layer: str | None = setting(None, "Submodule whose input gets the κ diagnosis (default: "
+                                "the model input).")
+    parameters: tuple[str, ...] = setting((), "Parameter names or prefixes the estimators "
+                                          "differentiate, comma-separated (default: all).",
+                                          parse=_parse_list)
 
-    @classmethod
-    def over(cls, values: Sequence[float]) -> Interval:
-        v = np.asarray(values, dtype=np.float64)
-        mean = float(v.mean())
-        if v.size < 2:
-            return cls(mean, None, None, tuple(v.tolist()))
-        half = float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-        return cls(mean, mean - half, mean + half, tuple(v.tolist()))
+    def step(self) -> float:
+        """α, or 0.01·(high − low) by default."""
+        return 0.01 * (self.bounds[1] - self.bounds[0]) if self.alpha is None else self.alpha
 
-    def to_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high,
-                "values": list(self.values), "interval": "95% Student-t over seeds"}
+    def attack_at(self, seed: int):
+        """The attack at ``seed``."""
+        return make_attack(self.attack, eps=self.eps, alpha=self.step(), steps=self.steps,
+                           momentum=self.momentum, seed=seed, restarts=self.restarts,
+                           loss=self.loss)
+
+
+def estimate_dict(value: Estimate) -> dict[str, Any]:
+    """An Estimate as JSON: mean, per-seed values, the 95 % interval (None with too few
+    seeds) and how it was computed."""
+    interval = value.interval
+    return {"mean": float(value), "low": None if interval is None else interval[0],
+            "high": None if interval is None else interval[1], "values": list(value.values),
+            "seeds": list(value.seeds), "interval": CI_METHOD}
 
 
 @dataclass(frozen=True)
 class AuditReport:
-    """The audit of one model with one estimator; ``to_dict`` is strict JSON (∞ → null)."""
+    """The audit of one model with one estimator; ``to_dict`` is strict JSON."""
 
-    estimator: Estimator
+    estimator: str
     kappa: float  # effective κ of the per-example Gram of the audited representation
     rank: int
     kappa_cubed: float
     width_threshold: dict[str, float]  # "mlp_attention": κ⁶ n log n, "relu": κ² n log n
     representation: dict[str, Any]  # layer, shape, and each Gram's figures
-    flip_rate: Interval
-    spearman: Interval
-    top_k_overlap: Interval
+    flip_rate: Estimate
+    spearman: Estimate
+    top_k_overlap: Estimate
     checkpoint_agreement: dict[str, Any] | None
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        out = {"estimator": self.estimator.value, "kappa": self.kappa, "rank": self.rank,
-               "kappa_cubed": self.kappa_cubed, "width_threshold": self.width_threshold,
-               "representation": self.representation, "flip_rate": self.flip_rate.to_dict(),
-               "spearman": self.spearman.to_dict(),
-               "top_k_overlap": self.top_k_overlap.to_dict(),
-               "checkpoint_agreement": self.checkpoint_agreement, "settings": self.settings}
-        return strict_json(out)
+        def plain(value: Any) -> Any:
+            if isinstance(value, Estimate):
+                return estimate_dict(value)
+            if isinstance(value, Mapping):
+                return {k: plain(v) for k, v in value.items()}
+            return value
+
+        return to_strict_json(plain({
+            "estimator": self.estimator, "kappa": self.kappa, "rank": self.rank,
+            "kappa_cubed": self.kappa_cubed, "width_threshold": self.width_threshold,
+            "representation": self.representation, "flip_rate": self.flip_rate,
+            "spearman": self.spearman, "top_k_overlap": self.top_k_overlap,
+            "checkpoint_agreement": self.checkpoint_agreement, "settings": self.settings}))
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
-
-
-def strict_json(value: Any) -> Any:
-    """JSON-native values with non-finite floats as null."""
-    if isinstance(value, Interval):
-        return strict_json(value.to_dict())
-    if isinstance(value, Mapping):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if hasattr(value, "value") and isinstance(value.value, str):
-        return value.value
-    return value
+        return dumps_strict(self.to_dict(), indent=2)
 
 
 def load_split(x: Any, y: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,7 +246,7 @@ def spectral_step(rep: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def _check_bounds(x: torch.Tensor, bounds: tuple[float, float], name: str) -> None:
+def _check_in_bounds(x: torch.Tensor, bounds: Sequence[float], name: str) -> None:
     lo, hi = bounds
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected floating-point inputs the attacks can perturb, "
@@ -197,28 +255,6 @@ def _check_bounds(x: torch.Tensor, bounds: tuple[float, float], name: str) -> No
     if a < lo or b > hi:
         raise ValueError(f"{name}: expected values in bounds [{lo:g}, {hi:g}], "
                          f"got values in [{a:g}, {b:g}]")
-
-
-def attack_rows(models: Sequence[nn.Module], x: torch.Tensor, y: torch.Tensor,
-                rows: torch.Tensor, attack: Attack, eps: float, bounds: tuple[float, float],
-                alpha: float, steps: int, seed: int) -> torch.Tensor:
-    """A copy of ``x`` whose ``rows`` are attacked (ℓ∞ ball ε inside ``bounds``) on the mean
-    training loss of ``models`` at their own labels. The library attacks work on [0, 1]: the
-    box is mapped there affinely (u = (x − lo)/(hi − lo), ε and α scaled alike)."""
-    lo, hi = bounds
-    scale = hi - lo
-
-    def loss_fn(u: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        xb = lo + scale * u
-        return sum(training_loss(m(xb), yb) for m in models) / len(models)
-
-    out = x.clone()
-    if rows.numel():
-        u = ((x[rows] - lo) / scale).clamp(0.0, 1.0)
-        u_adv = run_attack(attack, loss_fn, u, y[rows], eps / scale, alpha=alpha / scale,
-                           steps=steps, seed=seed)
-        out[rows] = (lo + scale * u_adv).to(x.dtype)
-    return out
 
 
 def _as_model(model: nn.Module, checkpoint: nn.Module | Mapping[str, torch.Tensor]
@@ -230,6 +266,43 @@ def _as_model(model: nn.Module, checkpoint: nn.Module | Mapping[str, torch.Tenso
     return new.eval()
 
 
+def _malleability(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
+                  settings: AuditSettings, clean: dict[int, Any]) -> list[Estimate]:
+    """Flip rate, Spearman ρ and top-K overlap over the seeds, from the clean attributions
+    ``clean`` by estimator seed."""
+    seeds, rows = settings.seeds, []
+    for seed in seeds:
+        est_seed = seed if estimator.randomized else seeds[0]
+        m = measure(models, *data, estimator, settings.attack_at(seed),
+                    fraction=settings.fraction, seed=est_seed, bounds=settings.bounds,
+                    before=clean[est_seed], parameters=settings.parameters or None)
+        rows.append((m.flip_rate, m.spearman, m.top_k_overlap))
+    return [Estimate(col, seeds) for col in zip(*rows, strict=True)]
+
+
+def _agreement(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
+               settings: AuditSettings, run_seeds: Sequence[int]) -> dict[str, Any]:
+    """Step 2b: per-checkpoint scores, their pairwise ρ and top-K overlap (first seed), and
+    the malleability of the ensembled scores."""
+    parameters = settings.parameters or None
+    per_ckpt = {s: [attribute(estimator, [m], *data, s, parameters).scores for m in models]
+                for s in run_seeds}
+    first = per_ckpt[run_seeds[0]]
+    k = len(first)
+    rho = [[spearman(first[i], first[j]) for j in range(k)] for i in range(k)]
+    overlap = [[top_k_overlap(first[i], first[j], settings.fraction) for j in range(k)]
+               for i in range(k)]
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    ensemble = {s: Attribution(sum(v) / k) for s, v in per_ckpt.items()}
+    efr, erho, eover = _malleability(models, data, estimator, settings, ensemble)
+    return {"n_checkpoints": k, "spearman": rho, "top_k_overlap": overlap,
+            "mean_pairwise_spearman": (float(np.mean([rho[i][j] for i, j in pairs]))
+                                       if pairs else None),
+            "mean_pairwise_top_k_overlap": (float(np.mean([overlap[i][j] for i, j in pairs]))
+                                            if pairs else None),
+            "ensemble": {"flip_rate": efr, "spearman": erho, "top_k_overlap": eover}}
+
+
 def audit(
     model: nn.Module,
     x_train: Any,
@@ -237,36 +310,22 @@ def audit(
     x_test: Any = None,
     y_test: Any = None,
     *,
-    estimator: Estimator | str = Estimator.NTK_LOO,
-    attack: Attack | str = Attack.PGD,
-    eps: float = 0.3,
-    fraction: float = 0.1,
-    seeds: Sequence[int] = (0,),
+    estimator: str = "ntk-loo",
     checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
-    bounds: tuple[float, float] = (0.0, 1.0),
-    layer: str | None = None,
-    parameters: Sequence[str] | None = None,
-    ridge: float = 1e-3,
-    alpha: float | None = None,
-    steps: int = 40,
+    settings: AuditSettings | None = None,
+    **options: Any,
 ) -> AuditReport:
-    """Audit ``model`` (any module mapping a batch to (n, C) logits or (n,) scores).
+    """Audit ``model`` (any module mapping a batch to (n, C) logits or (n,) scores) with the
+    registered ``estimator``.
 
     Data: tensors/arrays with integer labels, package Datasets or .npz/.pt files (then the
-    ``y`` arguments may be None), moved to the model's device and dtype. ``alpha`` (attack
-    step) defaults to 0.01·(hi − lo), the paper's 0.01 on [0, 1]. ``parameters`` restricts
-    the estimator's gradients (names or prefixes). Inputs are checked before any computation.
+    ``y`` arguments may be None), moved to the model's device and dtype. ``settings`` (or its
+    fields as keyword ``options``, e.g. ``eps=0.1, seeds=(0, 1)``): :class:`AuditSettings`.
+    Inputs are checked before any computation.
     """
-    estimator = parse_enum(estimator, Estimator, "estimator")
-    attack = parse_enum(attack.lower() if isinstance(attack, str) else attack, Attack, "attack")
-    eps = check_nonnegative(eps, "eps")
-    fraction = check_fraction(fraction, "fraction")
-    seeds = tuple(int(s) for s in seeds)
-    if not seeds:
-        raise ValueError("seeds: expected at least one seed")
-    lo, hi = (float(b) for b in bounds)
-    if not hi > lo:
-        raise ValueError(f"bounds: expected (low, high) with low < high, got {bounds!r}")
+    settings = (settings or AuditSettings()).replace(**options)
+    check_estimator(estimator, "estimator")
+    est = make_estimator(estimator, ridge=settings.ridge, damping=settings.damping)
     model = copy.deepcopy(model).eval()
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -275,10 +334,10 @@ def audit(
     xt, yt = load_split(x_test if x_test is not None else x_train, y_test, "x_test")
     x, xt = (a.to(device, dtype) if a.is_floating_point() else a.to(device) for a in (x, xt))
     y, yt = y.to(device), yt.to(device)
-    _check_bounds(x, (lo, hi), "x_train")
-    _check_bounds(xt, (lo, hi), "x_test")
-    if layer is not None:
-        _submodule(model, layer)
+    _check_in_bounds(x, settings.bounds, "x_train")
+    _check_in_bounds(xt, settings.bounds, "x_test")
+    if settings.layer is not None:
+        _submodule(model, settings.layer)
     classes = output_size(model, x)
     for labels, name in ((y, "y_train"), (yt, "y_test")):
         top = max(classes, 2)
@@ -287,56 +346,20 @@ def audit(
                              f"{classes} output(s), got {int(labels.min())}..{int(labels.max())}")
     models = [model] if not checkpoints else [_as_model(model, c) for c in checkpoints]
 
-    spectrum = spectral_step(representation(model, x, layer))
-    spectrum["layer"] = layer or "input"
+    spectrum = spectral_step(representation(model, x, settings.layer))
+    spectrum["layer"] = settings.layer or "input"
     main = spectrum["per_example"]
-
-    def scores_of(net: nn.Module, x_now: torch.Tensor, seed: int) -> torch.Tensor:
-        return influence_scores(net, x_now, y, xt, yt, estimator, parameters=parameters,
-                                ridge=ridge, seed=seed)
-
-    step = 0.01 * (hi - lo) if alpha is None else alpha
-
-    def malleability_of(nets: Sequence[nn.Module], clean: dict[int, torch.Tensor]):
-        rows = []
-        for seed in seeds:
-            est_seed = seed if estimator in RANDOMIZED else seeds[0]
-            before = clean[est_seed]
-            selected = top_fraction(before, fraction)
-            x_adv = attack_rows(nets, x, y, selected, attack, eps, (lo, hi), step, steps, seed)
-            after = sum(scores_of(m, x_adv, est_seed) for m in nets) / len(nets)
-            rows.append((flip_rate(before, after, fraction), spearman(before, after),
-                         top_k_overlap(before, after, fraction)))
-        return [Interval.over(col) for col in zip(*rows, strict=True)]
-
-    run_seeds = seeds if estimator in RANDOMIZED else seeds[:1]
-    clean = {s: scores_of(model, x, s) for s in run_seeds}
-    fr, rho, overlap = malleability_of([model], clean)
-
-    agreement = None
-    if checkpoints:
-        per_ckpt = {s: [scores_of(m, x, s) for m in models] for s in run_seeds}
-        first = per_ckpt[run_seeds[0]]
-        k = len(first)
-        rho_mat = [[spearman(first[i], first[j]) for j in range(k)] for i in range(k)]
-        overlap_mat = [[top_k_overlap(first[i], first[j], fraction) for j in range(k)]
-                       for i in range(k)]
-        pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
-        ensemble = {s: sum(v) / k for s, v in per_ckpt.items()}
-        efr, erho, eover = malleability_of(models, ensemble)
-        agreement = {
-            "n_checkpoints": k, "spearman": rho_mat, "top_k_overlap": overlap_mat,
-            "mean_pairwise_spearman": (float(np.mean([rho_mat[i][j] for i, j in pairs]))
-                                       if pairs else None),
-            "mean_pairwise_top_k_overlap": (float(np.mean([overlap_mat[i][j] for i, j in pairs]))
-                                            if pairs else None),
-            "ensemble": {"flip_rate": efr, "spearman": erho, "top_k_overlap": eover}}
-    settings = {"estimator": estimator.value, "attack": attack.value, "eps": eps,
-                "alpha": step, "steps": steps, "fraction": fraction, "seeds": list(seeds),
-                "bounds": [lo, hi], "layer": layer, "parameters": parameters, "ridge": ridge,
-                "n_train": int(x.shape[0]), "n_test": int(xt.shape[0]), "outputs": classes}
+    data = (x, y, xt, yt)
+    run_seeds = settings.seeds if est.randomized else settings.seeds[:1]
+    clean = {s: attribute(est, [model], *data, s, settings.parameters or None)
+             for s in run_seeds}
+    fr, rho, overlap = _malleability([model], data, est, settings, clean)
+    agreement = _agreement(models, data, est, settings, run_seeds) if checkpoints else None
+    record = {"estimator": {"estimator": est.name, **est.to_dict()}, **settings.to_dict(),
+              "alpha": settings.step(), "n_train": int(x.shape[0]), "n_test": int(xt.shape[0]),
+              "outputs": classes}
     return AuditReport(
-        estimator=estimator, kappa=main["kappa"], rank=main["rank"],
+        estimator=est.name, kappa=main["kappa"], rank=main["rank"],
         kappa_cubed=main["kappa_cubed"], width_threshold=main["width_threshold"],
         representation=spectrum, flip_rate=fr, spearman=rho, top_k_overlap=overlap,
-        checkpoint_agreement=agreement, settings=settings)
+        checkpoint_agreement=agreement, settings=record)

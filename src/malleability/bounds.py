@@ -15,15 +15,18 @@ Frobenius for Y, α; operator for K). With ‖ΔK‖ ≤ L_K ε:
   with α") and μ₁' = ‖K'‖ (the paper writes μ₁, exact to first order in ε);
 - Corollary C.4: both bounds decrease in λ and vanish as λ → ∞; the lower bound rises to
   ℓ ε‖Y‖/μ₁² as λ → 0 while the upper bound diverges.
-All spectra are float64.
+:func:`influence_shift_bounds` measures ‖α' − α‖ of an attacked training set and evaluates
+every bound with measured values (:data:`BOUNDS`). All spectra are float64.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ._validation import as_tensor, check_nonnegative, check_positive
-from .kernel_ridge import as_targets
+from .kernel_ridge import as_targets, fit_kernel_ridge
 
 
 def _label_norm(y: torch.Tensor) -> float:
@@ -71,3 +74,46 @@ def influence_change_lower_bound(
                                                                      "perturbed_top")
     return (check_nonnegative(lipschitz, "lipschitz") * check_nonnegative(eps, "eps")
             * float(torch.linalg.norm(y)) / ((top + ridge) * (top_after + ridge)))
+
+
+#: The bounds an influence shift is checked against: (upper or lower, how it is reported).
+BOUNDS = {
+    "upper_measured": ("upper", "C.11, measured L (|S|·L·ε‖Y‖/λ²)"),
+    "upper_analytic": ("upper", "C.11, analytic L (|S|·L·ε_z‖Y‖/λ²)"),
+    "upper_resolvent": ("upper", "C.11 with the attack's ‖ΔK‖ (theorem)"),
+    "lower_paper": ("lower", "C.2, paper's form (ℓ = measured L, μ₁′ = μ₁)"),
+    "lower_exact": ("lower", "C.2, exact form (ℓε = ‖ΔKα̂‖, μ₁′ = ‖K′‖)"),
+}
+
+
+def influence_shift_bounds(k: torch.Tensor, k_new: torch.Tensor, y: torch.Tensor, ridge: float,
+                 eps: float, eps_z: float, moved: int, lipschitz: float,
+                 lipschitz_analytic: float) -> dict:
+    """The influence shift ‖α′ − α‖_F between (K, Y, λ) and (K′, Y, λ) against every bound of
+    :data:`BOUNDS`; ``lipschitz`` per unit ℓ∞ pixel ε (one point moved), ``lipschitz_analytic``
+    per unit ℓ2 in z with the attack's z-radius ``eps_z``; ``moved`` = |S|. Each bound is
+    reported as it comes out: ``holds`` compares without tolerance."""
+    fit, fit_new = fit_kernel_ridge(k, y, ridge), fit_kernel_ridge(k_new, y, ridge)
+    shift = float(torch.linalg.norm(fit_new.alpha - fit.alpha))
+    delta = k_new - k
+    delta_norm = float(torch.linalg.matrix_norm(delta, ord=2))
+    alpha_hat = fit.alpha / torch.linalg.norm(fit.alpha)
+    along = float(torch.linalg.norm(delta @ alpha_hat))
+    top, top_new = (float(torch.linalg.eigvalsh((m + m.T) / 2)[-1]) for m in (k, k_new))
+    values = {
+        "upper_measured": moved * influence_change_bound(lipschitz, eps, y, ridge),
+        "upper_analytic": moved * influence_change_bound(lipschitz_analytic, eps_z, y, ridge),
+        "upper_resolvent": influence_change_bound(delta_norm, 1.0, y, ridge),
+        "lower_paper": influence_change_lower_bound(k, y, ridge, lipschitz, eps),
+        "lower_exact": influence_change_lower_bound(k, y, ridge, along / eps, eps,
+                                                    perturbed_top=top_new),
+    }
+    bounds = {name: {"value": value,
+                     "holds": shift <= value if BOUNDS[name][0] == "upper" else shift >= value,
+                     "ratio": shift / value if value > 0 else math.inf}
+              for name, value in values.items()}
+    return {"shift": shift, "delta_k": delta_norm, "delta_k_along_alpha": along,
+            "top_eigenvalue": top,
+            "top_eigenvalue_after": top_new, "alpha_norm": float(torch.linalg.norm(fit.alpha)),
+            "label_norm": float(torch.linalg.norm(as_targets(y, "y", k.shape[0]))),
+            "bounds": bounds}

@@ -7,10 +7,6 @@ import dataclasses
 import logging
 import math
 import sys
-import types
-import typing
-from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +14,16 @@ import click
 import torch
 from tqdm.auto import tqdm
 
+from .auditing import AuditSettings
+from .click_settings import settings_options
 from .data.features import read_feature_file
 from .diagnostic import PRACTICAL_SCALES, Diagnosis, diagnose
+from .estimators import ESTIMATORS, check_estimator
 from .jsonsafe import dumps_strict
-from .models import ModelSettings
+from .models import ARCHITECTURE_NAMES, ModelSettings, check_architecture
 from .repro.experiments import flip_rates
 from .repro.experiments.base import TaskSettings
-from .repro.problem import ARCHITECTURES
-from .settings import Settings, setting
+from .settings import setting
 from .training import TrainSettings
 
 
@@ -140,101 +138,7 @@ def diagnose_command(dataset: str | None, features_path: Path | None, split: str
         click.echo(format_diagnosis(name, result))
 
 
-def _leaves(cls: type, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any]]:
-    """(path, field, type hint) of every CLI-visible leaf setting of ``cls``; a tuple of
-    settings (``tasks``) is offered as one entry under ``data``."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        hint = hints[f.name]
-        args = typing.get_args(hint)
-        if f.name == "tasks":
-            out += _leaves(args[0], (*path, "data"))
-        elif isinstance(hint, type) and issubclass(hint, Settings):
-            out += _leaves(hint, (*path, f.name))
-        elif f.metadata.get("cli", True):
-            out.append(((*path, f.name), f, hint))
-    return out
-
-
-class _IntOrFull(click.ParamType):
-    name = "INTEGER|full"
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
-        if value in (None, "full") or isinstance(value, int):
-            return value
-        try:
-            return int(value)
-        except ValueError:
-            self.fail(f"expected an integer or 'full', got {value!r}", param, ctx)
-
-
-def _click_type(hint: Any) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple:
-        return _click_type(args[0])
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        return _IntOrFull() if options == [int] else _click_type(options[0])
-    if origin is typing.Literal:
-        return click.Choice([str(a) for a in args])
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        return click.Choice([m.value for m in hint])
-    return {int: click.INT, float: click.FLOAT, bool: click.BOOL}.get(hint, click.STRING)
-
-
-def settings_options(cls: type, skip: tuple[str, ...] = ()
-                     ) -> tuple[Callable, Callable[[dict], dict]]:
-    """Click options for every leaf setting of ``cls`` but those in ``skip`` (dotted paths,
-    e.g. ``data.n_influence``; they keep their defaults), with defaults and help text from its
-    fields (``--NAME``, or ``--GROUP-NAME`` where a name recurs), and a function from the
-    parsed options back to nested settings values."""
-    leaves = [leaf for leaf in _leaves(cls) if ".".join(leaf[0]) not in skip]
-    counts: dict[str, int] = {}
-    for path, _, _ in leaves:
-        counts[path[-1]] = counts.get(path[-1], 0) + 1
-    names = {path: "-".join(path[-2:] if counts[path[-1]] > 1 else path[-1:]).replace("_", "-")
-             for path, _, _ in leaves}
-
-    def decorate(command: Callable) -> Callable:
-        for path, f, hint in reversed(leaves):
-            default = f.default
-            multiple = typing.get_origin(hint) is tuple
-            if isinstance(default, Enum):
-                default = default.value
-            elif multiple:
-                default = [getattr(d, "value", d) for d in default]
-            decls = [f"--{names[path]}", *([f.metadata["flag"]] if f.metadata["flag"] else []),
-                     "_".join(path)]
-            command = click.option(*decls, type=_click_type(hint), default=default,
-                                   multiple=multiple, show_default=True,
-                                   help=f.metadata["help"])(command)
-        return command
-
-    def values(options: dict) -> dict:
-        nested: dict = {}
-        for path, _, hint in leaves:
-            value = options.pop("_".join(path))
-            if typing.get_origin(hint) is tuple:
-                value = list(value)
-            node = nested
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            node[path[-1]] = value
-        data = nested.pop("data", None)
-        return nested if data is None else {**nested, "tasks": [data]}
-
-    return decorate, values
-
-
 _flip_options, _flip_values = settings_options(flip_rates.SETTINGS)
-
-
-def check_architecture(value: str, name: str) -> str:
-    """One architecture name of :data:`~.repro.problem.ARCHITECTURES`."""
-    if value not in ARCHITECTURES:
-        raise ValueError(f"{name}: expected one of {', '.join(ARCHITECTURES)}, got {value!r}")
-    return value
 
 
 @main.command("flip-rate")
@@ -302,7 +206,7 @@ def train_command(save_path: Path, force: bool, data_root: Path | None, device: 
     """Train 2L-ReLU or MLP-Attn on a dataset's pixels, print its test accuracy and save it
     as a torch.export checkpoint for `malleability audit`."""
     from .model_io import check_save_path, save_exported
-    from .repro.problem import ARCHITECTURE_NAMES, build_model, load_problem
+    from .repro.problem import build_model, load_problem
     from .training import train
 
     try:
@@ -400,7 +304,27 @@ def report_command(out: Path) -> None:
     click.echo(f"report: {path}")
 
 
+def check_estimators(value: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """A non-empty list of registered estimator names."""
+    if not value:
+        raise ValueError(f"{name}: expected at least one estimator")
+    return tuple(check_estimator(v, f"{name}[{i}]") for i, v in enumerate(value))
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditCommandSettings(AuditSettings):
+    """``malleability audit``: the audit's settings and the estimators to audit."""
+
+    estimators: tuple[str, ...] = setting(("ntk-loo",), "Influence estimator (repeatable): "
+                                          f"{', '.join(ESTIMATORS)}.", check_estimators,
+                                          flag="--estimator")
+
+
+_audit_options, _audit_values = settings_options(AuditCommandSettings)
+
+
 @main.command("audit")
+@_audit_options
 @click.option("--model", "model_spec", required=True,
               help="module:callable (a .py file or dotted module), a torch.export .pt2 file, "
                    "or a state_dict file with --builder.")
@@ -414,41 +338,24 @@ def report_command(out: Path) -> None:
 @click.option("--classes", default=None, help="Class subset of --dataset, e.g. 3,8.")
 @click.option("--n", "n_train", type=int, default=None, help="Training rows of --dataset.")
 @click.option("--n-test", type=int, default=None, help="Test rows of --dataset.")
-@click.option("--estimator", "estimators", multiple=True, default=("ntk-loo",),
-              show_default=True, help="ntk-loo, trak, tracin, if-explicit, if-cg, if-lissa, "
-              "if-datainf, if-ekfac, if-arnoldi (repeatable).")
-@click.option("--attack", default="pgd", show_default=True,
-              type=click.Choice(["fgsm", "pgd", "mim"]))
-@click.option("--eps", type=float, default=0.3, show_default=True)
-@click.option("--fraction", type=float, default=0.1, show_default=True)
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds.")
 @click.option("--checkpoint", "checkpoint_paths", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A state_dict of the same model (repeatable): checkpoint agreement.")
-@click.option("--bounds", default="0,1", show_default=True, help="Input domain low,high.")
-@click.option("--layer", default=None, help="Submodule whose input gets the κ diagnosis.")
-@click.option("--parameters", "parameter_names", multiple=True,
-              help="Parameter name or prefix the estimators differentiate (repeatable).")
-@click.option("--data-root", type=click.Path(path_type=Path), default=None)
+@click.option("--data-root", type=click.Path(path_type=Path), default=None,
+              help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
 def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
                   test_path: Path | None, dataset: str | None, classes: str | None,
-                  n_train: int | None, n_test: int | None, estimators: tuple[str, ...],
-                  attack: str, eps: float, fraction: float, seeds: str,
-                  checkpoint_paths: tuple[Path, ...], bounds: str, layer: str | None,
-                  parameter_names: tuple[str, ...], data_root: Path | None,
-                  as_json: bool) -> None:
+                  n_train: int | None, n_test: int | None,
+                  checkpoint_paths: tuple[Path, ...], data_root: Path | None, as_json: bool,
+                  **options: Any) -> None:
     """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator with
     intervals over seeds, and checkpoint agreement (step 2b)."""
     from .auditing import audit
     from .model_io import load_checkpoint, load_model
 
-    reports = []
     try:
-        seed_list = tuple(int(s) for s in seeds.split(","))
-        lo_hi = tuple(float(b) for b in bounds.split(","))
-        if len(lo_hi) != 2:
-            raise ValueError(f"bounds: expected low,high, got {bounds!r}")
+        settings = AuditCommandSettings.from_dict(_audit_values(options), "audit")
         if dataset is not None:
             if train_path or test_path:
                 raise ValueError("dataset: give either --dataset or --train/--test, not both")
@@ -462,43 +369,51 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
             train, test = train_path, test_path
         model = load_model(model_spec, builder)
         checkpoints = [load_checkpoint(p) for p in checkpoint_paths] or None
-        for name in estimators:
-            r = audit(model, train, None, test, None, estimator=name, attack=attack, eps=eps,
-                      fraction=fraction, seeds=seed_list, checkpoints=checkpoints,
-                      bounds=lo_hi, layer=layer, parameters=list(parameter_names) or None)
-            reports.append(r)
+        common = AuditSettings(**{f.name: getattr(settings, f.name)
+                                  for f in dataclasses.fields(AuditSettings)})
+        reports = [audit(model, train, None, test, None, estimator=name,
+                         checkpoints=checkpoints, settings=common)
+                   for name in settings.estimators]
     except (ValueError, OSError) as err:
         _fail(str(err))
     if as_json:
         click.echo(dumps_strict([r.to_dict() for r in reports], indent=2))
         return
+    click.echo(format_audit(reports, common))
+
+
+def format_audit(reports: list, settings: AuditSettings) -> str:
+    """A readable summary of audit reports: the representation's Grams, then per estimator
+    the metrics' means with their 95 % intervals."""
     first = reports[0].representation
-    click.echo(f"Representation entering {first['layer']}: shape {tuple(first['shape'])}")
+    lines = [f"Representation entering {first['layer']}: shape {tuple(first['shape'])}"]
     for gram in ("per_example", "per_token"):
         if gram in first:
             g = first[gram]
-            click.echo(f"  {gram:<12} Gram ({g['rows']} × {g['columns']}): κ {_fmt(g['kappa'])}, "
-                       f"rank {g['rank']}, κ³ {_fmt(g['kappa_cubed'])}, width MLP-Attn "
-                       f"{_fmt(g['width_threshold']['mlp_attention'])}, 2L-ReLU "
-                       f"{_fmt(g['width_threshold']['relu'])}")
-    click.echo(f"{attack.upper()} ε = {eps}, top {fraction:.0%}, seeds {seeds} "
-               "(mean [95% t-interval]):")
-    click.echo(f"{'estimator':<12} {'flip rate':>22} {'Spearman ρ':>22} {'top-K overlap':>22}")
+            lines.append(f"  {gram:<12} Gram ({g['rows']} × {g['columns']}): κ "
+                         f"{_fmt(g['kappa'])}, rank {g['rank']}, κ³ {_fmt(g['kappa_cubed'])}, "
+                         f"width MLP-Attn {_fmt(g['width_threshold']['mlp_attention'])}, "
+                         f"2L-ReLU {_fmt(g['width_threshold']['relu'])}")
+    seeds = ",".join(map(str, settings.seeds))
+    lines.append(f"{settings.attack.upper()} ε = {settings.eps}, top {settings.fraction:.0%}, "
+                 f"seeds {seeds} (mean [95% interval]):")
+    lines.append(f"{'estimator':<12} {'flip rate':>22} {'Spearman ρ':>22} {'top-K overlap':>22}")
 
-    def cell(i) -> str:
-        bounds_ = "" if i.low is None else f" [{i.low:.2f}, {i.high:.2f}]"
-        return f"{i.mean:.3f}{bounds_}"
+    def cell(e) -> str:
+        interval = e.interval
+        return f"{float(e):.3f}" + ("" if interval is None
+                                     else f" [{interval[0]:.2f}, {interval[1]:.2f}]")
 
     for r in reports:
-        click.echo(f"{r.estimator.value:<12} {cell(r.flip_rate):>22} {cell(r.spearman):>22} "
-                   f"{cell(r.top_k_overlap):>22}")
+        lines.append(f"{r.estimator:<12} {cell(r.flip_rate):>22} {cell(r.spearman):>22} "
+                     f"{cell(r.top_k_overlap):>22}")
         a = r.checkpoint_agreement
         if a:
-            e = a["ensemble"]
-            rho = a["mean_pairwise_spearman"]
-            click.echo(f"  {a['n_checkpoints']} checkpoints: mean pairwise ρ "
-                       f"{'n/a' if rho is None else f'{rho:.3f}'}; ensembled scores: flip rate "
-                       f"{cell(e['flip_rate'])}, ρ {cell(e['spearman'])}")
+            e, rho = a["ensemble"], a["mean_pairwise_spearman"]
+            lines.append(f"  {a['n_checkpoints']} checkpoints: mean pairwise ρ "
+                         f"{'n/a' if rho is None else f'{rho:.3f}'}; ensembled scores: flip "
+                         f"rate {cell(e['flip_rate'])}, ρ {cell(e['spearman'])}")
+    return "\n".join(lines)
 
 
 def _device(name: str) -> str:

@@ -17,7 +17,7 @@ import torch
 from ._validation import as_tensor, check_positive, check_positive_int
 from .attention import AttentionKind, attention_features
 from .bounds import influence_change_bound
-from .sensitivity import attention_kernel_lipschitz, relu_ntk_lipschitz, sensitivity_gap
+from .kernel_lipschitz import attention_kernel_lipschitz, relu_ntk_lipschitz, sensitivity_gap
 from .spectral import (
     ConditionReport,
     effective_condition_number,

@@ -20,8 +20,9 @@ import torch
 
 from ._validation import parse_enum
 from .attacks import AttackSettings, LossFn, perturb_rows
-from .influence import InfluenceResult, InfluenceSettings, network_influence
-from .measure import MalleabilityResult, compare_scores
+from .estimators import NTKLOO, Attribution
+from .influence import InfluenceSettings
+from .measure import Measurement, compare
 from .metrics import top_fraction
 from .models import TwoLayerNet
 from .training import TrainHistory, TrainSettings, train
@@ -50,7 +51,7 @@ class InterventionResult:
 
     intervention: Intervention
     history: TrainHistory
-    malleability: MalleabilityResult
+    malleability: Measurement
     n_train: int
 
     def accuracy_by_epoch(self) -> dict[int, float]:
@@ -73,31 +74,32 @@ def intervene(
     train_settings: TrainSettings,
     attack: AttackSettings = AttackSettings(),
     influence: InfluenceSettings = InfluenceSettings(),
-    baseline: InfluenceResult | None = None,
+    baseline: Attribution | None = None,
     subset: torch.Tensor | None = None,
 ) -> InterventionResult:
     """Apply ``intervention`` to the training set (``x``, ``y``, in the model's input space)
     of the trained ``model`` and retrain on the whole (intervened) set.
 
     Influence is computed on the training rows ``subset`` (the influence set; default all) and
-    S is the top fraction of them; ``baseline`` (if given) is the influence on those rows.
+    S is the top fraction of them; ``baseline`` (if given) is the NTK-LOO attribution on those
+    rows.
     The flip rate compares the scores of the influence-set points the new training set still
     holds."""
     intervention = parse_enum(intervention, Intervention, "intervention")
-    fraction, ridge = influence.fraction, influence.ridge
+    fraction, estimator = influence.fraction, NTKLOO(influence.ridge)
     n = x.shape[0]
     rows = torch.arange(n, device=x.device) if subset is None else subset.to(x.device)
     if baseline is None:
-        baseline = network_influence(model, x[rows], y[rows], x_test, y_test, ridge)
+        baseline = estimator.attribute(model, x[rows], y[rows], x_test, y_test)
     selected = rows[top_fraction(baseline.scores, fraction)]  # S, as training rows
     kept = torch.arange(n, device=x.device)
     if intervention is Intervention.CURATED:
         kept = kept[~torch.isin(kept, selected)]
         x_new = x[kept]
     elif intervention is Intervention.TRANSFORMED:
-        x_new = perturb_rows(model, x, y, selected, attack)
+        x_new = perturb_rows(model, x, y, selected, attack.method())
     else:
-        x_new = perturb_rows(model, x, y, kept, attack)
+        x_new = perturb_rows(model, x, y, kept, attack.method())
     y_new = y[kept]
     # influence-set points the new set holds: their positions in the subset and in the new set
     position = torch.full((n,), -1, dtype=torch.long, device=x.device)
@@ -108,12 +110,12 @@ def intervene(
         z_new = model.inputs(x_new)
     new_model = model.reinitialized(z_new if model.front is not None else None)
     history = train(new_model, x_new, y_new, train_settings, x_test, y_test)
-    after = network_influence(new_model, x_new[rows_new], y_new[rows_new], x_test, y_test, ridge)
-    result = compare_scores(baseline, after, fraction, kept=held,
-                            max_perturbation=float((x_new - x[kept]).abs().amax()),
-                            settings={"intervention": intervention.value,
-                                      "attack": attack.to_dict(), "fraction": fraction,
-                                      "ridge": ridge, "train": train_settings.to_dict()})
+    after = estimator.attribute(new_model, x_new[rows_new], y_new[rows_new], x_test, y_test)
+    result = compare(baseline, after, fraction, x_new, float((x_new - x[kept]).abs().amax()),
+                     kept=held, settings={"intervention": intervention.value,
+                                          "attack": attack.to_dict(), "fraction": fraction,
+                                          "ridge": influence.ridge,
+                                          "train": train_settings.to_dict()})
     return InterventionResult(intervention, history, result, int(kept.numel()))
 
 
@@ -150,6 +152,6 @@ def adversarial_train(
                   epoch: int) -> torch.Tensor:
         eps = ramped_eps(attack.eps, epoch, ramp_epochs)
         scale = eps / attack.eps if attack.eps > 0 else 1.0
-        return attack.replace(eps=eps, alpha=attack.alpha * scale).run(loss_fn, xb, yb)
+        return attack.replace(eps=eps, alpha=attack.alpha * scale).perturb(loss_fn, xb, yb)
 
     return train(model, x, y, settings, x_test, y_test, adversary=adversary)

@@ -1,97 +1,142 @@
-"""Measuring influence malleability (Definition 3.4, Appendix A.5.2, §5.3–5.4).
+"""Measuring influence malleability (Definition 3.4, Appendix A.5.2, §5.3–5.4): one pipeline for
+the reproduction and the audit.
 
-S = the top ⌈fraction·n⌉ influence-set points by influence score I_i. The points of S are
-perturbed in the model's input space (pixels) by an attack on the trained network's loss at
-their own labels; influence is recomputed on the perturbed training set with the same weights
-(for MLP-Attn the reference set is the perturbed training set, so every feature moves), or
-after retraining. Flip rate, Spearman ρ(I, I') and top-K overlap: see :mod:`.metrics`.
+S = the top ⌈fraction·n⌉ training points by an estimator's scores I_i. The points of S are
+perturbed in the model's input space by an attack on the model's loss at their own labels
+(several models: their mean loss); the scores are recomputed on the perturbed training set
+with the same weights, the model attending to that set where its features depend on it
+(:meth:`~malleability.models.TwoLayerNet.attending_to`), or on a refitted model. Flip rate,
+Spearman ρ(I, I') and top-K overlap: see :mod:`.metrics`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
-from .attacks import AttackSettings, perturb_rows
-from .influence import InfluenceResult, InfluenceSettings, network_influence
-from .kernel_ridge import StabilityReport
+from .attacks import UNIT_BOX, AttackMethod, Bounds, perturb_rows
+from .estimators import Attribution, InfluenceEstimator
 from .metrics import flip_rate, spearman, top_fraction, top_k_overlap
-from .models import TwoLayerNet
-from .training import TrainSettings, train
+
+
+@runtime_checkable
+class Transductive(Protocol):
+    """A model whose features depend on its training set (MLP-Attn's attention front)."""
+
+    def attending_to(self, x: torch.Tensor) -> nn.Module: ...
+
+
+#: Maps (trained model, perturbed training inputs) to the model whose scores count after.
+Refit = Callable[[nn.Module, torch.Tensor], nn.Module]
+
+
+def same_weights(model: nn.Module, x_new: torch.Tensor) -> nn.Module:
+    """The model with its weights, attending to ``x_new`` if it is :class:`Transductive`."""
+    return model.attending_to(x_new) if isinstance(model, Transductive) else model
 
 
 @dataclass
-class MalleabilityResult:
-    """Flip rate, Spearman ρ and top-K overlap, with everything needed to audit them."""
+class Measurement:
+    """Flip rate, Spearman ρ and top-K overlap, with everything needed to audit them: S, the
+    scores before and after, the perturbed training inputs and the estimator's diagnostics."""
 
     flip_rate: float
     spearman: float
     top_k_overlap: float
-    selected: torch.Tensor  # indices of S (into the influence set)
+    selected: torch.Tensor  # indices of S (into the scored rows)
     scores: torch.Tensor  # I_i before
     perturbed_scores: torch.Tensor  # I'_i after
-    stability: StabilityReport
-    perturbed_stability: StabilityReport
+    perturbed_inputs: torch.Tensor  # the training inputs with S perturbed
     max_perturbation: float  # max ‖x'_i − x_i‖∞ over S
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+    perturbed_diagnostics: dict[str, Any] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
-        """JSON-ready scalars and the two stability reports."""
+        """JSON-ready scalars, the estimator's diagnostics before and after (``perturbed_``
+        prefix) and the settings."""
+        def plain(value: Any) -> Any:
+            return value.to_dict() if hasattr(value, "to_dict") else value
+
         return {"flip_rate": self.flip_rate, "spearman": self.spearman,
                 "top_k_overlap": self.top_k_overlap, "n_selected": int(self.selected.numel()),
                 "max_perturbation": self.max_perturbation,
-                "stability": self.stability.to_dict(),
-                "perturbed_stability": self.perturbed_stability.to_dict(),
+                **{k: plain(v) for k, v in self.diagnostics.items()},
+                **{f"perturbed_{k}": plain(v) for k, v in self.perturbed_diagnostics.items()},
                 "settings": self.settings}
 
 
-def compare_scores(before: InfluenceResult, after: InfluenceResult, fraction: float,
-                   kept: torch.Tensor | None = None, **extra) -> MalleabilityResult:
-    """Malleability metrics between two influence results; ``kept`` lists the training
-    indices of ``before`` that ``after``'s training set holds, in order (default: all)."""
+def compare(before: Attribution, after: Attribution, fraction: float,
+            perturbed_inputs: torch.Tensor, max_perturbation: float,
+            kept: torch.Tensor | None = None, settings: dict | None = None) -> Measurement:
+    """The metrics between two attributions; ``kept`` lists the indices of ``before``'s
+    points that ``after`` scores, in order (default: all)."""
     scores = before.scores if kept is None else before.scores[kept]
-    return MalleabilityResult(
+    return Measurement(
         flip_rate=flip_rate(scores, after.scores, fraction),
         spearman=spearman(scores, after.scores),
         top_k_overlap=top_k_overlap(scores, after.scores, fraction),
         selected=top_fraction(scores, fraction), scores=scores,
-        perturbed_scores=after.scores, stability=before.stability,
-        perturbed_stability=after.stability, **extra)
+        perturbed_scores=after.scores, perturbed_inputs=perturbed_inputs,
+        max_perturbation=max_perturbation, diagnostics=before.diagnostics,
+        perturbed_diagnostics=after.diagnostics, settings=settings or {})
 
 
-def measure_malleability(
-    model: TwoLayerNet,
+def attribute(estimator: InfluenceEstimator, models: Sequence[nn.Module], x: torch.Tensor,
+              y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, seed: int,
+              parameters: Sequence[str] | None = None) -> Attribution:
+    """The estimator's attribution on one model, or the mean of its scores over several
+    (checkpoints; no diagnostics)."""
+    if len(models) == 1:
+        return estimator.attribute(models[0], x, y, x_test, y_test, seed=seed,
+                                   parameters=parameters)
+    scores = [estimator.scores(m, x, y, x_test, y_test, seed=seed, parameters=parameters)
+              for m in models]
+    return Attribution(sum(scores) / len(scores))
+
+
+def measure(
+    model: nn.Module | Sequence[nn.Module],
     x: torch.Tensor,
     y: torch.Tensor,
     x_test: torch.Tensor,
     y_test: torch.Tensor,
-    attack: AttackSettings = AttackSettings(),
-    influence: InfluenceSettings = InfluenceSettings(),
-    retrain: TrainSettings | None = None,
-    subset: torch.Tensor | None = None,
-) -> MalleabilityResult:
-    """Definition 3.4 on a trained ``model`` with training set (``x``, ``y``) in the model's
-    input space: influence on the rows ``subset`` of it (default: all), perturb the top
-    ``influence.fraction`` of them and recompute influence, with the same weights or after
-    ``retrain``. The attention reference is the whole (perturbed) training set."""
-    rows = torch.arange(x.shape[0]) if subset is None else subset
-    before = network_influence(model, x[rows], y[rows], x_test, y_test, influence.ridge)
-    selected = top_fraction(before.scores, influence.fraction)
-    x_new = perturb_rows(model, x, y, rows[selected], attack)
-    if retrain is not None:
-        with torch.no_grad():
-            z_new = model.inputs(x_new)
-        new_model = model.reinitialized(z_new if model.front is not None else None)
-        train(new_model, x_new, y, retrain)
-    elif model.front is not None:
-        with torch.no_grad():
-            new_model = model.with_reference(model.inputs(x_new))
-    else:
-        new_model = model
-    after = network_influence(new_model, x_new[rows], y[rows], x_test, y_test, influence.ridge)
+    estimator: InfluenceEstimator,
+    attack: AttackMethod,
+    *,
+    fraction: float = 0.1,
+    seed: int = 0,
+    rows: torch.Tensor | None = None,
+    bounds: Bounds = UNIT_BOX,
+    before: Attribution | None = None,
+    refit: Refit = same_weights,
+    parameters: Sequence[str] | None = None,
+) -> Measurement:
+    """Definition 3.4 on trained ``model`` (or several checkpoints: scores averaged, the
+    attack on their mean loss) with training set (``x``, ``y``) in the model's input space.
+
+    1. Scores on the rows ``rows`` of the training set (default: all; ``before`` if given),
+       estimator seed ``seed``; S = their top ``fraction``.
+    2. ``attack`` perturbs the points of S inside ``bounds`` at their labels ``y`` (class
+       indices or one-hot / ±1 targets).
+    3. Scores again on the perturbed rows, with ``refit(model, x_perturbed)`` (default: the
+       same weights, attending to the perturbed training set).
+    """
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
+    if before is None:
+        before = attribute(estimator, models, x[rows], y[rows], x_test, y_test, seed,
+                           parameters)
+    selected = top_fraction(before.scores, fraction)
+    x_new = perturb_rows(models, x, y, rows[selected], attack, bounds)
+    after = attribute(estimator, [refit(m, x_new) for m in models], x_new[rows], y[rows],
+                      x_test, y_test, seed, parameters)
     delta = float((x_new - x).abs().amax()) if selected.numel() else 0.0
-    settings = {"attack": attack.to_dict(), "fraction": influence.fraction,
-                "ridge": influence.ridge, "retrain": None if retrain is None else retrain.to_dict()}
-    return compare_scores(before, after, influence.fraction, max_perturbation=delta,
-                          settings=settings)
+    settings = {"attack": {"attack": attack.name, **attack.to_dict()},
+                "estimator": {"estimator": estimator.name, **estimator.to_dict()},
+                "fraction": fraction, "seed": seed}
+    return compare(before, after, fraction, x_new, delta, settings=settings)

@@ -3,7 +3,7 @@
 Three data spaces, one owner each: pixels x → network inputs z = preprocessing(x) →
 hidden-layer inputs h = z (2L-ReLU) or h = φ(z) (MLP-Attn) → outputs f = (1/√m) σ(W h)ᵀ A,
 σ = ReLU, W ∈ R^{m×d} trainable, initialised N(0, s²) (s = ``init_scale``), A ∈ {±1}^{m×C}
-fixed. See docs/method.md §3.
+fixed. See docs/method.md §3. The architectures by name: :data:`ARCHITECTURES`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,29 @@ from .attention import (
 from .data import Dataset
 from .memory import check_memory, network_bytes
 from .settings import Settings, setting
+
+#: Architectures by name: 2L-ReLU (no attention front) and MLP-Attn with each attention map.
+ARCHITECTURES: dict[str, AttentionKind | None] = {
+    "relu": None,
+    "attn": AttentionKind.LINEAR,
+    "attn-softmax": AttentionKind.SOFTMAX,
+    "attn-exponential": AttentionKind.EXPONENTIAL,
+}
+
+#: The paper's names of the architectures.
+ARCHITECTURE_NAMES = {"relu": "2L-ReLU", "attn": "MLP-Attn", "attn-softmax": "MLP-Attn (softmax)",
+                      "attn-exponential": "MLP-Attn (exponential)"}
+
+
+def check_architecture(value: object, name: str) -> str:
+    """An architecture's name in :data:`ARCHITECTURES`; its attention map (or None for
+    2L-ReLU) is accepted too."""
+    if value in ARCHITECTURES:
+        return str(value)
+    for arch, kind in ARCHITECTURES.items():
+        if value == kind:
+            return arch
+    raise ValueError(f"{name}: expected one of {', '.join(ARCHITECTURES)}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -108,15 +131,31 @@ class TwoLayerNet(nn.Module):
         return None if self.front is None else self.front.kind
 
     @classmethod
+    def for_architecture(cls, architecture: str | AttentionKind | None, z: torch.Tensor,
+                         num_outputs: int, settings: ModelSettings = ModelSettings(), *,
+                         width: int | None = None, reference: torch.Tensor | None = None,
+                         preprocessing: nn.Module | None = None,
+                         attention_rank: int | None = None) -> TwoLayerNet:
+        """An untrained network of ``architecture`` (:func:`check_architecture`) on network
+        inputs like ``z`` (n × d) with ``num_outputs`` outputs; MLP-Attn attends to
+        ``reference`` (default ``z``), truncated to its top ``attention_rank`` singular
+        directions when given (Remark 4.10)."""
+        attention = ARCHITECTURES[check_architecture(architecture, "model")]
+        if attention is not None and reference is None:
+            reference = z
+        return cls(z.shape[1], width or settings.width, num_outputs, attention,
+                   reference if attention else None, settings.init_scale, settings.seed,
+                   settings.projection, getattr(torch, settings.dtype), preprocessing,
+                   attention_rank=attention_rank if attention else None)
+
+    @classmethod
     def for_data(cls, data: Dataset, settings: ModelSettings = ModelSettings(),
-                 attention: AttentionKind | str | None = None,
+                 architecture: str | AttentionKind | None = "relu",
                  width: int | None = None) -> TwoLayerNet:
-        """A network on ``data``'s pixels: its preprocessing, its number of outputs and, for
-        MLP-Attn, its network inputs as the attention reference."""
-        z = data.inputs()
-        return cls(z.shape[1], width or settings.width, data.targets().shape[1], attention,
-                   z if attention is not None else None, settings.init_scale, settings.seed,
-                   settings.projection, getattr(torch, settings.dtype), data.preprocessing)
+        """A network of ``architecture`` on ``data``'s pixels: its preprocessing, its number
+        of outputs and, for MLP-Attn, its network inputs as the attention reference."""
+        return cls.for_architecture(architecture, data.inputs(), data.targets().shape[1],
+                                    settings, width=width, preprocessing=data.preprocessing)
 
     def inputs(self, x: torch.Tensor) -> torch.Tensor:
         """z: the network inputs of ``x`` (``preprocessing(x)``, or ``x`` without one)."""
@@ -165,6 +204,15 @@ class TwoLayerNet(nn.Module):
         new = copy.deepcopy(self)
         new.front = self._attention_front(reference, self.front.kind)
         return new
+
+    def attending_to(self, x: torch.Tensor) -> TwoLayerNet:
+        """This network on the training set ``x`` (the caller's inputs): MLP-Attn's front
+        attends to its network inputs (same weights, :meth:`with_reference`); 2L-ReLU, whose
+        features do not depend on the training set, is returned as it is."""
+        if self.front is None:
+            return self
+        with torch.no_grad():
+            return self.with_reference(self.inputs(x))
 
     def with_front(self, front: AttentionFeatures) -> TwoLayerNet:
         """A shallow copy sharing this network's weights, with attention front ``front``."""

@@ -11,24 +11,14 @@ from pathlib import Path
 
 import torch
 
-from ..attention import AttentionKind
 from ..data import DataSettings, Preprocessing, load_dataset
 from ..data.subsets import stratified_sample
-from ..models import ModelSettings, TwoLayerNet
+from ..models import ARCHITECTURE_NAMES, ModelSettings, TwoLayerNet
 from ..training import TrainSettings, train
 from .store import CorruptFile, move_aside, read_tensors, settings_key, write_tensors
 
-#: Architectures by name: 2L-ReLU and MLP-Attn with each attention map.
-ARCHITECTURES: dict[str, AttentionKind | None] = {
-    "relu": None,
-    "attn": AttentionKind.LINEAR,
-    "attn-softmax": AttentionKind.SOFTMAX,
-    "attn-exponential": AttentionKind.EXPONENTIAL,
-}
-
-#: The paper's names of the architectures.
-ARCHITECTURE_NAMES = {"relu": "2L-ReLU", "attn": "MLP-Attn", "attn-softmax": "MLP-Attn (softmax)",
-                      "attn-exponential": "MLP-Attn (exponential)"}
+__all__ = ["ARCHITECTURE_NAMES", "Problem", "RunContext", "build_model", "load_problem",
+           "on_influence_set", "trained_model"]  # ARCHITECTURE_NAMES: re-exported for report.py
 
 
 @dataclass(frozen=True)
@@ -125,16 +115,10 @@ def build_model(arch: str, problem: Problem, model: ModelSettings, width: int | 
     """An untrained network of architecture ``arch`` on ``problem``'s pixels; MLP-Attn attends
     to ``reference`` network inputs (default: the training set's), truncated to its top
     ``attention_rank`` singular directions when given (Remark 4.10)."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"model: expected one of {', '.join(ARCHITECTURES)}, got {arch!r}")
-    attention = ARCHITECTURES[arch]
-    if attention is not None and reference is None:
-        reference = problem.z
-    net = TwoLayerNet(problem.z.shape[1], width or model.width, problem.num_outputs,
-                      attention=attention, reference=reference if attention else None,
-                      init_scale=model.init_scale, seed=model.seed, projection=model.projection,
-                      dtype=getattr(torch, model.dtype), preprocessing=problem.preprocessing,
-                      attention_rank=attention_rank if attention else None)
+    net = TwoLayerNet.for_architecture(arch, problem.z, problem.num_outputs, model, width=width,
+                                       reference=reference,
+                                       preprocessing=problem.preprocessing,
+                                       attention_rank=attention_rank)
     return net.to(problem.x.device)
 
 

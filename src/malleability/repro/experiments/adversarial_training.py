@@ -19,7 +19,6 @@ import torch
 from ..._validation import check_nonnegative, check_positive, check_positive_int
 from ...attacks import AttackSettings, check_eps, perturb_rows
 from ...interventions import adversarial_train
-from ...measure import measure_malleability
 from ...settings import setting
 from ...training import evaluate
 from .. import figures
@@ -152,7 +151,8 @@ def table3_verdict(before: float, after: float, robust: bool) -> str:
 def attacked_test_accuracy(net: torch.nn.Module, p: Problem, attack: AttackSettings) -> float:
     """Test accuracy after ``attack`` perturbs every test point (worst case over restarts)."""
     rows = torch.arange(p.x_test.shape[0])
-    return evaluate(net, perturb_rows(net, p.x_test, p.y_test, rows, attack), p.y_test)[1]
+    return evaluate(net, perturb_rows(net, p.x_test, p.y_test, rows, attack.method()),
+                    p.y_test)[1]
 
 
 def run(s: AdversarialTrainingSettings, cell: dict, ctx: RunContext) -> dict:
@@ -173,8 +173,7 @@ def run(s: AdversarialTrainingSettings, cell: dict, ctx: RunContext) -> dict:
                  "strong_attack": strong.to_dict()}
     for name, net, hist in (("standard", standard, history),
                             ("adversarial", robust, adv_history.to_dict())):
-        m = measure_malleability(net, p.x, p.y, p.x_test, p.y_test, attack, s.influence,
-                                 subset=p.influence_rows)
+        m = s.measure(net, p, attack)
         accuracies = {f"{key}_test_accuracy": attacked_test_accuracy(net, p, a)
                       for key, a in (("pgd", attack), ("strong", strong))}
         out[name] = {**m.summary(), "test_accuracy": hist["test_accuracy"][-1], **accuracies}

@@ -15,13 +15,15 @@ import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ...attacks import Attack, AttackSettings
+from ...attacks import AttackSettings
 from ...data import DataSettings
+from ...estimators import NTKLOO
 from ...influence import InfluenceSettings
-from ...models import ModelSettings
+from ...measure import Measurement, Refit, measure, same_weights
+from ...models import ARCHITECTURE_NAMES, ModelSettings, TwoLayerNet, check_architecture
 from ...settings import Settings, setting
 from ...training import TrainSettings
-from ..problem import ARCHITECTURE_NAMES, ARCHITECTURES, Problem, RunContext, load_problem
+from ..problem import Problem, RunContext, load_problem
 from ..report import Block, Table
 from ..seeds import Estimate, combine
 
@@ -41,9 +43,7 @@ class Experiment(Protocol):
 def check_architectures(value: tuple[str, ...], name: str) -> tuple[str, ...]:
     """A non-empty list of architecture names."""
     for i, arch in enumerate(value):
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"{name}[{i}]: expected one of {', '.join(ARCHITECTURES)}, "
-                             f"got {arch!r}")
+        check_architecture(arch, f"{name}[{i}]")
     return check_nonempty(value, name)
 
 
@@ -91,6 +91,10 @@ class NetworkSettings(TaskSettings):
     train: TrainSettings = setting(TrainSettings(), "Training.")
     influence: InfluenceSettings = setting(InfluenceSettings(), "NTK influence.")
 
+    def estimator(self) -> NTKLOO:
+        """The reproduction's estimator: NTK-LOO at the influence settings' ridge."""
+        return NTKLOO(ridge=self.influence.ridge)
+
 
 @dataclass(frozen=True)
 class AttackExperimentSettings(NetworkSettings):
@@ -98,9 +102,16 @@ class AttackExperimentSettings(NetworkSettings):
 
     attack: AttackSettings = setting(AttackSettings(), "The ℓ∞ attack.")
 
-    def attack_as(self, name: Attack | str, **changes: Any) -> AttackSettings:
+    def attack_as(self, name: str, **changes: Any) -> AttackSettings:
         """These attack settings for attack ``name`` (with ``changes``)."""
         return self.attack.replace(attack=name, **changes)
+
+    def measure(self, net: TwoLayerNet, p: Problem, attack: AttackSettings,
+                refit: Refit = same_weights) -> Measurement:
+        """Definition 3.4 on ``p``'s influence rows: NTK-LOO, ``attack``, the top
+        ``influence.fraction``, the weights of ``net`` (or ``refit``)."""
+        return measure(net, p.x, p.y, p.x_test, p.y_test, self.estimator(), attack.method(),
+                       fraction=self.influence.fraction, rows=p.influence_rows, refit=refit)
 
 
 def task_model_cells(s: NetworkSettings) -> list[dict]:

@@ -11,8 +11,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...attacks import Attack
-from ...measure import measure_malleability
+from ...attacks import Attack, check_attack
 from ...settings import setting
 from .. import figures
 from ..problem import RunContext, trained_model
@@ -51,25 +50,31 @@ PAPER_TABLE2 = {
 }
 
 
+def check_attacks(value: tuple[str, ...], name: str) -> tuple[str, ...]:
+    """A non-empty list of registered attack names."""
+    return tuple(check_attack(a, f"{name}[{i}]") for i, a in enumerate(check_nonempty(value,
+                                                                                      name)))
+
+
 @dataclass(frozen=True)
 class FlipRateSettings(AttackExperimentSettings):
-    attacks: tuple[Attack, ...] = setting(tuple(Attack), "Attacks: fgsm, pgd, mim.",
-                                          check_nonempty, flag="--attack")
+    attacks: tuple[str, ...] = setting(tuple(a.value for a in Attack), "Attacks by name "
+                                       "(fgsm, pgd, mim: the paper's; any registered attack).",
+                                       check_attacks, flag="--attack")
 
 
 SETTINGS = FlipRateSettings
 
 
 def cells(s: FlipRateSettings) -> list[dict]:
-    return [{"task": t.label, "model": m, "attack": a.value}
+    return [{"task": t.label, "model": m, "attack": a}
             for t in s.tasks for m in s.models for a in s.attacks]
 
 
 def run(s: FlipRateSettings, cell: dict, ctx: RunContext) -> dict:
     p = cell_problem(s.tasks, cell, ctx)
     net, history = trained_model(cell["model"], p, s.model, s.train, ctx)
-    result = measure_malleability(net, p.x, p.y, p.x_test, p.y_test, s.attack_as(cell["attack"]),
-                                  s.influence, subset=p.influence_rows)
+    result = s.measure(net, p, s.attack_as(cell["attack"]))
     return {**result.summary(), "test_accuracy": history["test_accuracy"][-1],
             "n_train": p.x.shape[0], "n_influence": int(p.influence_rows.numel())}
 

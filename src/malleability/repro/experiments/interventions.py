@@ -11,7 +11,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...influence import network_influence
 from ...interventions import Intervention, intervene
 from ...settings import setting
 from .. import figures
@@ -82,8 +81,7 @@ def run(s: InterventionSettings, cell: dict, ctx: RunContext) -> dict:
     p = cell_problem(s.tasks, cell, ctx)
     net, history = trained_model(cell["model"], p, s.model, s.train, ctx)
     rows = p.influence_rows
-    baseline = network_influence(net, p.x[rows], p.y[rows], p.x_test, p.y_test,
-                                 s.influence.ridge)
+    baseline = s.estimator().attribute(net, p.x[rows], p.y[rows], p.x_test, p.y_test)
     train_settings = s.train.replace(progress=ctx.progress)
     result = intervene(cell["intervention"], net, p.x, p.y, p.x_test, p.y_test, train_settings,
                        s.attack_as("pgd"), s.influence, baseline, subset=rows)

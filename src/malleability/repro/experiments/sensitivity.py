@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from ..._validation import check_positive_int
 from ...attacks import Attack
 from ...data import DataSettings
-from ...measure import measure_malleability
+from ...models import TwoLayerNet
 from ...settings import Settings, setting
+from ...training import TrainSettings, train
 from .. import figures
 from ..problem import RunContext, trained_model
 from ..report import Block, Table, Text, figure, fmt, group, pct
@@ -148,12 +151,26 @@ def run(s: SensitivitySettings, cell: dict, ctx: RunContext) -> dict:
     v = moved(s, cell["axis"], cell["value"])
     p = cell_problem(v.tasks, cell, ctx)
     net, history = trained_model(cell["model"], p, v.model, v.train, ctx)
-    retrain = v.train.replace(progress=False) if cell["value"] == "retrained" else None
-    result = measure_malleability(net, p.x, p.y, p.x_test, p.y_test, v.attack_as(cell["attack"]),
-                                  v.influence, retrain=retrain, subset=p.influence_rows)
+    attack = v.attack_as(cell["attack"])
+    if cell["value"] == "retrained":
+        result = v.measure(net, p, attack, refit=lambda model, x_new: retrained(
+            model, x_new, p.y, v.train.replace(progress=False)))
+    else:
+        result = v.measure(net, p, attack)
     return {"flip_rate": result.flip_rate, "spearman": result.spearman,
             "n_selected": int(result.selected.numel()), "test_accuracy":
             history["test_accuracy"][-1], "n_influence": int(p.influence_rows.numel())}
+
+
+def retrained(model: TwoLayerNet, x_new: torch.Tensor, y: torch.Tensor,
+              settings: TrainSettings) -> TwoLayerNet:
+    """``model`` retrained from its initialisation on (``x_new``, ``y``), MLP-Attn attending
+    to ``x_new``."""
+    with torch.no_grad():
+        z_new = model.inputs(x_new)
+    new_model = model.reinitialized(z_new if model.front is not None else None)
+    train(new_model, x_new, y, settings)
+    return new_model
 
 
 def point_label(axis: str, value: object) -> str:

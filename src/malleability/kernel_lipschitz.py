@@ -31,6 +31,7 @@ from ._validation import as_tensor, check_nonnegative, check_positive, check_pos
 from .attacks import pgd
 from .bounds import influence_change_bound
 from .kernel_ridge import as_targets, fit_kernel_ridge
+from .spectral import gram_eigenvalues
 
 _F64 = torch.float64
 
@@ -84,6 +85,17 @@ def attention_gram_change_bound(reference: torch.Tensor, eps: float) -> float:
     g = _gram_norm(x)
     e = 2 * eps * math.sqrt(g) + eps**2
     return (g + e) ** 3 - g**3
+
+
+def analytic_lipschitz(architecture: str, z_influence: torch.Tensor, z_reference: torch.Tensor
+                       ) -> float:
+    """The analytic constant of ``architecture`` (relu or attn), Prop. 4.6 / C.13 in network
+    inputs z: √n‖G‖²-type L_attn with G of the reference set, or (1 + π)/(2π)‖Z‖_F for the
+    ReLU NTK."""
+    if architecture == "relu":
+        return relu_ntk_lipschitz(z_influence)
+    top = float(gram_eigenvalues(z_reference)[0])
+    return attention_kernel_lipschitz(z_influence, gram_norm=top)
 
 
 def sensitivity_gap(attention_lipschitz: float, other_lipschitz: float) -> float:

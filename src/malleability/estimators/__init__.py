@@ -1,0 +1,62 @@
+"""Influence estimators by name: the registry :data:`ESTIMATORS` (docs/method.md §5).
+
+Every estimator is a frozen settings dataclass meeting :class:`InfluenceEstimator`
+(``name``, ``randomized``, ``dtype``, ``scores(model, x_train, y_train, x_test, y_test, *,
+seed, parameters)`` → (n_train,) float64); :func:`make_estimator` builds one by name. Adding
+an estimator is one module defining its class (subclass :class:`Estimator`), plus its entry
+in :data:`ESTIMATORS`; ``audit``, the CLI and the reproduction take it from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .base import Attribution, Estimator, InfluenceEstimator
+from .dattri import DATTRI_ESTIMATORS, DattriEstimator
+from .ntk_loo import NTKLOO
+
+#: Every estimator class by its name.
+ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, *DATTRI_ESTIMATORS)}
+
+
+def check_estimator(value: Any, name: str) -> str:
+    """The registry name of an estimator."""
+    if value not in ESTIMATORS:
+        raise ValueError(f"{name}: expected one of {', '.join(ESTIMATORS)}, got {value!r}")
+    return str(value)
+
+
+def make_estimator(estimator: str, **settings: Any) -> InfluenceEstimator:
+    """The estimator named ``estimator`` with those of ``settings`` its class has (the others
+    are ignored: NTK-LOO has a ridge, the influence functions a damping)."""
+    cls = ESTIMATORS[check_estimator(estimator, "estimator")]
+    known = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in settings.items() if k in known})
+
+
+def influence_scores(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+                     x_test: torch.Tensor, y_test: torch.Tensor, estimator: str = NTKLOO.name,
+                     *, parameters: Sequence[str] | None = None, seed: int = 0,
+                     **settings: Any) -> torch.Tensor:
+    """Per-training-point scores (n_train,) of the estimator named ``estimator`` (with
+    ``settings``, e.g. ``ridge`` or ``damping``) on ``model``."""
+    return make_estimator(estimator, **settings).scores(
+        model, x_train, y_train, x_test, y_test, seed=seed, parameters=parameters)
+
+
+__all__ = [
+    "ESTIMATORS",
+    "NTKLOO",
+    "Attribution",
+    "DattriEstimator",
+    "Estimator",
+    "InfluenceEstimator",
+    "check_estimator",
+    "influence_scores",
+    "make_estimator",
+]
