@@ -1,7 +1,10 @@
-"""Shared fixtures: tiny data sets in the canonical download formats."""
+"""Shared fixtures: tiny data sets in the canonical download formats, scikit-learn's digits as
+package Datasets, and a small trained classifier with its data for the estimator and attack
+contracts."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import pickle
@@ -74,3 +77,37 @@ def tiny_data() -> TinyData:
         files={"mnist": mnist_files, "cifar10": {"cifar-10-python.tar.gz": _tar_gz(members)}},
         arrays={"mnist": mnist, "cifar10": cifar},
     )
+
+
+@pytest.fixture(scope="session")
+def digits_split():
+    """``load(classes, n_train, n_test)`` → (train, test) Datasets of scikit-learn's bundled
+    8×8 digits (stratified, seed 0), cached for the session."""
+    from malleability.data import load_dataset
+
+    @functools.cache
+    def load(classes: str | None = None, n_train: int = 200, n_test: int = 60):
+        return (load_dataset("digits", "train", classes=classes, n=n_train, seed=0),
+                load_dataset("digits", "test", classes=classes, n=n_test, seed=0))
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def digits(digits_split):
+    """240 training and 120 test digits of classes 0–3."""
+    return digits_split("0,1,2,3", 240, 120)
+
+
+@pytest.fixture(scope="session")
+def small_classifier(digits_split):
+    """A small MLP (P = 423) briefly trained on 40 digits of classes 0–2, with (x, y, x_test,
+    y_test) as [0, 1] pixels and class indices (12 test digits)."""
+    from malleability.auditing import load_split
+    from malleability.classifiers import MLPClassifier, fit_classifier
+
+    train, test = digits_split("0,1,2", 40, 12)
+    data = (*load_split(train, None, "x_train"), *load_split(test, None, "x_test"))
+    model = MLPClassifier(in_features=64, hidden=6, num_classes=3, seed=0)
+    fit_classifier(model, data[0], data[1], epochs=5, seed=0)
+    return model, data

@@ -8,7 +8,6 @@ import torch
 
 from malleability import AttackSettings, ModelSettings, TwoLayerNet, interventions, perturb_rows
 from malleability.attacks import margin_loss, pgd
-from malleability.data import load_dataset
 from malleability.interventions import adversarial_train, ramped_eps
 from malleability.repro import figures
 from malleability.repro.experiments import adversarial_training as at
@@ -20,10 +19,8 @@ F64 = torch.float64
 
 
 @pytest.fixture(scope="module")
-def digits():
-    train_set = load_dataset("digits", "train", classes="0,1,2,3", n=160, seed=0)
-    test_set = load_dataset("digits", "test", classes="0,1,2,3", n=60, seed=0)
-    return train_set, test_set
+def digits(digits_split):
+    return digits_split("0,1,2,3", 160, 60)
 
 
 def _net(ds, width=32, seed=1):
@@ -54,8 +51,8 @@ def test_margin_loss_positive_exactly_when_misclassified():
 def test_attack_settings_pick_the_loss(digits):
     tr, _ = digits
     net, x, y = _net(tr), tr.pixels[:5].to(F64), tr.targets()[:5]
-    target = AttackSettings().model_loss(net, y)(x, y)
-    margin = AttackSettings(loss="margin").model_loss(net, y)(x, y)
+    target = AttackSettings().model_loss(net)(x, y)
+    margin = AttackSettings(loss="margin").model_loss(net)(x, y)
     f = net(x)
     assert torch.allclose(target, torch.logsumexp(f, 1) - (f * y).sum(1))
     assert torch.equal(margin, margin_loss(f, y))
@@ -93,7 +90,7 @@ def test_restarts_are_at_least_as_strong_as_each_restart(digits):
     x, y = te.pixels.to(F64), te.targets()
     rows = torch.arange(len(te))
     strong = AttackSettings(eps=0.05, steps=5, alpha=0.02, loss="margin", seed=3)
-    loss_fn = strong.model_loss(net, y)
+    loss_fn = strong.model_loss(net)
     best = loss_fn(perturb_rows(net, x, y, rows, strong.replace(restarts=3)), y)
     singles = [loss_fn(perturb_rows(net, x, y, rows, strong.replace(seed=3 + r)), y)
                for r in range(3)]

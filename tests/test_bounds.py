@@ -13,7 +13,7 @@ from malleability.bounds import (
     influence_change_lower_bound,
     prediction_change_bound,
 )
-from malleability.sensitivity import ChangeSearch, kernel_row_change, relu_ntk_lipschitz
+from malleability.kernel_lipschitz import ChangeSearch, kernel_row_change, relu_ntk_lipschitz
 
 F64 = torch.float64
 RIDGES = [1e-3, 1e-2, 1e-1, 1.0, 10.0]

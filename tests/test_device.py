@@ -20,9 +20,8 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def digits() -> tuple[M.Dataset, M.Dataset]:
-    return (M.load_dataset("digits", "train", n=200, seed=0),
-            M.load_dataset("digits", "test", n=60, seed=0))
+def digits(digits_split) -> tuple[M.Dataset, M.Dataset]:
+    return digits_split(None, 200, 60)
 
 
 def _trained(data: M.Dataset, device: str, attention: str | None) -> M.TwoLayerNet:

@@ -9,9 +9,10 @@ from scipy.stats import spearmanr
 
 from malleability import AttackSettings, InfluenceSettings, ModelSettings, TwoLayerNet
 from malleability.data import load_dataset
+from malleability.estimators import NTKLOO
 from malleability.influence import network_influence
 from malleability.interventions import Intervention, intervene, report_epochs
-from malleability.measure import measure_malleability
+from malleability.measure import measure
 from malleability.metrics import flip_rate, spearman, top_fraction, top_k_overlap
 from malleability.training import TrainSettings, train
 
@@ -80,23 +81,42 @@ def trained():
 
 @pytest.mark.parametrize("name", ["relu", "attn"])
 @pytest.mark.parametrize("attack", ["fgsm", "pgd", "mim"])
-def test_measure_malleability_end_to_end(trained, name, attack):
+def test_measure_end_to_end(trained, name, attack):
     tr, te, models = trained
     settings = AttackSettings(attack, eps=0.3, steps=5, alpha=0.05)
-    result = measure_malleability(models[name], tr.pixels.to(F64), tr.targets(),
-                                  te.pixels.to(F64), te.targets(), settings)
+    x = tr.pixels.to(F64)
+    result = measure(models[name], x, tr.targets(), te.pixels.to(F64), te.targets(), NTKLOO(),
+                     settings.method())
     assert result.selected.numel() == 15
     assert 0.0 <= result.flip_rate <= 1.0 and -1.0 <= result.spearman <= 1.0
     assert result.max_perturbation <= 0.3 + 1e-12 and result.max_perturbation > 0.1
-    assert result.stability.min_eigenvalue > 0 and result.perturbed_stability.min_eigenvalue > 0
+    assert result.diagnostics["stability"].min_eigenvalue > 0
+    assert result.perturbed_diagnostics["stability"].min_eigenvalue > 0
     assert not torch.equal(result.scores, result.perturbed_scores)
+    # the perturbed inputs it returns: S moved, every other row as it was
+    moved = (result.perturbed_inputs != x).flatten(1).any(1).nonzero().flatten()
+    assert set(moved.tolist()) <= set(result.selected.tolist())
+    # the perturbed scores are those of the model attending to the perturbed inputs
+    after = NTKLOO().scores(models[name].attending_to(result.perturbed_inputs),
+                            result.perturbed_inputs, tr.targets(), te.pixels.to(F64),
+                            te.targets())
+    assert torch.equal(after, result.perturbed_scores)
+
+
+def test_ntk_loo_takes_class_indices_or_one_hot_targets(trained):
+    tr, te, models = trained
+    x, xt, y, yt = tr.pixels.to(F64), te.pixels.to(F64), tr.targets(), te.targets()
+    for model in models.values():
+        hot = NTKLOO().scores(model, x, y, xt, yt)
+        index = NTKLOO().scores(model, x, y.argmax(1), xt, yt.argmax(1))
+        assert torch.equal(hot, index)
 
 
 def test_zero_budget_changes_nothing(trained):
     tr, te, models = trained
     for model in models.values():
-        result = measure_malleability(model, tr.pixels.to(F64), tr.targets(), te.pixels.to(F64),
-                                      te.targets(), AttackSettings("pgd", eps=0.0))
+        result = measure(model, tr.pixels.to(F64), tr.targets(), te.pixels.to(F64),
+                         te.targets(), NTKLOO(), AttackSettings("pgd", eps=0.0).method())
         assert result.flip_rate == 0.0 and result.top_k_overlap == 1.0
         torch.testing.assert_close(result.scores, result.perturbed_scores)
 

@@ -95,7 +95,7 @@ def test_malleability_nonfinite_inputs_raise(x8):
     net = M.TwoLayerNet(8, 16, 1, seed=0, preprocessing=_Map(lambda t: t / 0.0 - t / 0.0))
     y = torch.ones(6, 1, dtype=torch.float64)
     with pytest.raises(NonFiniteError, match=r"^x_train: model\.inputs\(x_train\) is not finite"):
-        M.measure_malleability(net, x8, y, x8, y, M.AttackSettings("fgsm", 0.1))
+        M.measure(net, x8, y, x8, y, M.make_estimator("ntk-loo"), M.make_attack("fgsm", eps=0.1))
 
 
 @pytest.mark.parametrize("make", [

@@ -10,7 +10,7 @@ import torch
 
 from malleability import fit_kernel_ridge, infinite_ntk
 from malleability.attention import AttentionFeatures
-from malleability.sensitivity import (
+from malleability.kernel_lipschitz import (
     RELU_NTK_FACTOR,
     ChangeSearch,
     attention_gram_change_bound,

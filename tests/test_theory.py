@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from malleability.repro.experiments import theory
+from malleability.bounds import BOUNDS, influence_shift_bounds
+from malleability.repro.experiments import theory, theory_bounds
 from malleability.repro.problem import RunContext
 from malleability.repro.report import Table, Text
 from malleability.repro.runner import load_preset
@@ -40,7 +41,7 @@ def test_bounds_and_remedy_cells_run_and_report(tiny, tmp_path):
         assert row["attack_max_perturbation"] == pytest.approx(row["max_perturbation"])
         assert row["attack_max_perturbation"] <= 0.3 + 1e-12
         assert 0.0 <= row["flip_rate"] <= 1.0
-        assert set(row["bounds"]) == set(theory.BOUNDS)
+        assert set(row["bounds"]) == set(BOUNDS)
         # the two bounds that are theorems for any ΔK hold on the network's kernels
         assert row["bounds"]["upper_resolvent"]["holds"]
         assert row["bounds"]["lower_exact"]["holds"]
@@ -70,7 +71,7 @@ def _diagonal_case(lipschitz: float, **kw) -> dict:
     y = torch.tensor([1.0, 1.0], dtype=F64)
     args = {"eps": 0.1, "eps_z": 0.1, "moved": 1, "lipschitz": lipschitz,
             "lipschitz_analytic": 100.0, **kw}
-    return theory.check_bounds(k, k_new, y, 0.5, **args)
+    return influence_shift_bounds(k, k_new, y, 0.5, **args)
 
 
 def test_a_failing_bound_is_reported_as_failing(tmp_path):
@@ -91,7 +92,7 @@ def test_a_failing_bound_is_reported_as_failing(tmp_path):
     rows = [{"task": "t", "model": "relu", "seed": 0, "eps": 0.1, "ridge": 0.5,
              "flip_rate": 0.1, "sensitivity": {"measured": 1.0, "analytic": 2.0},
              "eps_z": 0.1, **case} for case in (low, high)]
-    verdicts = theory.bound_verdicts(rows)
+    verdicts = theory_bounds.bound_verdicts(rows)
     assert verdicts["upper_measured"] == {"holds": 1, "fails": 1}
     assert verdicts["lower_paper"] == {"holds": 1, "fails": 1}
     assert verdicts["lower_exact"] == {"holds": 2, "fails": 0}
@@ -117,26 +118,26 @@ def test_ordering_counts_agreements_and_correlates_sensitivity_with_flip_rate():
             _row("b", "relu", 1e-3, 3.0, 0.40), _row("b", "attn", 1e-3, 5.0, 0.05),  # disagree
             _row("b", "relu", 1e-3, 4.0, 0.50, seed=1),  # no MLP-Attn partner: not compared
             _row("c", "relu", 1e-3, 9.0, 0.9), _row("c", "attn", 1e-3, 1.0, 0.1)]  # agree
-    result = theory.ordering(rows)
+    result = theory_bounds.ordering(rows)
     assert (result["agree"], result["n"]) == (2, 4)
     assert [c["agree"] for c in result["comparisons"]] == [True, False, False, True]
     s = [r["sensitivity"]["measured"] for r in rows]
     f = [r["flip_rate"] for r in rows]
     assert result["spearman"] == pytest.approx(spearmanr(s, f).statistic)
-    assert theory.ordering(rows, "analytic")["spearman"] == pytest.approx(result["spearman"])
-    assert math.isnan(theory.ordering(rows[:1])["spearman"])
+    assert theory_bounds.ordering(rows, "analytic")["spearman"] == pytest.approx(result["spearman"])
+    assert math.isnan(theory_bounds.ordering(rows[:1])["spearman"])
 
 
 def test_monotonicity_counts_rises_of_the_flip_rate_with_ridge(tmp_path):
     rows = [_row("a", "relu", r, 1.0, f) for r, f in ((1.0, 0.1), (1e-3, 0.3), (1e-2, 0.2),
                                                       (1e-1, 0.25))]
     rows += [_row("a", "attn", r, 1.0, f) for r, f in ((1e-3, 0.5), (1e-1, 0.4), (1.0, 0.4))]
-    result = {m["key"][1]: m for m in theory.monotonicity(rows)}
+    result = {m["key"][1]: m for m in theory_bounds.monotonicity(rows)}
     assert result["relu"]["ridges"] == [1e-3, 1e-2, 1e-1, 1.0]
     assert result["relu"]["flip_rates"] == [0.3, 0.2, 0.25, 0.1]
     assert result["relu"]["violations"] == 1  # 0.2 → 0.25
     assert result["attn"]["violations"] == 0  # equal steps are not violations
-    text = [b for b in theory._bounds_blocks([], [{**r, **_diagonal_case(1.0)} for r in rows],
+    text = [b for b in theory_bounds.blocks([], [{**r, **_diagonal_case(1.0)} for r in rows],
                                              tmp_path) if isinstance(b, Text)]
     assert text[0].text.startswith("Corollary C.4: 1 violation(s)")
 
@@ -166,12 +167,12 @@ def test_fast_gram_paths_equal_the_direct_kernels(tiny, tmp_path):
     moved = flat.clone()
     moved[2] = (moved[2] + 0.1).clamp(0, 1)
     attn = build_model("attn", p, tiny.model).double()
-    gram, row = theory._gram(attn, p)
+    gram, row = theory_bounds._gram(attn, p)
     assert row is None
     x_all = p.x.index_put((p.influence_rows,), moved.reshape(-1, *p.x.shape[1:]))
     direct = attn.with_reference(attn.inputs(x_all))
     want = empirical_ntk(direct, direct.inputs(moved.reshape(-1, *p.x.shape[1:])))
     torch.testing.assert_close(gram(moved), want, rtol=1e-10, atol=1e-12)
     relu = build_model("relu", p, tiny.model)
-    gram, row = theory._gram(relu, p)
+    gram, row = theory_bounds._gram(relu, p)
     torch.testing.assert_close(row(moved[2], 2), gram(moved)[2], rtol=1e-12, atol=1e-14)

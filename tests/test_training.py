@@ -18,13 +18,6 @@ from malleability.training import (
 F64 = torch.float64
 
 
-@pytest.fixture(scope="module")
-def digits():
-    train_set = load_dataset("digits", "train", classes="0,1,2,3", n=240, seed=0)
-    test_set = load_dataset("digits", "test", classes="0,1,2,3", n=120, seed=0)
-    return train_set, test_set
-
-
 def _net(ds, attention=None, width=64, seed=1):
     return TwoLayerNet.for_data(ds, ModelSettings(width=width, seed=seed), attention)
 

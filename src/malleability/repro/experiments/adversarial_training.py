@@ -94,8 +94,8 @@ class AdversarialTrainingSettings(AttackExperimentSettings):
     def check_relations(self) -> None:
         if self.ramp > 1:
             raise ValueError(f"ramp: expected a fraction of the epochs in [0, 1], got {self.ramp}")
-        if self.strong.attack.value != "pgd":
-            raise ValueError(f"strong.attack: expected pgd, got {self.strong.attack.value}")
+        if self.strong.attack != "pgd":
+            raise ValueError(f"strong.attack: expected pgd, got {self.strong.attack}")
 
     @property
     def adversarial_epochs(self) -> int:
