@@ -213,6 +213,7 @@ def test_pgd_without_random_start_ignores_seed(small):
 # ---- strength on a trained network --------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [0.1, 0.3])
 def test_attack_strength_on_trained_digits_mlp(trained_mlp, eps):
     model, x, y = trained_mlp

@@ -57,6 +57,7 @@ def test_every_experiment_module_meets_the_contract():
             assert hasattr(module, attribute), (name, attribute)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPERIMENTS))
 def test_each_experiment_runs_and_round_trips_json(tiny_settings, tmp_path, name):
     settings = tiny_settings.experiments[name]
@@ -139,6 +140,7 @@ def _run_cli(out: Path, *extra: str) -> subprocess.Popen:
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_results(tmp_path):
     settings = load_preset(str(TINY))
     only = ("flip_rates", "ntk_distance")

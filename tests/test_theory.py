@@ -27,6 +27,7 @@ def _record(cell: dict, result: dict, seed: int = 0) -> dict:
     return {"cell": {**cell, "seed": seed}, "result": result}
 
 
+@pytest.mark.slow
 def test_bounds_and_remedy_cells_run_and_report(tiny, tmp_path):
     ctx = RunContext(tmp_path, progress=False)
     cells = theory.cells(tiny)
