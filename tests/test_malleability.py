@@ -7,7 +7,13 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from malleability import AttackSettings, InfluenceSettings, ModelSettings, TwoLayerNet
+from malleability import (
+    ARCHITECTURES,
+    AttackSettings,
+    InfluenceSettings,
+    ModelSettings,
+    TwoLayerNet,
+)
 from malleability.data import load_dataset
 from malleability.estimators import NTKLOO
 from malleability.influence import network_influence
@@ -167,3 +173,26 @@ def test_interventions_on_an_influence_subset(trained):
                      subset=subset)
     assert same.n_train == 150 and same.malleability.flip_rate == 0.0
     torch.testing.assert_close(same.malleability.perturbed_scores, base.scores)
+
+
+def test_attending_to_is_the_front_rebuilt_on_the_new_training_set(trained):
+    tr, _, models = trained
+    x = tr.pixels.to(F64)
+    x_new = (x + 0.05).clamp(0, 1)
+    attn, relu = models["attn"], models["relu"]
+    moved = attn.attending_to(x_new)
+    by_hand = attn.with_reference(attn.inputs(x_new))
+    torch.testing.assert_close(moved(x[:7]), by_hand(x[:7]), rtol=0, atol=0)
+    assert not torch.equal(moved(x[:7]), attn(x[:7]))
+    assert relu.attending_to(x_new) is relu
+
+
+@pytest.mark.parametrize("architecture", ["relu", "attn", "attn-softmax", "attn-exponential"])
+def test_architecture_registry_builds_each_network(trained, architecture):
+    tr, _, _ = trained
+    net = TwoLayerNet.for_data(tr, ModelSettings(width=8, seed=0), architecture)
+    assert net.attention is ARCHITECTURES[architecture]
+    same = TwoLayerNet.for_data(tr, ModelSettings(width=8, seed=0), ARCHITECTURES[architecture])
+    assert torch.equal(net.weight, same.weight) and net.attention is same.attention
+    with pytest.raises(ValueError, match="^model: expected one of relu, attn"):
+        TwoLayerNet.for_data(tr, ModelSettings(width=8), "transformer")

@@ -36,7 +36,7 @@ from ._validation import (
     check_positive_int,
     check_seed,
 )
-from .attacks import AttackLoss, check_attack, make_attack
+from .attacks import ATTACKS, AttackLoss, check_attack, make_attack
 from .data import Dataset
 from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
 from .intervals import CI_METHOD, Estimate
@@ -85,9 +85,8 @@ def _numbers(kind: type):
 class AuditSettings(Settings):
     """What ``audit`` measures and how (A.12); the estimator is chosen per call."""
 
-    attack: str = setting("pgd", "Attack on the top points: fgsm, pgd, mim or any registered "
-                          "attack (random-sign: the random-perturbation control).",
-                          check_attack)
+    attack: str = setting("pgd", f"Attack on the top points: {', '.join(ATTACKS)} "
+                          "(random-sign: the random-perturbation control).", check_attack)
     eps: float = setting(0.3, "ℓ∞ budget ε, in the units of the inputs.", check_nonnegative)
     alpha: float | None = setting(None, "Step size α of PGD/MIM (default: 0.01·(high − low), "
                                   "the paper's 0.01 on [0, 1]).", check_positive)

@@ -106,9 +106,7 @@ def intervene(
     position[kept] = torch.arange(kept.numel(), device=x.device)
     held = (position[rows] >= 0).nonzero().flatten()
     rows_new = position[rows[held]]
-    with torch.no_grad():
-        z_new = model.inputs(x_new)
-    new_model = model.reinitialized(z_new if model.front is not None else None)
+    new_model = model.reinitialized_on(x_new)
     history = train(new_model, x_new, y_new, train_settings, x_test, y_test)
     after = estimator.attribute(new_model, x_new[rows_new], y_new[rows_new], x_test, y_test)
     result = compare(baseline, after, fraction, x_new, float((x_new - x[kept]).abs().amax()),

@@ -196,6 +196,14 @@ class TwoLayerNet(nn.Module):
                            attention_layers=self.attention_layers,
                            stacking=self.stacking).to(self.weight.device)
 
+    def reinitialized_on(self, x: torch.Tensor) -> TwoLayerNet:
+        """A fresh network with the same construction, to be trained on the training set
+        ``x`` (the caller's inputs): MLP-Attn's front attends to its network inputs."""
+        if self.front is None:
+            return self.reinitialized()
+        with torch.no_grad():
+            return self.reinitialized(self.inputs(x))
+
     def with_reference(self, reference: torch.Tensor) -> TwoLayerNet:
         """A copy with the same weights whose attention front attends to ``reference``
         (network inputs z)."""

@@ -166,9 +166,7 @@ def retrained(model: TwoLayerNet, x_new: torch.Tensor, y: torch.Tensor,
               settings: TrainSettings) -> TwoLayerNet:
     """``model`` retrained from its initialisation on (``x_new``, ``y``), MLP-Attn attending
     to ``x_new``."""
-    with torch.no_grad():
-        z_new = model.inputs(x_new)
-    new_model = model.reinitialized(z_new if model.front is not None else None)
+    new_model = model.reinitialized_on(x_new)
     train(new_model, x_new, y, settings)
     return new_model
 
