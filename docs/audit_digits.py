@@ -23,10 +23,10 @@ from malleability.auditing import (
     load_split,
     representation,
     spectral_step,
-    strict_json,
 )
 from malleability.classifiers import MLPClassifier, VisionTransformer, fit_classifier
 from malleability.data import load_dataset
+from malleability.jsonsafe import to_strict_json
 
 RESULTS = Path(__file__).with_name("audit_digits.json")
 N_TRAIN, N_TEST, EPOCHS, CHECKPOINT_EVERY = 200, 50, 40, 10
@@ -44,7 +44,7 @@ CHECKPOINTED = ("ntk-loo", "trak")
 
 def write_atomic(path: Path, payload: dict) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as fh:
-        json.dump(strict_json(payload), fh, indent=1, allow_nan=False)
+        json.dump(to_strict_json(payload), fh, indent=1, allow_nan=False)
     os.replace(fh.name, path)
 
 
