@@ -176,3 +176,14 @@ def test_fit_classifier_snapshots_and_seeded_init(digits):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
     snaps = fit_classifier(a, x, y, epochs=4, checkpoint_every=2)
     assert len(snaps) == 2 and torch.equal(snaps[-1]["net.1.weight"], a.net[1].weight)
+
+
+def test_report_json_marks_infinities_and_round_trips(mlp, digits):
+    from malleability.jsonsafe import dumps_strict, loads_strict
+
+    r = audit(mlp, *digits, estimator="tracin", eps=0.0)
+    plain = r.to_dict()
+    plain["representation"]["per_example"]["kappa_d"] = float("inf")  # as for a singular Gram
+    assert loads_strict(dumps_strict(plain))["representation"]["per_example"]["kappa_d"] == \
+        float("inf")
+    assert json.loads(r.to_json())["flip_rate"]["mean"] == 0.0

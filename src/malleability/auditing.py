@@ -41,7 +41,7 @@ from .data import Dataset
 from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
 from .intervals import CI_METHOD, Estimate
 from .jacobian_ntk import output_size
-from .jsonsafe import dumps_strict, to_strict_json
+from .jsonsafe import dumps_strict
 from .measure import attribute, measure
 from .metrics import spearman, top_k_overlap
 from .settings import Settings, setting
@@ -135,7 +135,8 @@ def estimate_dict(value: Estimate) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class AuditReport:
-    """The audit of one model with one estimator; ``to_dict`` is strict JSON."""
+    """The audit of one model with one estimator; ``to_dict`` gives plain values (estimates
+    as dicts), ``to_json`` strict JSON (:mod:`~malleability.jsonsafe`)."""
 
     estimator: str
     kappa: float  # effective κ of the per-example Gram of the audited representation
@@ -157,12 +158,12 @@ class AuditReport:
                 return {k: plain(v) for k, v in value.items()}
             return value
 
-        return to_strict_json(plain({
+        return plain({
             "estimator": self.estimator, "kappa": self.kappa, "rank": self.rank,
             "kappa_cubed": self.kappa_cubed, "width_threshold": self.width_threshold,
             "representation": self.representation, "flip_rate": self.flip_rate,
             "spearman": self.spearman, "top_k_overlap": self.top_k_overlap,
-            "checkpoint_agreement": self.checkpoint_agreement, "settings": self.settings}))
+            "checkpoint_agreement": self.checkpoint_agreement, "settings": self.settings})
 
     def to_json(self) -> str:
         return dumps_strict(self.to_dict(), indent=2)
