@@ -3,7 +3,8 @@ interval the report uses (:func:`malleability.intervals.t_interval`) against the
 bootstrap it replaced (``scipy.stats.bootstrap``, 9 999 resamples).
 
 Run: ``PYTHONPATH=src python docs/interval_coverage.py`` (about a minute); writes
-docs/interval_coverage.json, which docs/reproduction.md quotes. Both intervals are invariant
+docs/interval_coverage.json and its table docs/interval_coverage.md (spliced into
+docs/reproduction.md by docs/generated.py). Both intervals are invariant
 to the mean and scale of the data, so one normal law (mean 0, sd 1) stands for all.
 """
 
@@ -50,6 +51,10 @@ def main() -> None:
     OUT.write_text(json.dumps({"nominal": 0.95, "replicates": REPLICATES,
                                "bootstrap_resamples": RESAMPLES, "coverage": table},
                               indent=1) + "\n")
+    lines = ["| seeds k | Student-t | percentile bootstrap |", "|---|---|---|"]
+    lines += [f"| {r['seeds']} | {r['student_t']:.1%} | {r['percentile_bootstrap']:.1%} |"
+              for r in table]
+    OUT.with_suffix(".md").write_text("\n".join(lines) + "\n")
     for row in table:
         print(f"k = {row['seeds']:2d}: Student-t {row['student_t']:.3f}, "
               f"percentile bootstrap {row['percentile_bootstrap']:.3f}")

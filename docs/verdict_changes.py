@@ -82,19 +82,30 @@ def _interval(header: list[str], row: list[str]) -> str:
     return "; ".join(f"{h}: {c}" for h, c in zip(header, row, strict=True) if "[" in c)
 
 
+def _keyed(found: list[Table]) -> dict[tuple, Table]:
+    """Tables by (section, header, occurrence): captions may be reworded between builds."""
+    keyed: dict[tuple, Table] = {}
+    for table in found:
+        key = (table.section, tuple(table.header))
+        n = sum(k[:2] == key for k in keyed)
+        keyed[(*key, n)] = table
+    return keyed
+
+
 def changes(old_md: str, new_md: str, run: str) -> list[dict]:
-    """Every verdict cell that differs between the two builds of one run's report."""
-    old_tables, new_tables = tables(old_md), tables(new_md)
-    if [(t.section, t.header, len(t.rows)) for t in old_tables] != [
-            (t.section, t.header, len(t.rows)) for t in new_tables]:
-        raise ValueError(f"{run}: the two reports' tables differ in layout")
+    """Every verdict cell that differs between the two builds of one run's report (tables
+    only the new build has, such as its claims table, are not compared)."""
+    old_tables, new_tables = _keyed(tables(old_md)), _keyed(tables(new_md))
     out = []
-    for old, new in zip(old_tables, new_tables, strict=True):
+    for key, old in old_tables.items():
+        new = new_tables.get(key)
+        if new is None or len(new.rows) != len(old.rows):
+            raise ValueError(f"{run}: table {key[:2]} differs in layout between the builds")
         columns = [j for j, name in enumerate(old.header) if VERDICT.search(name)]
         for a, b in zip(old.rows, new.rows, strict=True):
             for j in columns:
                 if a[j] != b[j]:
-                    out.append({"run": run, "section": old.section, "table": old.caption,
+                    out.append({"run": run, "section": old.section, "table": new.caption,
                                 "row": _label(old.header, a, b), "column": old.header[j],
                                 "old_verdict": a[j], "old_interval": _interval(old.header, a),
                                 "new_verdict": b[j], "new_interval": _interval(new.header, b)})
