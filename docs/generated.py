@@ -7,8 +7,8 @@ number in them is typed by hand:
   is over listed);
 - docs/collapse.md: the mean pairwise cosine of Figure 7 per task and feature map;
 
-and docs/verdict_changes.md and docs/interval_coverage.md (written by
-docs/verdict_changes.py and docs/interval_coverage.py). Each is spliced into
+and docs/verdict_changes.md, docs/interval_coverage.md and docs/c4_split.md (written by
+docs/verdict_changes.py, docs/interval_coverage.py and docs/c4_split.py). Each is spliced into
 docs/reproduction.md between ``<!-- begin NAME -->`` and ``<!-- end NAME -->``;
 tests/test_claims.py checks that the doc carries the files verbatim.
 
@@ -31,7 +31,7 @@ from malleability.repro.store import load_run
 DOCS = Path(__file__).parent
 RUNS = DOCS / "runs"
 SPLICED = ("claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
-           "interval_coverage.md")
+           "interval_coverage.md", "c4_split.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:

@@ -107,7 +107,7 @@ def test_the_docs_claims_table_is_the_generated_file() -> None:
     docs/generated.py from the committed runs), so no number in it is typed by hand."""
     doc = (DOCS / "reproduction.md").read_text(encoding="utf-8")
     for name in ("claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
-                 "interval_coverage.md"):
+                 "interval_coverage.md", "c4_split.md"):
         begin, end = f"<!-- begin {name} -->\n", f"<!-- end {name} -->"
         assert begin in doc and end in doc, name
         assert doc[doc.index(begin) + len(begin):doc.index(end)] == (
