@@ -33,7 +33,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _section(markdown: str, title: str) -> str:
-    start = markdown.index(title)
+    start = markdown.index(f"{title}\n")  # the heading, not its line in the contents
     end = markdown.find("\n## ", start)
     return markdown[start:] if end < 0 else markdown[start:end]
 

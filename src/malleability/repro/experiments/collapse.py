@@ -79,8 +79,9 @@ def paper_claims(records: list[dict]) -> list[Claim]:
         for kind, collapses in PAPER_COLLAPSES.items():
             share = collapse_share(cos[kind], cos["raw"])
             claims.append(Claim(
-                f"{kind} attention {'collapses' if collapses else 'keeps diverse feature maps'}"
-                " (A.13, Figure 7)", task,
+                f"{'Linearized' if kind == 'linear' else kind.capitalize()} attention "
+                f"{'collapses' if collapses else 'keeps diverse feature maps'} (A.13, Figure 7)",
+                task,
                 "collapsed: cosine ≈ 1" if collapses else "diverse, like the raw inputs",
                 f"cosine {fmt(cos[kind], 5)} vs raw {fmt(cos['raw'])}; collapse share "
                 f"{fmt(share)}", verdict(share, (COLLAPSED, math.inf), collapses),

@@ -179,7 +179,7 @@ def paper_claims(records: list[dict]) -> list[Claim]:
                       f"({paper['attn'][i] - paper['relu'][i]:+.1f} points)")
             claim = ("MLP-Attn's influence is more malleable than 2L-ReLU's: higher flip rate "
                      "(Table 2)" if paper_attn_higher(task) else
-                     "the MLP-Attn advantage vanishes on CIFAR-10 binary: flip rates about "
+                     "The MLP-Attn advantage vanishes on CIFAR-10 binary: flip rates about "
                      "equal (Table 2)")
             claims.append(Claim(claim, f"{task}, {attack.upper()}", theirs,
                                 f"{pct(attn[attack])} vs {pct(relu[attack])} % (gap {gap} "

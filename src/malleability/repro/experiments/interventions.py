@@ -264,7 +264,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
 #: The paper's Table 5 claims as the claims table words them (keys: :func:`claims`' claims).
 CLAIM_TEXT = {
     "Transformed keeps more accuracy than Curated":
-        "the Transformed intervention improves accuracy over Curated (§5, Table 5)",
+        "The Transformed intervention improves accuracy over Curated (§5, Table 5)",
     "MLP-Attn keeps more accuracy than 2L-ReLU":
         "MLP-Attn is more accurate than 2L-ReLU after each intervention (Table 5)",
     "MLP-Attn's PGD flip rate is higher":
