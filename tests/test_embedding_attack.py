@@ -34,6 +34,7 @@ def bert():
         opt.zero_grad()
         F.cross_entropy(model(x).logits, y).backward()
         opt.step()
+    model.zero_grad(set_to_none=True)
     return model.eval(), x, y
 
 
