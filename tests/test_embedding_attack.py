@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from malleability.embedding_attack import (
+    SubmoduleInput,
     attack_submodule,
     check_perturb,
     perturbed_output,
@@ -139,3 +140,41 @@ def test_a_submodule_that_returns_no_tensor_is_refused():
     x, y = torch.rand(4, 2), torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match=r"^perturb: 'pair' returns tuple, not a tensor; "):
         attack_submodule(Model(), x, y, "pair", 0.1)
+
+
+def test_submodule_input_is_the_model_as_a_function_of_the_perturbed_representation(bert):
+    model, x, y = bert
+    wrapped = SubmoduleInput(model, WORDS)
+    h = wrapped.check(x)
+    assert torch.equal(h, submodule_output(model, WORDS, x))
+    delta = attack_submodule(model, x, y, WORDS, 0.05, steps=3, alpha=0.02)
+    with torch.no_grad():
+        with perturbed_output(model, WORDS, delta):
+            expected = model(x).logits
+        assert torch.equal(wrapped(h + delta), expected)
+    assert not any(m._forward_hooks for m in model.modules())
+
+
+def test_submodule_input_feeds_an_estimator(bert):
+    kronfluence_adapter = pytest.importorskip("malleability.kronfluence_adapter")
+    model, x, y = bert
+    wrapped = SubmoduleInput(model, WORDS)
+    h = wrapped.check(x)
+    scores = kronfluence_adapter.kronfluence_scores(wrapped, h[:24], y[:24], h[24:], y[24:])
+    direct = kronfluence_adapter.kronfluence_scores(model, x[:24], y[:24], x[24:], y[24:])
+    assert torch.allclose(scores, direct, rtol=1e-9, atol=1e-12)  # the same tracked layers
+
+
+def test_submodule_input_refuses_a_model_that_reads_its_ids_elsewhere():
+    class TwoLookups(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.words, self.extra = nn.Embedding(10, 4), nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, ids):
+            return self.head((self.words(ids) + self.extra(ids)).mean(1))
+
+    x = torch.randint(1, 10, (5, 6), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^perturb: TwoLookups reads its inputs beyond 'words' "):
+        SubmoduleInput(TwoLookups(), "words").check(x)

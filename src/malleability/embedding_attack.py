@@ -11,6 +11,8 @@ with ε in that layer's own units and no box bounds; L is the training loss on t
 The attacks of :mod:`~malleability.attacks` run unchanged on u = ½ + δ/(2ε) ∈ [0, 1]: the map is
 affine and increasing, so their [0, 1] box with radius ½ around u = ½ is exactly the ε-ball in δ,
 sign steps of α/(2ε) in u are steps of α in δ, and PGD's uniform start in u is uniform in δ.
+:class:`SubmoduleInput` turns the model into a function of that representation, so the
+estimators score the perturbed training points h(x) + δ as ordinary float inputs.
 """
 
 from __future__ import annotations
@@ -90,6 +92,42 @@ def submodule_output(model: nn.Module, submodule: str, x: torch.Tensor) -> torch
         raise ValueError(f"perturb: {submodule!r} returns {type(seen[0]).__name__}, not a "
                          "tensor; name a submodule whose output is one")
     return seen[0].detach()
+
+
+class SubmoduleInput(nn.Module):
+    """``model`` as a function of its submodule's output: forward(h) runs ``model`` on token ids
+    of zeros, shaped h.shape[:-1], with the output of ``submodule`` replaced by h, and returns the
+    logits. With h = h(x) + δ it is the perturbed model, so estimators, kernels and κ can treat
+    a token model's representation as a float input. It holds only for models that use their
+    ids through ``submodule`` alone: :meth:`check` compares it with ``model`` on real ids.
+    The wrapped model is ``.model`` (its names gain the prefix ``model.``).
+    """
+
+    def __init__(self, model: nn.Module, submodule: str):
+        super().__init__()
+        self.model, self.submodule = model, submodule
+        find_submodule(model, submodule)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        ids = torch.zeros(h.shape[:-1], dtype=torch.long, device=h.device)
+        module = self.model.get_submodule(self.submodule)
+        handle = module.register_forward_hook(lambda _m, _a, _out: h)
+        try:
+            return logits_of(self.model(ids))
+        finally:
+            handle.remove()
+
+    def check(self, x: torch.Tensor) -> torch.Tensor:
+        """h(x), after checking that this module on h(x) gives ``model``'s logits on ``x``
+        (else a one-line ValueError: the model reads its ids elsewhere too)."""
+        h = submodule_output(self.model, self.submodule, x)
+        with torch.no_grad():
+            direct, through = logits_of(self.model(x)), self(h)
+        if not torch.allclose(direct, through, rtol=1e-5, atol=1e-6 * float(direct.abs().max())):
+            raise ValueError(f"perturb: {type(self.model).__name__} reads its inputs beyond "
+                             f"{self.submodule!r} (its logits change when only that output is "
+                             "kept); name a submodule that all of the input passes through")
+        return h
 
 
 def attack_submodule(
