@@ -61,14 +61,14 @@ def kronecker_case():
 
 
 @pytest.mark.parametrize("strategy", ["kfac", "ekfac"])
-@pytest.mark.parametrize("wrapped", [False, True])
+@pytest.mark.parametrize("wrapped, batch_size", [(False, 128), (True, 5)])
 def test_kfac_and_ekfac_equal_refitting_where_the_fisher_is_kronecker(kronecker_case, strategy,
-                                                                     wrapped):
+                                                                     wrapped, batch_size):
     model, x, y, x_test, y_test, lam, refit = kronecker_case
     if wrapped:  # the same layer inside a container, not as the root module
         model = nn.Sequential(model)
     scores = kronfluence_scores(model, x, y, x_test, y_test, strategy=strategy, damping=lam,
-                                empirical_fisher=True)
+                                empirical_fisher=True, batch_size=batch_size)
     assert scores.dtype == torch.float64 and scores.shape == refit.shape
     assert float((scores - refit).abs().max()) < 1e-6 * float(refit.abs().max())
 

@@ -42,7 +42,13 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import TensorDataset
 
-from ._validation import check_positive, check_rows_match, check_seed, parse_enum
+from ._validation import (
+    check_positive,
+    check_positive_int,
+    check_rows_match,
+    check_seed,
+    parse_enum,
+)
 from .estimators import training_loss
 from .model_outputs import logits_of
 
@@ -90,18 +96,21 @@ def kronfluence_scores(
     modules: Sequence[str] | None = None,
     damping: float | None = 1e-3,
     empirical_fisher: bool = False,
+    batch_size: int = 128,
     seed: int = 0,
 ) -> torch.Tensor:
     """Per-training-point influence scores (n_train,), float64, of kronfluence's ``strategy``.
 
     ``y`` are class indices (0/1 for one output); the model's output may be anything
     :func:`~malleability.model_outputs.logits_of` reads. ``modules`` names the tracked modules
-    (default: every ``nn.Linear`` and ``nn.Conv2d``). ``seed`` draws the true Fisher's labels.
-    The caller's model is left untouched (kronfluence wraps a deep copy).
+    (default: every ``nn.Linear`` and ``nn.Conv2d``). ``batch_size`` bounds the examples whose
+    per-example gradients are held at once (memory, not the result). ``seed`` draws the true
+    Fisher's labels. The caller's model is left untouched (kronfluence wraps a deep copy).
     """
     strategy = parse_enum(strategy, Strategy, "strategy")
     if damping is not None:
         damping = check_positive(damping, "damping")
+    batch_size = check_positive_int(batch_size, "batch_size")
     seed = check_seed(seed)
     check_rows_match(x_train, y_train, "x_train", "y_train")
     check_rows_match(x_test, y_test, "x_test", "y_test")
@@ -124,11 +133,11 @@ def kronfluence_scores(
         torch.manual_seed(seed)
         analyzer = Analyzer("audit", model, task, cpu=True, disable_tqdm=True,
                             log_level=logging.WARNING, output_dir=folder)
-        analyzer.fit_all_factors("factors", train, per_device_batch_size=len(train),
+        analyzer.fit_all_factors("factors", train, per_device_batch_size=batch_size,
                                  factor_args=factor_args)
         analyzer.compute_pairwise_scores("scores", "factors", test, train,
-                                         per_device_query_batch_size=len(test),
-                                         per_device_train_batch_size=len(train),
+                                         per_device_query_batch_size=batch_size,
+                                         per_device_train_batch_size=batch_size,
                                          score_args=score_args)
         scores = analyzer.load_pairwise_scores("scores")["all_modules"]
     return scores.to(f64).mean(0)
