@@ -7,7 +7,7 @@ attack solves, per batch,
     max_{‖δ‖∞ ≤ ε}  Σ_b L(f(x_b; h ← h(x_b) + δ_b), y_b),
 
 with ε in that layer's own units and no box bounds; L is the training loss on the logits
-(cross-entropy; ``estimators.training_loss``), averaged over the given models (checkpoints).
+(cross-entropy; ``losses.training_loss``), averaged over the given models (checkpoints).
 The attacks of :mod:`~malleability.attacks` run unchanged on u = ½ + δ/(2ε) ∈ [0, 1]: the map is
 affine and increasing, so their [0, 1] box with radius ½ around u = ½ is exactly the ε-ball in δ,
 sign steps of α/(2ε) in u are steps of α in δ, and PGD's uniform start in u is uniform in δ.
@@ -25,7 +25,7 @@ from torch import nn
 
 from ._validation import check_nonnegative, check_positive, check_positive_int, check_seed
 from .attacks import Attack, run_attack
-from .estimators import training_loss
+from .losses import training_loss
 from .model_outputs import logits_of
 
 

@@ -3,7 +3,7 @@
     I_i = mean over test points t of ∇L_t · (G + λI)⁻¹ ∇L_i,
 
 with L the training loss (cross-entropy on the logits, the logistic loss on one score:
-``estimators.training_loss``) and G kronfluence's block-diagonal approximation of the Fisher
+``losses.training_loss``) and G kronfluence's block-diagonal approximation of the Fisher
 (the Gauss-Newton Hessian of the mean training loss) over the tracked ``nn.Linear`` and
 ``nn.Conv2d`` modules:
 
@@ -49,7 +49,7 @@ from ._validation import (
     check_seed,
     parse_enum,
 )
-from .estimators import training_loss
+from .losses import training_loss
 from .model_outputs import logits_of
 
 
