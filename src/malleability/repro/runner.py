@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import fnmatch
 import os
-import platform
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,14 +18,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
 from .._validation import check_positive_int, check_seed
-from ..settings import Settings, reseeded, setting
+from ..settings import Settings, setting
+from .cluster import connect, local_cluster, run_on_cluster
 from .experiments import EXPERIMENTS
+from .jobs import CellJob, compute_cell, versions
 from .problem import RunContext
 from .store import (
     CorruptFile,
@@ -148,29 +146,6 @@ def load_preset(preset: str) -> Preset:
                              "experiment_seeds": experiment_seeds})
 
 
-def versions() -> dict[str, str]:
-    return {"malleability": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "threads": str(torch.get_num_threads())}
-
-
-@dataclasses.dataclass(frozen=True)
-class CellJob:
-    """One cell of a plan: its experiment, settings, cell parameters, file and settings
-    hash."""
-
-    experiment: str
-    settings: Any
-    cell: dict[str, Any]
-    path: Path
-    settings_hash: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.experiment} {cell_name(self.cell)}"
-
-
 def plan(preset: Preset, out: Path, only: tuple[str, ...] = (),
          cells: tuple[str, ...] = ()) -> list[CellJob]:
     """Every cell of the chosen experiments, once per seed, in run order; with ``cells``, only
@@ -200,20 +175,6 @@ def preset_document(preset: Preset) -> dict[str, Any]:
     return {"seeds": list(preset.seeds),
             "experiment_seeds": to_jsonable(preset.experiment_seeds),
             **{k: to_jsonable(v) for k, v in preset.experiments.items()}}
-
-
-def compute_cell(job: CellJob, ctx: RunContext) -> dict[str, Any]:
-    """Run one cell (its settings offset by the cell's seed): the record its file holds,
-    with settings, versions, device and timings. Writes no cell file."""
-    started = time.time()
-    t0 = time.perf_counter()
-    settings = reseeded(job.settings, job.cell["seed"])
-    result = EXPERIMENTS[job.experiment].run(settings, job.cell, ctx)
-    return {"experiment": job.experiment, "cell": job.cell, "result": result,
-            "settings": job.settings, "settings_hash": job.settings_hash,
-            "versions": versions(), "device": ctx.device,
-            "timing": {"seconds": time.perf_counter() - t0, "started": started,
-                       "finished": time.time()}}
 
 
 def run_cell(job: CellJob, ctx: RunContext) -> Path:
@@ -262,8 +223,6 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
     reductions depend on the thread count). ``cells``: only the cells whose names match these
     shell patterns (:func:`plan`), e.g. to split a preset between machines.
     """
-    from .cluster import connect, local_cluster, run_on_cluster  # dask only when used
-
     jobs = check_positive_int(jobs, "jobs")
     if threads is not None:
         threads = check_positive_int(threads, "threads")

@@ -23,8 +23,8 @@ from ...measure import measure_malleability
 from ...settings import setting
 from ...training import evaluate
 from .. import figures
+from ..blocks import Block, Table, Text, figure, fmt, group, pct
 from ..problem import Problem, RunContext, build_model, trained_model
-from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import Estimate, combine
 from .base import (
     AttackExperimentSettings,

@@ -21,8 +21,8 @@ from ...influence import InfluenceSettings
 from ...models import ModelSettings
 from ...settings import Settings, setting
 from ...training import TrainSettings
+from ..blocks import Block, Table
 from ..problem import ARCHITECTURE_NAMES, ARCHITECTURES, Problem, RunContext, load_problem
-from ..report import Block, Table
 from ..seeds import Estimate, combine
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ...diagnostic import feature_collapse
 from .. import figures
+from ..blocks import Block, Table, figure, fmt, group
 from ..problem import RunContext
-from ..report import Block, Table, figure, fmt, group
 from .base import TaskSettings, cell_problem
 
 TITLE = "Feature collapse of attention maps (Figure 7)"

@@ -15,8 +15,8 @@ from ...attacks import Attack
 from ...measure import measure_malleability
 from ...settings import setting
 from .. import figures
+from ..blocks import Block, Table, figure, fmt, group, pct
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, figure, fmt, group, pct
 from ..seeds import combine, scale
 from .base import (
     AttackExperimentSettings,

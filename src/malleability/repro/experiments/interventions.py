@@ -15,9 +15,9 @@ from ...influence import network_influence
 from ...interventions import Intervention, intervene
 from ...settings import setting
 from .. import figures
+from ..blocks import Block, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, figure, fmt, group, pct
 from ..seeds import combine, scale
 from .base import (
     AttackExperimentSettings,

@@ -23,8 +23,8 @@ from ...data import DataSettings
 from ...measure import measure_malleability
 from ...settings import Settings, setting
 from .. import figures
+from ..blocks import Block, Table, Text, figure, fmt, group, pct
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import combine
 from .base import AttackExperimentSettings, cell_problem, check_nonempty, model_name, verdict
 from .flip_rates import paper_attn_higher

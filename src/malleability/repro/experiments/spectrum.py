@@ -10,9 +10,9 @@ from ...data import load_dataset
 from ...diagnostic import diagnose
 from ...settings import setting
 from .. import figures
+from ..blocks import Block, Table, figure, fmt, group
 from ..figures import Line
 from ..problem import RunContext
-from ..report import Block, Table, figure, fmt, group
 from .base import TaskSettings, check_nonempty, task_parts
 
 TITLE = "Spectral diagnostic: κ, rank, attention κ vs κ³, width thresholds (Theorem 4.8, A.12)"

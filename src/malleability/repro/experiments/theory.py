@@ -48,9 +48,9 @@ from ...sensitivity import (
 from ...settings import setting
 from ...spectral import effective_condition_number, gram_eigenvalues
 from .. import figures
+from ..blocks import Block, Table, Text, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
-from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import merge_seeds, scale
 from .base import (
     AttackExperimentSettings,
