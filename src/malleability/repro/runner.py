@@ -26,7 +26,7 @@ from ..settings import Settings, setting
 from .cluster import connect, local_cluster, run_on_cluster
 from .experiments import EXPERIMENTS
 from .jobs import CellJob, compute_cell, versions
-from .problem import RunContext
+from .problem import RunContext, build_model, load_problem
 from .store import (
     CorruptFile,
     cell_name,
@@ -177,6 +177,25 @@ def preset_document(preset: Preset) -> dict[str, Any]:
             **{k: to_jsonable(v) for k, v in preset.experiments.items()}}
 
 
+def preflight(preset: Preset, ctx: RunContext, only: tuple[str, ...] = ()) -> None:
+    """The checks that need the data or the machine, before the run folder is touched: every
+    task's classes and sizes against its data set (the problems load once, cached for the
+    cells) and the memory of each experiment's network at its width."""
+    for name, s in preset.experiments.items():
+        if only and name not in only:
+            continue
+        for i, task in enumerate(getattr(s, "tasks", ())):
+            try:
+                problem = load_problem(task, ctx.data_root, ctx.device)
+            except ValueError as err:
+                raise ValueError(f"{name}.tasks[{i}] ({task.dataset}): {err}") from None
+            for arch in getattr(s, "models", ()) if hasattr(s, "model") else ():
+                try:
+                    build_model(arch, problem, s.model)
+                except ValueError as err:
+                    raise ValueError(f"{name}.model ({arch}): {err}") from None
+
+
 def run_cell(job: CellJob, ctx: RunContext) -> Path:
     """Run one cell in this process and write its file."""
     return write_cell(job.path, compute_cell(job, ctx))
@@ -234,6 +253,8 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
                          f"{cell_name(plan(preset, ctx.out, only)[0].cell)!r}")
     document = preset_document(preset)
     check_run_folder(ctx.out, document)
+    if cluster is None:  # a cluster's client may hold no data
+        preflight(preset, ctx, only)
     with contextlib.ExitStack() as stack:
         client = None if cluster is None else stack.enter_context(connect(cluster))
         ctx.out.mkdir(parents=True, exist_ok=True)
