@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import check_positive_int, check_seed
+from .._validation import check_positive_int, check_seeds
 from ..settings import Settings, setting
 from .cluster import connect, local_cluster, run_on_cluster
 from .experiments import EXPERIMENTS
@@ -46,23 +46,13 @@ PRESETS = ("quick", "paper", "sensitivity")
 SHARED = ("tasks", "model", "train", "influence", "attack")
 
 
-def _check_seeds(value: tuple[int, ...], name: str) -> tuple[int, ...]:
-    if not value:
-        raise ValueError(f"{name}: expected at least one seed, got []")
-    for i, seed in enumerate(value):
-        check_seed(seed, f"{name}[{i}]")
-    if len(set(value)) != len(value):
-        raise ValueError(f"{name}: expected distinct seeds, got {list(value)}")
-    return value
-
-
 @dataclass(frozen=True)
 class Preset(Settings):
     """A run: the seed offsets every cell runs with and each chosen experiment's settings."""
 
     seeds: tuple[int, ...] = setting((0,), "Seed offsets: each cell runs once per seed, with "
                                            "the offset added to every seed of its settings.",
-                                     _check_seeds)
+                                     check_seeds)
     experiments: dict[str, Any] = field(default_factory=dict)
     #: Per-experiment seed lists (an experiment table's ``seeds``) overriding ``seeds``.
     experiment_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -71,7 +61,7 @@ class Preset(Settings):
         if not self.experiments:
             raise ValueError("experiments: expected at least one [experiments.NAME] table")
         for name, seeds in self.experiment_seeds.items():
-            _check_seeds(tuple(seeds), f"{name}.seeds")
+            check_seeds(tuple(seeds), f"{name}.seeds")
 
     def seeds_of(self, experiment: str) -> tuple[int, ...]:
         """The seeds ``experiment`` runs with."""
