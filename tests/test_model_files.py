@@ -76,6 +76,9 @@ CASES = [
     ("state.pt", None, "state.pt is a torch.save archive; pass a state_dict with --builder"),
     ("module.pt", "builder.py:build", "module.pt: it holds pickled Python objects"),
     ("truncated_state.pt", "builder.py:build", "truncated_state.pt is a truncated zip file"),
+    ("script.pt2", "builder.py:build", "script.pt2 is TorchScript, not a state_dict"),
+    ("good.pt2", "builder.py:build", "good.pt2 is a torch.export program, not a state_dict saved "
+     "with torch.save; pass it as --model without --builder"),
     ("garbage_state.pt", "builder.py:build", "in garbage_state.pt; not tensors: 1.weight, x"),
     ("list_state.pt", "builder.py:build", "in list_state.pt, got list"),
     ("mismatch_state.pt", "builder.py:build", "mismatch_state.pt does not fit the model: "

@@ -19,7 +19,7 @@ from malleability.repro.experiments import EXPERIMENTS, interventions
 from malleability.repro.experiments.base import paper_task, trend
 from malleability.repro.report import fmt, write_report
 from malleability.repro.seeds import merge_seeds
-from malleability.repro.store import write_cell
+from malleability.repro.store import cell_name, write_cell
 
 RUN = Path(__file__).parent / "data" / "report_run"
 
@@ -110,7 +110,7 @@ def test_paper_values_sit_beside_matching_tasks(tmp_path: Path,
             record = loads_strict(path.read_text())
             record["cell"]["task"] = relabel[record["cell"]["task"]]
             del record["checksum"]
-            write_cell(out / name / path.name, record)
+            write_cell(out / name / f"{cell_name(record['cell'])}.json", record)  # named anew
     lines = write_report(out).read_text(encoding="utf-8").splitlines()
 
     def row(*parts: str) -> str:

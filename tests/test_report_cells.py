@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,16 @@ def test_without_settings_json_cells_of_other_settings_are_left_out(run: Path) -
     assert [rel for rel, _ in loaded.skipped] == [COLLAPSE]
     assert "written for other settings than the other 5 cells of collapse" in \
         loaded.skipped[0][1]
+
+
+def test_a_report_removes_the_temporary_files_of_a_killed_report(run: Path) -> None:
+    """Issue 29, class 4: every writer cleans up after a dead one."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    (run / "figures").mkdir()
+    stale = [run / f".report.md.{child.pid}.a1.tmp", run / f".report.html.{child.pid}.b2.tmp",
+             run / "figures" / f".spectrum.png.{child.pid}.c3.tmp"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    write_report(run)
+    assert not any(path.exists() for path in stale)

@@ -169,6 +169,12 @@ def load_state(path: Path, name: str = "model") -> Mapping[str, torch.Tensor]:
     """A state_dict saved with torch.save (tensors by name), or a one-line ValueError naming
     the file: unreadable, a pickled object other than tensors, or not a mapping of tensors."""
     path = Path(path)
+    kind = file_kind(path)
+    if kind not in (SAVED, LEGACY):
+        advice = ("pass it as --model without --builder" if kind == EXPORTED else
+                  _ADVICE.get(kind, ""))
+        raise ValueError(f"{name}: {path.name} is {kind}, not a state_dict saved with torch.save"
+                         + (f"; {advice}" if advice else ""))
     try:
         with _quiet_torch():
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -176,8 +182,9 @@ def load_state(path: Path, name: str = "model") -> Mapping[str, torch.Tensor]:
         raise ValueError(f"{name}: cannot load {path.name}: it holds pickled Python objects "
                          "(a whole module saved with torch.save(model)?), which are not loaded "
                          "for safety; save model.state_dict() instead") from None
-    except Exception as err:  # torch raises RuntimeError, EOFError, BadZipFile, ...
-        raise ValueError(str(_cannot_load(path, err)).replace("model:", f"{name}:", 1)) from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, ...
+        raise ValueError(f"{name}: {path.name} is {kind} that torch cannot read "
+                         f"({type(err).__name__}: {_one_line(err)})") from None
     if not isinstance(state, Mapping):
         raise ValueError(f"{name}: expected a state_dict (tensors by name) in {path.name}, "
                          f"got {type(state).__name__}")

@@ -87,7 +87,7 @@ def load_run(out: Path) -> Run:
         if kept:
             run.cells[name] = [record for _, record in kept]
             seeds = planned_seeds(run.settings, name)
-            have = {record["cell"].get("seed") for _, record in kept}
+            have = {record["cell"].get("seed", 0) for _, record in kept}
             gaps = [s for s in seeds or () if s not in have]
             if gaps:
                 run.missing_seeds[name] = gaps
@@ -112,7 +112,7 @@ def _read_folder(run: Run, folder: Path) -> list[tuple[str, dict]]:
             run.skipped.append((rel, str(err)))
             continue
         name = cell_name(record["cell"])
-        seed = record["cell"].get("seed")
+        seed = record["cell"].get("seed", 0)  # cells of the first versions have no seed
         if path.stem != name:
             run.skipped.append((rel, f"holds the cell {name}, not the one its file name says "
                                      "(a copy, or a renamed file?)"))

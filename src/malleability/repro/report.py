@@ -15,7 +15,7 @@ from typing import Any
 
 from .blocks import Block, Heading, Table, Text, fmt
 from .experiments import EXPERIMENTS
-from .files import atomic_write
+from .files import atomic_write, clean_temp_files
 from .loading import Run, load_run, planned_seeds
 from .seeds import CI_METHOD, merge_seeds
 from .store import SETTINGS_FILE, log
@@ -261,9 +261,12 @@ def write_report(out: Path) -> Path:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*`` from the cell
     results under ``out``; return the path of report.md. Cell files that fail their checks
     are left out with a warning; a folder that holds no run is refused before anything is
-    written."""
+    written; temporary files of a killed report are removed."""
     out = Path(out)
     run = load_run(out)
+    for temp in [*clean_temp_files(out / "figures"), *clean_temp_files(out, "report.md"),
+                 *clean_temp_files(out, "report.html")]:
+        log.info("removed %s, left by a killed report", temp.relative_to(out))
     for rel, why in run.skipped:
         log.warning("%s: %s; left out of the report (a reproduce run on this folder moves it "
                     "aside and recomputes it)", rel, why)
