@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from malleability.repro.blocks import fmt, pct
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import decide, trend, verdict
-from malleability.repro.report import fmt, pct
 from malleability.repro.runner import load_preset, plan
 from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values
 from malleability.settings import reseeded
