@@ -8,12 +8,15 @@ the loss (i helps). Per-point score I_i = mean over test points.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ._validation import as_tensor, check_finite, check_fraction, check_nonnegative, parse_enum
+from .jacobian_ntk import jacobian_ntk, output_size
 from .kernel_ridge import StabilityReport, as_targets, checked_problem, fit_checked
 from .losses import Loss, loss_for_targets
 from .ntk import empirical_ntk
@@ -132,3 +135,31 @@ def network_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Te
     k = empirical_ntk(model, z)
     k_t = empirical_ntk(model, z_test, z)
     return ntk_influence(k, k_t, y_train, y_test, ridge, loss)
+
+
+def module_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+                     x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None,
+                     ridge: float = 1e-3, *, parameters: Sequence[str] | None = None,
+                     max_memory_bytes: int | None = None, block: int | None = None
+                     ) -> InfluenceResult:
+    """NTK-LOO of any classifier (the ``ntk-loo`` estimator): kernel ridge regression on its
+    traced empirical NTK, K = Θ(X, X) and K_t = Θ(X_t, X) (:func:`jacobian_ntk`, float64,
+    in bounded memory; K_t is K when ``x_test`` is None), λ = ``ridge`` · tr(K)/n, and its
+    exact leave-one-out (:func:`ntk_influence`): MSE on ±1 targets for one output,
+    cross-entropy on one-hot targets for C ≥ 2. ``y`` are class indices (0/1 for one output).
+    """
+    ridge = check_nonnegative(ridge, "ridge")
+    if (x_test is None) != (y_test is None):
+        raise ValueError("x_test: expected x_test and y_test together (or neither)")
+    kw = {"parameters": parameters, "max_memory_bytes": max_memory_bytes, "block": block}
+    k = jacobian_ntk(model, x_train, **kw)
+    k_t = k if x_test is None else jacobian_ntk(model, x_test, x_train, **kw)
+    y_test = y_train if y_test is None else y_test
+    classes = output_size(model, x_train)
+    if classes == 1:
+        targets = [2.0 * torch.as_tensor(y).to(k.dtype)[:, None] - 1.0 for y in (y_train, y_test)]
+    else:
+        targets = [F.one_hot(torch.as_tensor(y).long(), classes).to(k.dtype)
+                   for y in (y_train, y_test)]
+    lam = ridge * float(torch.diagonal(k).mean())
+    return ntk_influence(k, k_t, *targets, lam, Loss.MSE if classes == 1 else Loss.CE)
