@@ -71,13 +71,13 @@ def ntk_loo_worker(n: int, data_root: Path) -> dict:
     rss_before = peak_gb()
     budget = working_memory("cpu")
     plan = block_plan(n, VIT["num_classes"], params, budget)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     k = jacobian_ntk(model, x)
-    kernel_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    kernel_s, kernel_cpu_s = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     targets = torch.nn.functional.one_hot(y, VIT["num_classes"]).double()
     result = ntk_influence(k, k, targets, targets, RIDGE * float(k.diagonal().mean()), "ce")
-    loo_s = time.perf_counter() - t0
+    loo_s, loo_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     rate = gemm_rate()
     floor_s = n * n * VIT["num_classes"] * params / (rate * 1e9)
     return {
@@ -86,8 +86,10 @@ def ntk_loo_worker(n: int, data_root: Path) -> dict:
         "memory_budget_gb": budget / 2**30,
         "plan": plan.__dict__ | {"bytes_gb": plan.bytes / 2**30},
         "kernel_s": kernel_s, "loo_s": loo_s, "ntk_loo_s": kernel_s + loo_s,
+        "kernel_cpu_s": kernel_cpu_s, "loo_cpu_s": loo_cpu_s,
         "peak_rss_gb": peak_gb(), "peak_rss_before_ntk_gb": rss_before,
         "gemm_gflops": rate, "kernel_floor_s": floor_s, "kernel_over_floor": kernel_s / floor_s,
+        "kernel_cpu_over_floor": kernel_cpu_s / floor_s,
         "scores_finite": bool(torch.isfinite(result.scores).all()),
         "condition_number": result.stability.condition_number,
     }

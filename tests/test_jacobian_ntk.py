@@ -6,7 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from malleability.jacobian_ntk import block_plan, jacobian_ntk, last_layers, select_parameters
+from malleability.jacobian_ntk import (
+    block_plan,
+    jacobian_ntk,
+    last_layers,
+    select_parameters,
+    updated_ntk,
+)
 
 F64 = torch.float64
 jn = importlib.import_module("malleability.jacobian_ntk")  # the module, not the function
@@ -187,3 +193,22 @@ def test_free_memory_is_at_most_the_machine_total():
     free, total = memory.free_memory("cpu"), memory.memory_limit("cpu")
     assert free is not None and 0 < free <= total
     assert memory.free_memory("meta") is None
+
+
+def test_updated_ntk_recomputes_only_the_changed_rows(token_model, monkeypatch):
+    x = _tokens(7, 9)
+    changed = torch.tensor([5, 1, 5])  # duplicates are ignored
+    x_new = x.clone()
+    x_new[[1, 5]] += 0.3 * _tokens(2, 10)
+    kernel = jacobian_ntk(token_model, x)
+    calls, _ = _spy_rows(monkeypatch)
+    new, cross = updated_ntk(token_model, kernel, x, x_new, changed)
+    assert sum(calls) == 2 + 7 + 2  # the changed rows, against x_new and x[S]
+    names = select_parameters(token_model)
+    torch.testing.assert_close(new, _hand_ntk(token_model, x_new, x_new, names),
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(cross, _hand_ntk(token_model, x, x_new, names),
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kernel, jacobian_ntk(token_model, x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^kernel: expected"):
+        updated_ntk(token_model, kernel[:3], x, x_new, changed)

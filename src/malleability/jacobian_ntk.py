@@ -175,6 +175,32 @@ def jacobian_ntk(
     return out.div_(n_out)
 
 
+def updated_ntk(
+    model: nn.Module,
+    kernel: torch.Tensor,
+    x: torch.Tensor,
+    x_new: torch.Tensor,
+    changed: torch.Tensor,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Θ(x_new, x_new) and Θ(x, x_new) from ``kernel`` = Θ(x, x), when x_new equals x except
+    in the rows ``changed`` (indices S, e.g. the attacked points): only the kernel rows of S
+    are computed, R = Θ(x_new[S], [x_new; x[S]]) by :func:`jacobian_ntk` (``kwargs``),
+    |S|·(n + |S|) entries instead of 2n². The caller's tensors are not modified.
+    """
+    changed = torch.as_tensor(changed, dtype=torch.long, device=kernel.device).unique()
+    n = x.shape[0]
+    if kernel.shape != (n, n) or x_new.shape != x.shape:
+        raise ValueError(f"kernel: expected Θ(x, x) of shape ({n}, {n}) and x_new shaped as x, "
+                         f"got {tuple(kernel.shape)} and {tuple(x_new.shape)}")
+    rows = jacobian_ntk(model, x_new[changed], torch.cat([x_new, x[changed]]), **kwargs)
+    new, cross = kernel.clone(), kernel.clone()
+    new[changed], cross[:, changed] = rows[:, :n], rows[:, :n].T
+    new[:, changed] = rows[:, :n].T
+    cross[changed[:, None], changed[None, :]] = rows[:, n:].T
+    return new, cross
+
+
 class _Jacobians:
     """x (k, ...) → the (k × C'·P) flat Jacobian of outputs [c0, c1), ``block`` rows per
     ``vmap`` call, each parameter tensor copied into its columns."""
