@@ -194,3 +194,22 @@ def test_module_influence_equals_refitting_on_the_autograd_kernel(classes, separ
     refit = torch.stack([(_refit_loss(k, k_t, y, y_t, lam, i, loss) - base).mean()
                          for i in range(k.shape[0])])
     torch.testing.assert_close(result.scores, refit, rtol=1e-8, atol=1e-12)
+
+
+def test_rescoring_after_changing_rows_reuses_the_clean_kernel():
+    from malleability.influence import labelled_influence, module_influence
+    from malleability.jacobian_ntk import jacobian_ntk, updated_ntk
+
+    gen = torch.Generator().manual_seed(4)
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    net = net.to(F64)
+    x = torch.randn(10, 4, generator=gen, dtype=F64)
+    y = torch.randint(0, 3, (10,), generator=gen)
+    changed = torch.tensor([2, 7])
+    x_adv = x.clone()
+    x_adv[changed] += 0.5
+    k_new, k_cross = updated_ntk(net, jacobian_ntk(net, x), x, x_adv, changed)
+    reused = labelled_influence(k_new, k_cross, y, y, 1e-2, 3)
+    direct = module_influence(net, x_adv, y, x, y, 1e-2)  # train = x_adv, test = clean x
+    torch.testing.assert_close(reused.scores, direct.scores, rtol=1e-9, atol=1e-12)

@@ -144,24 +144,32 @@ def module_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
                      ridge: float = 1e-3, *, parameters: Sequence[str] | None = None,
                      max_memory_bytes: int | None = None, block: int | None = None
                      ) -> InfluenceResult:
-    """NTK-LOO of any classifier (the ``ntk-loo`` estimator): kernel ridge regression on its
-    traced empirical NTK, K = Θ(X, X) and K_t = Θ(X_t, X) (:func:`jacobian_ntk`, float64,
-    in bounded memory; K_t is K when ``x_test`` is None), λ = ``ridge`` · tr(K)/n, and its
-    exact leave-one-out (:func:`ntk_influence`): MSE on ±1 targets for one output,
-    cross-entropy on one-hot targets for C ≥ 2. ``y`` are class indices (0/1 for one output).
+    """NTK-LOO of any classifier (the ``ntk-loo`` estimator): K = Θ(X, X) and
+    K_t = Θ(X_t, X) by :func:`jacobian_ntk` (float64, bounded memory; K_t is K when
+    ``x_test`` is None), then :func:`labelled_influence`. ``y`` are class indices (0/1 for one
+    output).
     """
-    ridge = check_nonnegative(ridge, "ridge")
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test: expected x_test and y_test together (or neither)")
     kw = {"parameters": parameters, "max_memory_bytes": max_memory_bytes, "block": block}
     k = jacobian_ntk(model, x_train, **kw)
     k_t = k if x_test is None else jacobian_ntk(model, x_test, x_train, **kw)
-    y_test = y_train if y_test is None else y_test
-    classes = output_size(model, x_train)
+    return labelled_influence(k, k_t, y_train, y_train if y_test is None else y_test, ridge,
+                              output_size(model, x_train))
+
+
+def labelled_influence(k_train: torch.Tensor, k_test_train: torch.Tensor,
+                       y_train: torch.Tensor, y_test: torch.Tensor, ridge: float,
+                       classes: int) -> InfluenceResult:
+    """:func:`ntk_influence` for class labels of a model with ``classes`` outputs, on its NTK:
+    λ = ``ridge`` · tr(K)/n; MSE on ±1 targets for one output, cross-entropy on one-hot
+    targets for C ≥ 2."""
+    ridge = check_nonnegative(ridge, "ridge")
+    k = as_tensor(k_train, "k_train", ndim=2)
     if classes == 1:
         targets = [2.0 * torch.as_tensor(y).to(k.dtype)[:, None] - 1.0 for y in (y_train, y_test)]
     else:
         targets = [F.one_hot(torch.as_tensor(y).long(), classes).to(k.dtype)
                    for y in (y_train, y_test)]
     lam = ridge * float(torch.diagonal(k).mean())
-    return ntk_influence(k, k_t, *targets, lam, Loss.MSE if classes == 1 else Loss.CE)
+    return ntk_influence(k, k_test_train, *targets, lam, Loss.MSE if classes == 1 else Loss.CE)
