@@ -212,3 +212,17 @@ def test_updated_ntk_recomputes_only_the_changed_rows(token_model, monkeypatch):
     torch.testing.assert_close(kernel, jacobian_ntk(token_model, x), rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"^kernel: expected"):
         updated_ntk(token_model, kernel[:3], x, x_new, changed)
+
+
+@pytest.mark.parametrize("memory", [None, 2**16])  # one panel; panels of 287 + 13, blocks of 56
+def test_linear_model_kernel_in_closed_form_over_many_rows(memory):
+    # f(x) = W x + b: ∂f_c/∂W = e_c xᵀ, ∂f_c/∂b = e_c, so Θ(x, x') = x·x' + 1 exactly;
+    # 300 rows exercise the recursive half-product (leaves of 128) and the mirrored blocks.
+    torch.manual_seed(2)
+    net = nn.Linear(5, 3).to(F64)
+    x = torch.randn(300, 5, dtype=F64)
+    x2 = torch.randn(40, 5, dtype=F64)
+    torch.testing.assert_close(jacobian_ntk(net, x, max_memory_bytes=memory),
+                               x @ x.T + 1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jacobian_ntk(net, x, x2, max_memory_bytes=memory),
+                               x @ x2.T + 1, rtol=1e-12, atol=1e-12)
