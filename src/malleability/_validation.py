@@ -74,8 +74,10 @@ def check_finite(t: torch.Tensor, name: str, stage: str,
                  source: torch.Tensor | None = None) -> torch.Tensor:
     """``t`` unchanged when every entry is finite, else :class:`NonFiniteError` naming the
     input ``name`` and the ``stage`` that produced ``t`` (with the largest |source| entry)."""
+    if bool(torch.isfinite(t.sum())):  # one pass; a NaN or ±inf makes the sum non-finite
+        return t
     finite = torch.isfinite(t)
-    if bool(finite.all()):
+    if bool(finite.all()):  # finite entries whose sum overflowed
         return t
     bad = int((~finite).sum())
     why = f"{bad} of {t.numel()} entries NaN or infinite"
