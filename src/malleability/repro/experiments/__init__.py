@@ -12,7 +12,9 @@ from . import (
     interventions,
     landscape,
     ntk_distance,
+    ntk_distance_gd,
     sensitivity,
+    softmax_temperature,
     spectrum,
     theory,
     width_sensitivity,
@@ -21,7 +23,8 @@ from . import (
 #: Experiments by name, in the order a run executes them.
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
-    for module in (spectrum, collapse, flip_rates, ntk_distance, adversarial_training,
+    for module in (spectrum, collapse, softmax_temperature, flip_rates, ntk_distance,
+                   ntk_distance_gd, adversarial_training,
                    interventions, complexity, landscape, influential, theory, sensitivity,
                    width_sensitivity)
 }
