@@ -11,6 +11,7 @@ from malleability.attacks import margin_loss, pgd
 from malleability.interventions import adversarial_train, ramped_eps
 from malleability.repro import figures
 from malleability.repro.experiments import adversarial_training as at
+from malleability.repro.experiments import numerics
 from malleability.repro.report import Table
 from malleability.repro.seeds import Estimate, merge_seeds
 from malleability.training import TrainSettings, train
@@ -190,16 +191,22 @@ def test_relative_robustness_is_the_two_proportion_interval_plus_the_seeds():
     assert wide == pytest.approx((0.2 - (t_half**2 + b_half**2) ** 0.5,
                                   0.2 + (t_half**2 + b_half**2) ** 0.5), rel=1e-5)
     assert at.relative_robustness(0.3, 0.5, 500) == (pytest.approx(0.2), None)
-    assert at.relative_text(0.2, (0.1, 0.3)).startswith("yes (+20.0 [10.0, 30.0]")
-    assert at.relative_text(-0.2, (-0.3, -0.1)).startswith("no")
-    assert at.relative_text(0.2, None).startswith("undecided")
+    assert at.relative_text(0.2, (0.15, 0.25), 0.1).startswith("yes (+20.0 [15.0, 25.0]")
+    assert at.relative_text(0.2, (0.05, 0.35), 0.1).startswith("undecided")  # straddles 10
+    assert at.relative_text(0.05, (0.02, 0.08), 0.1).startswith("no")  # above 0, below 10
+    assert at.relative_text(0.2, None, 0.1).startswith("undecided")
+    assert at.more_robust((0.15, 0.25), 0.1) and not at.more_robust((0.05, 0.35), 0.1)
 
 
 def _record(eps, robust, before=0.1, after=0.3):
+    solve = {"min_eigenvalue": 1e-3, "condition_number": 1e5, "inversion_residual": 1e-12,
+             "symmetry_error": 0.0}
     net = {"flip_rate": before, "test_accuracy": 0.9, "pgd_test_accuracy": 0.0,
-           "strong_test_accuracy": 0.0}
+           "strong_test_accuracy": 0.0, "top_k_overlap": 0.4, "spearman": 0.8,
+           "stability": solve, "perturbed_stability": solve}
     return {"cell": {"task": "mnist", "model": "relu", "eps": eps},
-            "settings": {"tasks": [{"dataset": "mnist", "classes": None, "n_test": 500}]},
+            "settings": {"tasks": [{"dataset": "mnist", "classes": None, "n_test": 500}],
+                         "robust_margin": 0.1},
             "result": {"standard": net, "robust": robust,
                        "adversarial": {**net, "flip_rate": after,
                                        "strong_test_accuracy": 0.5 if robust else 0.05}}}
@@ -237,6 +244,30 @@ def test_section_needs_robustness_in_every_seed(tmp_path: Path, monkeypatch):
     assert rows["0.1"][-4] == "yes" and rows["0.1"][-1] == "agrees"
     assert rows["0.1"][-3].startswith("yes (+50.0 [")
     assert rows["0.1"][-2].startswith("21 [") and rows["0.1"][-2].endswith("]")
+
+
+def test_a9_columns_show_the_worst_solve_over_seeds():
+    seeds = (0, 1, 2)
+    good = {"min_eigenvalue": Estimate([1e-3, 2e-3, 5e-4], seeds),
+            "condition_number": Estimate([1e4, 3e4, 2e4], seeds),
+            "inversion_residual": Estimate([1e-12, 3e-12, 2e-12], seeds),
+            "symmetry_error": Estimate([0.0, 1e-16, 0.0], seeds)}
+    bad = {**good, "min_eigenvalue": Estimate([1e-3, -1e-9, 1e-3], seeds)}
+    assert numerics.a9_cells([good]) == ["0.0005", "3e4", "3e-12", "1e-16", "yes"]
+    assert numerics.worst(good["condition_number"], True) == 3e4
+    assert numerics.worst(good["min_eigenvalue"], False) == 5e-4
+    assert numerics.a9_cells([good, bad])[-1] == "no"  # one seed's K + λI not positive definite
+    inaccurate = {**good, "inversion_residual": 1e-3}
+    assert numerics.a9_cells([inaccurate])[-1] == "no"
+
+
+def test_section_reports_top_k_and_the_a9_checks(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(figures, "bar_panels", lambda path, *args, **kwargs: path)
+    blocks = at.section([_record(0.1, True)], tmp_path)
+    table = next(b for b in blocks if isinstance(b, Table) and "A.9 holds" in b.header)
+    assert [row[3:6] for row in table.rows] == [["standard", "40", "80"],
+                                                ["adversarial", "40", "80"]]
+    assert all(row[-1] == "yes" for row in table.rows)
 
 
 def test_bad_settings():
