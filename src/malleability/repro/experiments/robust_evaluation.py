@@ -24,9 +24,10 @@ from ..._validation import check_positive_int
 from ...attacks import AttackSettings, perturb_rows
 from ...interventions import adversarial_train
 from ...settings import setting
+from .. import figures
 from ..claims import Claim
 from ..problem import Problem, RunContext, build_model, trained_model
-from ..report import Block, Table, Text, fmt, group, pct
+from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import combine
 from .adversarial_training import (
     AdversarialTrainingSettings,
@@ -36,7 +37,7 @@ from .adversarial_training import (
     relative_text,
     table3_verdict,
 )
-from .base import cell_problem, model_name
+from .base import cell_problem, model_name, task_title
 
 TITLE = "Table 3 under the per-point worst case of three attacks"
 INTRO = ("The robustness test of Table 3 redone: each test point counts as robust only when it "
@@ -118,10 +119,12 @@ def _decision(record: dict) -> tuple[float, tuple[float, float] | None, str, boo
 def section(records: list[dict], figs: Path) -> list[Block]:
     """Accuracies per attack and their per-point minimum, Square-only breaks, the relative
     robustness decision and Table 3's verdict under it."""
-    rows = []
+    rows, bars = [], {}
     for (task, model, eps), (record, *_) in group(records, "task", "model", "eps").items():
         res = record["result"]
         _, _, robust_text, robust = _decision(record)
+        bars.setdefault(task_title(task), {})[f"{model_name(model)} ε={eps:g}"] = {
+            net: 100 * res[net]["worst_accuracy"] for net in ("standard", "adversarial")}
         before, after = res["standard"]["flip_rate"], res["adversarial"]["flip_rate"]
         rows.append([task, model_name(model), f"{eps:g}",
                      *(pct(res[net][f"{k}_accuracy"]) for net in ("standard", "adversarial")
@@ -139,7 +142,11 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     return [Text("Worst case: a point counts as robust only if it resists all three attacks. "
                  "Square-only breaks: points both PGD attacks left correct and Square did not "
                  "(gradient masking, if many)."),
-            Table(header, rows, "Table 3 with the per-point worst case of three attacks.")]
+            Table(header, rows, "Table 3 with the per-point worst case of three attacks."),
+            figure(figures.bar_panels(figs / "robust_evaluation.png", bars,
+                                      "worst-case test accuracy %", sharey=True),
+                   "Worst-case test accuracy (PGD-40, margin PGD-100, Square) of the standard "
+                   "and the adversarially trained network.")]
 
 
 def paper_claims(records: list[dict]) -> list[Claim]:
