@@ -20,7 +20,7 @@ from malleability.repro.experiments import EXPERIMENTS, interventions
 from malleability.repro.experiments.base import paper_task, trend
 from malleability.repro.report import write_report
 from malleability.repro.seeds import merge_seeds
-from malleability.repro.store import cell_name, write_cell
+from malleability.repro.store import cell_name, settings_key, write_cell
 
 RUN = Path(__file__).parent / "data" / "report_run"
 
@@ -110,6 +110,12 @@ def test_paper_values_sit_beside_matching_tasks(tmp_path: Path,
         for path in (RUN / name).glob("*.json"):
             record = loads_strict(path.read_text())
             record["cell"]["task"] = relabel[record["cell"]["task"]]
+            for task in record["settings"].get("tasks", ()):  # the settings name them too
+                old = task["dataset"] if task["classes"] is None else \
+                    f"{task['dataset']} {task['classes']}"
+                dataset, _, classes = relabel[old].partition(" ")
+                task["dataset"], task["classes"] = dataset, classes or None
+            record["settings_hash"] = settings_key(record["settings"])
             del record["checksum"]
             write_cell(out / name / f"{cell_name(record['cell'])}.json", record)  # named anew
     lines = write_report(out).read_text(encoding="utf-8").splitlines()

@@ -108,7 +108,7 @@ BAD = [
     ([], "[experiments.flip_rates.attack]\neps = \"big\"\n",
      "flip_rates.attack.eps: expected a number, got 'big'"),
     ([], "[experiments.flip_rates]\nattacks = [\"cw\"]\n",
-     "flip_rates.attacks[0]: expected one of fgsm, pgd, mim, random-sign, got 'cw'"),
+     "flip_rates.attacks[0]: expected one of fgsm, pgd, mim, random-sign, square, got 'cw'"),
     ([], "[experiments.flip_rates]\nmodels = [\"vit\"]\n",
      "flip_rates.models[0]: expected one of relu, attn, attn-softmax, attn-exponential, "
      "got 'vit'"),
