@@ -223,7 +223,9 @@ def build_report(run: Run, figures: Path) -> list[Block]:
     for number, name in enumerate(names, start=2):
         experiment = EXPERIMENTS[name]
         blocks += [Heading(f"{number}. {experiment.TITLE}"), Text(experiment.INTRO)]
-        records = run.cells.get(name)
+        # a section may read other experiments' cells beside its own (``READS``)
+        records = run.cells.get(name) and [*run.cells[name], *(
+            r for other in getattr(experiment, "READS", ()) for r in run.cells.get(other, []))]
         per_seed = getattr(experiment, "PER_SEED", None)  # None: merge seeds (the default)
         if records and per_seed is None:
             records = merge_seeds(records)
