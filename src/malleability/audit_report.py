@@ -6,7 +6,8 @@ and its verdict, the estimator's diagnostics, and the representation's κ."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .auditing import AuditReport, AuditSettings
 from .controls import METRICS
@@ -30,8 +31,8 @@ def fmt_estimate(value: float, deterministic: str = "") -> str:
         return f"{float(value):.3g}{deterministic}"
     interval = value.interval
     if interval is None:
-        return f"{float(value):.3f} (values {', '.join(f'{v:.2f}' for v in value.values)})"
-    return f"{float(value):.3f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+        return f"{float(value):.2f} (values {', '.join(f'{v:.2f}' for v in value.values)})"
+    return f"{float(value):.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 def answer(reports: Sequence[AuditReport]) -> list[str]:
@@ -46,16 +47,19 @@ def answer(reports: Sequence[AuditReport]) -> list[str]:
     return lines
 
 
-def controls_rows(r: AuditReport) -> list[list[str]]:
-    """Per metric: noise, random, adversarial, excess (95 % intervals) and the verdict."""
-    rows = []
-    adversarial = {"flip_rate": r.flip_rate, "spearman": r.spearman,
-                   "top_k_overlap": r.top_k_overlap}
-    for m in METRICS:
-        rows.append([METRIC_NAMES[m], fmt_estimate(r.controls["noise"][m], " (deterministic)"),
-                     fmt_estimate(r.controls["random"][m]), fmt_estimate(adversarial[m]),
-                     fmt_estimate(r.excess[m]), r.verdicts[m]])
-    return rows
+def values_of(r: AuditReport) -> dict[str, Any]:
+    """An AuditReport's measurements in the shape of :func:`~malleability.auditing.assemble`."""
+    return {"adversarial": {"flip_rate": r.flip_rate, "spearman": r.spearman,
+                            "top_k_overlap": r.top_k_overlap}, **r.controls,
+            "excess": r.excess, "verdicts": r.verdicts}
+
+
+def controls_rows(values: Mapping[str, Any]) -> list[list[str]]:
+    """Per metric: noise, random, adversarial, excess (95 % intervals) and the verdict, from
+    :func:`~malleability.auditing.assemble`'s dict."""
+    return [[METRIC_NAMES[m], fmt_estimate(values["noise"][m], " (deterministic)"),
+             fmt_estimate(values["random"][m]), fmt_estimate(values["adversarial"][m]),
+             fmt_estimate(values["excess"][m]), values["verdicts"][m]] for m in METRICS]
 
 
 def format_audit(reports: Sequence[AuditReport], settings: AuditSettings) -> str:
@@ -78,7 +82,7 @@ def format_audit(reports: Sequence[AuditReport], settings: AuditSettings) -> str
     for r in reports:
         lines += ["", f"{r.estimator} (mean [95% interval] over seeds):",
                   "  " + " | ".join(header)]
-        lines += ["  " + " | ".join(row) for row in controls_rows(r)]
+        lines += ["  " + " | ".join(row) for row in controls_rows(values_of(r))]
         lines.append("  rank stability across seeds (Spearman ρ of clean scores): "
                      + fmt_estimate(r.diagnostics["rank_stability"], " (deterministic)"))
         top = r.diagnostics.get("hessian_top_eigenvalue")

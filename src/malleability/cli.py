@@ -344,13 +344,18 @@ _audit_options, _audit_values = settings_options(AuditCommandSettings)
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Run folder: one resumable cell per (estimator, checkpoint, seed), then "
+                   "report.md, report.html and figures/ (new, empty, or an earlier audit's "
+                   "folder of the same settings).")
 def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
                   test_path: Path | None, dataset: str | None, classes: str | None,
                   n_train: int | None, n_test: int | None,
                   checkpoint_paths: tuple[Path, ...], data_root: Path | None, as_json: bool,
-                  **options: Any) -> None:
-    """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator with
-    intervals over seeds, and checkpoint agreement (step 2b)."""
+                  out: Path | None, **options: Any) -> None:
+    """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator
+    against its controls (estimator noise, random ±ε) with intervals over seeds and a
+    verdict, and checkpoint agreement (step 2b)."""
     from .auditing import audit
     from .model_io import load_checkpoint, load_model
 
@@ -371,6 +376,17 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
         checkpoints = [load_checkpoint(p) for p in checkpoint_paths] or None
         common = AuditSettings(**{f.name: getattr(settings, f.name)
                                   for f in dataclasses.fields(AuditSettings)})
+        if out is not None:
+            if as_json:
+                raise ValueError("json: --out writes a report folder; give --json or --out")
+            from .audit_run import audit_folder
+
+            path = audit_folder(out, model, train, None, test, None,
+                                estimators=settings.estimators, checkpoints=checkpoints,
+                                settings=common, title=f"Influence audit: {model_spec}",
+                                progress=lambda label: click.echo(f"cell {label}", err=True))
+            click.echo(f"report: {path}")
+            return
         reports = [audit(model, train, None, test, None, estimator=name,
                          checkpoints=checkpoints, settings=common)
                    for name in settings.estimators]

@@ -101,4 +101,4 @@ def summary_verdict(verdicts: Mapping[str, str]) -> str:
     3.4's metric), qualified when ρ or the overlap disagrees."""
     main = verdicts["flip_rate"]
     others = sorted({v for k, v in verdicts.items() if k != "flip_rate" and v != main})
-    return main if not others else f"{main} (ρ / overlap: {', '.join(others)})"
+    return main if not others else f"{main} (by ρ or top-K overlap: {', '.join(others)})"
