@@ -36,11 +36,13 @@ from .auditing import (
 )
 from .estimators import Attribution
 from .repro.store import (
+    SETTINGS_FILE,
     CorruptFile,
     cell_name,
     check_run_folder,
     move_aside,
     read_cell,
+    read_json,
     run_lock,
     settings_key,
     start_run,
@@ -147,6 +149,10 @@ def run_audit(out: Path, problems: Sequence[AuditProblem], device: str = "cpu",
 
     out = Path(out)
     doc = document(problems)
+    # estimators of an earlier audit in this folder that this one leaves out keep their cells
+    with contextlib.suppress(CorruptFile, KeyError, TypeError):
+        stored = read_json(out / SETTINGS_FILE)["settings"]
+        doc = {**{k: v for k, v in stored.items() if k not in doc}, **doc}
     check_run_folder(out, doc)
     by_name = {q.estimator.name: q for q in problems}
     results: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
