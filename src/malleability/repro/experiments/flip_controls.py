@@ -81,7 +81,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     own = [r for r in records if r.get("experiment", "flip_controls") == "flip_controls"]
     adversarial = {(r["cell"]["task"], r["cell"]["model"], r["cell"]["attack"]): r["result"]
                    for r in records if r.get("experiment") == "flip_rates"}
-    side, rows, bars, pgd_excess = [], [], {}, {}
+    side, rows, bars, paper_bars, pgd_excess = [], [], {}, {}, {}
     for (task, model), group_records in group(own, "task", "model").items():
         control = group_records[0]["result"]["flip_rate"]
         paper = PAPER_TABLE2.get((paper_task(task) or "", model))
@@ -96,6 +96,9 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                              control_verdict(ex)])
         pgd_excess[task, model] = over_control(adv["pgd"], control)
         title = task_title(task)
+        if paper is not None:
+            paper_bars.setdefault(title, {})[model_name(model)] = {
+                "PGD": paper[ATTACKS.index("pgd")]}
         for name, value in (("PGD", adv["pgd"]), ("random ±ε", control)):
             if value is not None:
                 bars.setdefault(title, {}).setdefault(model_name(model), {})[name] = (
@@ -125,7 +128,9 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                             "The paper's comparison on the excess over the control instead "
                             "of the raw flip rate, paired by seed."))
     if bars:
-        path = figures.bar_panels(figs / "flip_controls.png", bars, "flip rate %", sharey=True)
+        path = figures.bar_panels(figs / "flip_controls.png", bars, "flip rate %", paper_bars,
+                                  reference_label="paper PGD (Table 2)", sharey=True)
         blocks.append(figure(path, "Flip rate under PGD and under random ±ε signs of the "
-                                   "same size, same points, same networks."))
+                                   "same size, same points, same networks; diamonds = the "
+                                   "paper's PGD flip rate."))
     return blocks
