@@ -2,9 +2,13 @@
 per-seed values and a 95 % confidence interval of the mean; :func:`combine` pairs estimates
 seed by seed. The reproduction's report and ``malleability audit`` both use it.
 
-Interval: ``scipy.stats.bootstrap`` of the mean over the seeds (percentile method, 9 999
-resamples, fixed random state), computed only with at least :data:`MIN_SEEDS` seeds; with fewer
-the report shows the individual values and "CI n/a".
+Interval (:func:`t_interval`): the Student-t interval of the mean over k seeds,
+mean ± t₀.₉₇₅,ₖ₋₁ · s/√k (s the sample standard deviation), computed from k = 2 seeds on
+(t₀.₉₇₅,₁ = 12.7: exact 95 % coverage for normal seed values, and wide enough that two seeds
+rarely decide a verdict); one seed, or a missing value, has no interval. A comparison is the
+interval of the difference taken within each seed (:func:`combine`). It replaces a percentile
+bootstrap, which with 3, 5 and 10 seeds covered the mean of normal data in about 76 %, 84 % and
+91 % of samples (tests/test_intervals.py measures both).
 """
 
 from __future__ import annotations
@@ -17,12 +21,25 @@ import numpy as np
 from scipy import stats
 
 CONFIDENCE = 0.95
-MIN_SEEDS = 3
-RESAMPLES = 9999
-METHOD = "percentile"
-CI_METHOD = (f"{CONFIDENCE:.0%} percentile bootstrap of the mean over seeds "
-             f"(scipy.stats.bootstrap, {RESAMPLES} resamples); with fewer than {MIN_SEEDS} "
-             "seeds the per-seed values are shown and the interval is n/a")
+#: The fewest seeds with an interval.
+MIN_SEEDS = 2
+CI_METHOD = (f"{CONFIDENCE:.0%} Student-t interval of the mean over the k seeds, "
+             "mean ± t(0.975, k − 1)·s/√k, comparisons paired by seed (the interval of the "
+             "per-seed differences); from 2 seeds on (t = 12.7 at k = 2: wide); one seed has "
+             "no interval")
+
+
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE
+               ) -> tuple[float, float] | None:
+    """mean ± t_{(1+confidence)/2, k−1} · s/√k of ``values`` (s with ddof = 1); None with
+    fewer than MIN_SEEDS values or a non-finite one."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < MIN_SEEDS or not np.isfinite(v).all():
+        return None
+    mean = float(v.mean())
+    half = float(stats.t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1)
+                 / math.sqrt(v.size))
+    return mean - half, mean + half
 
 
 class Estimate(float):
@@ -46,14 +63,8 @@ class Estimate(float):
 
     @cached_property
     def interval(self) -> tuple[float, float] | None:
-        """The 95 % CI of the mean, or None with fewer than MIN_SEEDS finite values."""
-        if len(self.values) < MIN_SEEDS or not all(map(math.isfinite, self.values)):
-            return None
-        if min(self.values) == max(self.values):
-            return (self.values[0], self.values[0])
-        res = stats.bootstrap((np.asarray(self.values),), np.mean, confidence_level=CONFIDENCE,
-                              n_resamples=RESAMPLES, method=METHOD, random_state=0)
-        return float(res.confidence_interval.low), float(res.confidence_interval.high)
+        """The 95 % Student-t interval of the mean (:func:`t_interval`), or None."""
+        return t_interval(self.values)
 
     def scaled(self, factor: float) -> Estimate:
         return Estimate([v * factor for v in self.values], self.seeds)

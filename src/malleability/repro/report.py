@@ -209,6 +209,7 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
 
 def build_report(run: Run, figures: Path) -> list[Block]:
     """All blocks of the report; figures are written under ``figures``."""
+    from .claims import with_claims  # the claims are built by the experiments' blocks
     from .experiments import EXPERIMENTS  # the experiments build their sections with blocks
 
     blocks: list[Block] = [Heading("Reproduction report: arXiv 2603.13085", 1),
@@ -234,7 +235,7 @@ def build_report(run: Run, figures: Path) -> list[Block]:
             records = [r for r in records if r["cell"].get("seed", 0) == first]
         blocks += (experiment.section(records, figures) if records else
                    [Text(f"Not run: no results under {name}/ in this run.")])
-    return blocks
+    return with_claims(run, blocks)
 
 
 def _md(text: str) -> str:

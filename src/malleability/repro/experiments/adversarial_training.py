@@ -22,6 +22,7 @@ from ...interventions import adversarial_train
 from ...settings import setting
 from ...training import evaluate
 from .. import figures
+from ..claims import Claim
 from ..problem import Problem, RunContext, build_model, trained_model
 from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import Estimate, combine
@@ -222,3 +223,23 @@ def section(records: list[dict], figs: Path) -> list[Block]:
             paper_table(3, ["PGD flip % standard", "PGD flip % adversarial"], PAPER_TABLE3),
             figure(path, "PGD flip rate, standard vs adversarially trained, at each ε; "
                          "diamonds = the paper's Table 3 (ε = 0.3).")]
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """Table 3's claim per task, architecture and ε: adversarial training "dramatically
+    increases" the PGD flip rate (Appendix E; the paper's ε = 0.3); tested only where the
+    adversarial network is robust in every seed (else "not tested")."""
+    claims = []
+    for (task, model, eps), (record, *_) in group(records, "task", "model", "eps").items():
+        res = record["result"]
+        before, after = res["standard"]["flip_rate"], res["adversarial"]["flip_rate"]
+        paper = PAPER_TABLE3.get((paper_task(task) or "", model)) if eps == PAPER_EPS else None
+        claims.append(Claim(
+            "Adversarial training raises the PGD flip rate (Table 3)",
+            f"{task}, {model_name(model)}, ε = {eps:g}",
+            "—" if paper is None else f"{paper_values(paper, ' → ')} %",
+            f"{pct(before)} → {pct(after)} % (change "
+            f"{fmt(combine(lambda a, b: 100 * (b - a), before, after))} points; robust: "
+            f"{robust_text(res['robust'])})",
+            table3_verdict(before, after, res["robust"] is True), ("table3", task, model, eps)))
+    return claims

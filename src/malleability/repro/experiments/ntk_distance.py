@@ -22,6 +22,7 @@ from ...ntk import empirical_ntk, function_distance, infinite_ntk, kernel_distan
 from ...settings import setting
 from ...training import evaluate
 from .. import figures
+from ..claims import Claim
 from ..figures import Line
 from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
 from ..report import Block, Table, figure, fmt, group, pct, rank
@@ -33,6 +34,7 @@ from .base import (
     check_nonempty,
     check_task_labels,
     model_name,
+    paper_number,
     paper_table,
     paper_task,
     paper_values,
@@ -200,3 +202,29 @@ def section(records: list[dict], figs: Path) -> list[Block]:
             figure(fig1, "Figure 1 (ours): function distance vs width; dashed = at "
                          "initialisation, solid = trained, crosses = the paper's Table 1."),
             figure(fig6, "Figure 6 (ours): kernel (cosine) distance vs width.")]
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """Table 1's claims per task: 2L-ReLU's NTK distance "monotonically decreasing" with width,
+    MLP-Attn's "non-monotonic (MNIST) or increasing (CIFAR-10)" (not decreasing where the
+    paper has no such task); each width step decided by its paired interval."""
+    claims = []
+    for (task, model), group_records in group(records, "task", "model").items():
+        if model not in ("relu", "attn"):
+            continue
+        by_width = {r["cell"]["width"]: r["result"]["function_distance_trained"]
+                    for r in group_records}
+        ws = sorted(by_width)
+        ours, expected, judged = width_trend(task, model, [by_width[w] for w in ws])
+        paper = PAPER_TABLE1.get((paper_task(task) or "", model))
+        claim = (f"{model_name(model)}'s NTK distance decreases with width (Table 1)"
+                 if model == "relu" else
+                 f"{model_name(model)}'s NTK distance does not decrease with width: "
+                 "non-monotonic (MNIST) or increasing (CIFAR-10) (Table 1)")
+        theirs = expected if paper is None else (
+            f"{expected}: {' → '.join(map(paper_number, paper))} (m = "
+            f"{'/'.join(map(str, PAPER_WIDTHS))})")
+        claims.append(Claim(claim, task, theirs,
+                            f"{ours}: {' → '.join(fmt(by_width[w]) for w in ws)} (m = "
+                            f"{'/'.join(map(str, ws))})", judged, ("table1", task, model)))
+    return claims

@@ -26,6 +26,7 @@ from ...models import TwoLayerNet
 from ...settings import Settings, setting
 from ...training import TrainSettings, train
 from .. import figures
+from ..claims import Claim, sweep_summary
 from ..problem import RunContext, trained_model
 from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import combine
@@ -231,3 +232,20 @@ def section(records: list[dict], figs: Path) -> list[Block]:
             figure(path, "Gap MLP-Attn − 2L-ReLU flip rate (points) with its 95 % CI over "
                          "seeds, per swept setting (one value moved from the calibrated point "
                          "at a time).")]
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """Per Table 2 claim swept (task, attack): how many points agree, and where it holds;
+    keyed to the flip_rates claim it sweeps."""
+    judged: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for (task, attack, axis, value), group_records in group(records, "task", "attack", "axis",
+                                                             "value").items():
+        rates = {r["cell"]["model"]: r["result"]["flip_rate"] for r in group_records}
+        if set(rates) == {"relu", "attn"}:
+            gap = combine(lambda a, r: 100 * (a - r), rates["attn"], rates["relu"])
+            judged.setdefault((task, attack), []).append(
+                (point_label(axis, value), verdict(gap, (0.0, math.inf), paper_attn_higher(task))))
+    return [Claim("Table 2's gap under the unstated settings", f"{task}, {attack.upper()}", "—",
+                  sweep_summary(points), where_it_holds(points),
+                  ("sensitivity", "table2", task, attack))
+            for (task, attack), points in judged.items()]

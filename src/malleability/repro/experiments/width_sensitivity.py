@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ...settings import setting
 from .. import figures
+from ..claims import Claim, sweep_summary
 from ..figures import Line
 from ..problem import RunContext
 from ..report import Block, Table, figure, fmt, group
@@ -102,3 +103,20 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                   f"per point. Swept settings: {', '.join(AXES)}."),
             figure(path, "Function distance after training against width, with its 95 % CI "
                          "over seeds, one line per point (one setting moved at a time).")]
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """Per Table 1 claim swept (task, architecture): how many points agree, and where it
+    holds; keyed to the ntk_distance claim it sweeps."""
+    judged: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for (task, model, axis, value), by_width in group(records, "task", "model", "axis",
+                                                      "value").items():
+        by_width = sorted(by_width, key=lambda r: r["cell"]["width"])
+        trained = [r["result"]["function_distance_trained"] for r in by_width]
+        judged.setdefault((task, model), []).append(
+            (point_label(axis, value), ntk_distance.width_trend(task, model, trained)[2]))
+    return [Claim("Table 1's width trend under the unstated settings",
+                  f"{task}, {model_name(model)}", "—",
+                  sweep_summary(points), where_it_holds(points),
+                  ("width_sensitivity", "table1", task, model))
+            for (task, model), points in judged.items()]

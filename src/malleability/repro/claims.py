@@ -1,0 +1,120 @@
+"""The claims table that opens the report: one row per claim of the paper, in the sense of the
+paper's words, with the paper's value, ours with its 95 % interval, the verdict, and how the
+verdict fares under the unstated settings swept by the ``sensitivity`` preset.
+
+Every experiment module may end with ``paper_claims(records) -> list[Claim]`` (the records
+merged as its section gets them). The sensitivity modules (:data:`SWEEPS`) return claims keyed
+like the ones they sweep; their verdict ("holds everywhere", ...) fills the sensitivity column.
+The sweeps come from the run itself or, when it has none, from a run folder named
+``sensitivity`` beside it (the layout of docs/runs/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .report import Block, Heading, Table, Text
+from .seeds import merge_seeds
+from .store import Run, load_run
+
+#: Modules whose claims sweep other modules' claims (matched by ``Claim.key``).
+SWEEPS = ("sensitivity", "width_sensitivity")
+#: The claims table's columns.
+HEADER = ["claim (paper)", "where", "paper", "measured (95 % CI over seeds)", "verdict",
+          "sensitivity"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim of the paper at one place (task, model, …): ``measured`` is ours with its
+    interval, ``verdict`` agrees / disagrees / inconclusive (or a sweep's summary); ``key``
+    matches a claim to its sweep."""
+
+    claim: str
+    where: str
+    paper: str
+    measured: str
+    verdict: str
+    key: tuple = ()
+
+
+def sweep_summary(points: list[tuple[str, str]]) -> str:
+    """A sweep's (point, verdict) pairs in a few words: at how many points each verdict comes
+    out, naming the points of all but the most frequent verdict."""
+    by: dict[str, list[str]] = {}
+    for point, verdict in points:
+        by.setdefault(verdict, []).append(point)
+    most = max(by, key=lambda v: len(by[v]))
+    words = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "undecided"}
+    return "; ".join(f"{words.get(v, v)} at {len(by[v])}/{len(points)}"
+                     + ("" if v == most else f" ({', '.join(by[v])})")
+                     for v in ("agrees", "disagrees", "inconclusive") if v in by)
+
+
+def section_records(module: object, records: list[dict]) -> list[dict]:
+    """A module's cell records as its section reads them: seeds merged unless its ``PER_SEED``
+    is "first" (the first seed's cells) or "all" (unmerged)."""
+    per_seed = getattr(module, "PER_SEED", None)
+    if per_seed is None:
+        return merge_seeds(records)
+    if per_seed == "first":
+        first = min(r["cell"].get("seed", 0) for r in records)
+        return [r for r in records if r["cell"].get("seed", 0) == first]
+    return records
+
+
+def run_claims(run: Run) -> list[Claim]:
+    """Every claim the run's experiments measure, in the registry's order."""
+    from .experiments import EXPERIMENTS
+
+    return [claim for name, module in EXPERIMENTS.items()
+            if run.cells.get(name) and hasattr(module, "paper_claims")
+            for claim in module.paper_claims(section_records(module, run.cells[name]))]
+
+
+def sweep_run(run: Run) -> Run | None:
+    """The run holding the sensitivity sweeps: this one, or a ``sensitivity`` folder beside
+    it; None when neither has them."""
+    if any(run.cells.get(name) for name in SWEEPS):
+        return run
+    sibling = Path(run.out).parent / "sensitivity"
+    if sibling.resolve() == Path(run.out).resolve() or not (sibling / "settings.json").exists():
+        return None
+    return load_run(sibling)
+
+
+def claims_table(run: Run) -> list[list[str]]:
+    """The claims of ``run`` (sweeps excluded) with their sensitivity from :func:`sweep_run`:
+    rows of HEADER."""
+    claims = [c for c in run_claims(run) if not c.key or c.key[0] not in SWEEPS]
+    sweeps = sweep_run(run)
+    swept = {c.key[1:]: c.measured
+             for c in (run_claims(sweeps) if sweeps is not None else [])
+             if c.key and c.key[0] in SWEEPS}
+    return [[c.claim, c.where, c.paper, c.measured, c.verdict, swept.get(c.key, "—")]
+            for c in claims]
+
+
+def claims_section(run: Run) -> list[Block]:
+    """The report's first section: the claims table."""
+    rows = claims_table(run)
+    if not rows:
+        return [Heading("Claims"), Text("No experiment of this run measures a claim yet.")]
+    return [Heading("Claims"),
+            Text("Each claim of the paper that this run measures, as the paper states it, with "
+                 "the paper's value, ours with its 95 % interval over seeds, and the verdict: "
+                 "agrees / disagrees only where the interval decides it, else inconclusive. "
+                 "Sensitivity: how many points of the sensitivity sweep (one unstated setting "
+                 "moved at a time) give the same verdict; — where the claim was not swept."),
+            Table(HEADER, rows, "The paper's claims against this run.")]
+
+
+def with_claims(run: Run, blocks: list[Block]) -> list[Block]:
+    """The report ``blocks`` with the claims section and a table of contents of the sections
+    inserted before the first section (the first level-2 heading)."""
+    first = next((i for i, b in enumerate(blocks) if isinstance(b, Heading) and b.level == 2),
+                 len(blocks))
+    contents = [[b.text] for b in blocks[first:] if isinstance(b, Heading) and b.level == 2]
+    return [*blocks[:first], *claims_section(run), Heading("Contents"),
+            Table(["section"], contents, "The sections below."), *blocks[first:]]

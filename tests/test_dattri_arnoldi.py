@@ -1,0 +1,95 @@
+"""Why dattri 0.3.0's Arnoldi influence function returns NaN, and the settings under which it
+is right, against the explicit Hessian of a tiny MLP (float64, torch.func).
+
+dattri's ArnoldiProjector keeps the top-k Ritz pairs of H + rI by |eigenvalue| and scales the
+projected gradients by 1/√λ. On a trained but unconverged non-convex model H has negative
+eigenvalues; those among the top k give NaN in every score. Its warning "adjusting proj_dim"
+changes only the attribute, not the pairs it keeps. With r above |λ_min(H)| and k well below
+the number of parameters, its scores are the influence function restricted to the top-k
+eigenspace of H + rI.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, grad, hessian, vmap
+from torch.nn import functional as F
+
+dif = pytest.importorskip("dattri.algorithm.influence_function")
+
+
+@pytest.fixture(scope="module")
+def case():
+    from dattri.task import AttributionTask
+    from torch.utils.data import DataLoader, TensorDataset
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 4, generator=g), torch.randint(0, 3, (40,), generator=g)
+    x_test, y_test = torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))  # P = 43
+    exact = copy.deepcopy(model).double()
+    shapes = {k: v.shape for k, v in exact.named_parameters()}
+    flat = torch.cat([v.detach().reshape(-1) for v in exact.parameters()])
+
+    def flat_loss(v, xb, yb):
+        p, i = {}, 0
+        for k, s in shapes.items():
+            p[k], i = v[i:i + s.numel()].reshape(s), i + s.numel()
+        return F.cross_entropy(functional_call(exact, p, (xb.double(),)), yb)
+
+    h = hessian(flat_loss)(flat, x, y)
+    per_example = vmap(grad(flat_loss), in_dims=(None, 0, 0))
+    g_train = per_example(flat, x[:, None], y[:, None])
+    g_test = per_example(flat, x_test[:, None], y_test[:, None])
+
+    def loss(p, data):
+        xb, yb = data
+        return F.cross_entropy(functional_call(model, p, (xb,)), yb)
+
+    task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
+    train = DataLoader(TensorDataset(x, y), batch_size=len(x))
+    test = DataLoader(TensorDataset(x_test, y_test), batch_size=len(x_test))
+    return task, train, test, h, g_train, g_test
+
+
+def _arnoldi(task, train, test, regularization, proj_dim):
+    attributor = dif.IFAttributorArnoldi(task, device="cpu", seed=0, proj_dim=proj_dim,
+                                         max_iter=200, regularization=regularization)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attributor.cache(train)
+        return attributor.attribute(train, test).double()
+
+
+def test_arnoldi_is_nan_when_its_top_k_holds_a_negative_eigenvalue(case):
+    task, train, test, h, _, _ = case
+    r, k = 1e-3, 20
+    eigenvalues = torch.linalg.eigvalsh(h) + r
+    top = eigenvalues[eigenvalues.abs().argsort()[-k:]]
+    assert int((top < 0).sum()) > 0  # the model's Hessian is indefinite at this point
+    assert bool(_arnoldi(task, train, test, r, k).isnan().all())
+
+
+def test_arnoldi_above_the_negative_curvature_is_the_top_k_influence_function(case):
+    task, train, test, h, g_train, g_test = case
+    k = 20
+    r = 1.1 * float(-torch.linalg.eigvalsh(h)[0])  # H + rI positive definite
+    w, v = torch.linalg.eigh(h + r * torch.eye(len(h), dtype=h.dtype))
+    top = w.argsort()[-k:]
+    expected = (g_train @ v[:, top]) / w[top] @ (v[:, top].T @ g_test.T)
+    scores = _arnoldi(task, train, test, r, k)
+    # float32 Hessian-vector products in dattri: agreement to about 1e-6 relative
+    assert float((scores - expected).abs().max()) < 1e-4 * float(expected.abs().max())
+
+
+def test_arnoldi_with_proj_dim_at_the_parameter_count_meets_a_spurious_ritz_value(case):
+    task, train, test, h, _, _ = case
+    r = 1.1 * float(-torch.linalg.eigvalsh(h)[0])
+    assert float(torch.linalg.eigvalsh(h)[0]) + r > 0.02  # positive definite, yet:
+    assert bool(_arnoldi(task, train, test, r, len(h)).isnan().all())
