@@ -55,7 +55,7 @@ def answer_blocks(summaries: Mapping[str, Mapping[str, Any]], problem: AuditProb
                              "contains 0)"),
                             (NOT_MALLEABLE, f"Not malleable (the excess's interval lies below "
                              f"{s.margin:g})"),
-                            (UNDECIDED, "Undecided (fewer than 3 seeds: no interval)")):
+                            (UNDECIDED, "Undecided (one seed: no interval)")):
         if groups.get(verdict):
             said.append(f"{phrase}: {', '.join(groups[verdict])}.")
     rows = []

@@ -19,7 +19,7 @@ the excess's 95 % interval over seeds (:attr:`~malleability.intervals.Estimate.i
 - "not malleable": the interval lies below ``margin`` (the attack adds at most ``margin``
   beyond the controls, e.g. 0.05 = 5 points of flip rate) without lying above 0;
 - "not distinguishable from noise": the interval contains 0 and reaches above ``margin``;
-- "undecided (fewer seeds than an interval needs)": no interval.
+- "undecided (one seed: no interval)": no interval.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ MARGIN = 0.05
 MALLEABLE = "malleable"
 NOT_MALLEABLE = "not malleable"
 NOISE = "not distinguishable from noise"
-UNDECIDED = "undecided (fewer seeds than an interval needs)"
+UNDECIDED = "undecided (one seed: no interval)"
 
 
 def metrics(scores: torch.Tensor, other: torch.Tensor, fraction: float) -> dict[str, float]:

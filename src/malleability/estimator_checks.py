@@ -1,8 +1,8 @@
 """Degenerate estimator settings (issue 31): warnings printed beside an audit's verdict.
 
 - TRAK whose random projection has at least as many dimensions as there are training points
-  (dattri's default k = 512): the projected-gradient kernel is then no cheaper and no more
-  stable than the exact one, and its scores vary with the projection seed;
+  (dattri's default k = 512; :func:`~malleability.trak_projection.check_trak_projection`): its
+  kernel ΦᵀΦ is then singular or interpolating, and its scores follow the projection seed;
 - TRAK on a single checkpoint: TRAK's scores are meant to be averaged over an ensemble of
   models; with one, nothing averages the projection's noise out;
 - an influence function whose damping δ dominates the Hessian: δ ≥ |λ|max(H) (estimated by
@@ -21,6 +21,7 @@ from torch import nn
 
 from .jacobian_ntk import select_parameters
 from .losses import training_loss
+from .trak_projection import check_trak_projection
 
 #: Estimators that invert the damped Hessian (H + δI).
 DAMPED = ("if-explicit", "if-cg", "if-lissa", "if-arnoldi", "if-datainf", "if-ekfac")
@@ -59,9 +60,13 @@ def degenerate_settings(estimator: str, n_train: int, n_checkpoints: int = 1,
     docstring. ``projection_dim``: TRAK's k; ``hessian_top``: |λ|max(H) of the model."""
     warnings = []
     if estimator == "trak":
-        if projection_dim is not None and projection_dim >= n_train:
-            warnings.append(f"TRAK's projection dimension {projection_dim} ≥ n = {n_train}: "
-                            "no reduction, and its scores change with the projection seed.")
+        if projection_dim is not None:
+            try:
+                check_trak_projection(projection_dim, n_train)
+            except ValueError:
+                warnings.append(f"TRAK's projection dimension {projection_dim} ≥ n = "
+                                f"{n_train}: its kernel ΦᵀΦ is singular or interpolating, so "
+                                "its scores follow round-off and the projection seed.")
         if n_checkpoints < 2:
             warnings.append("TRAK on a single checkpoint: its scores are meant to be averaged "
                             "over an ensemble (give --checkpoint).")

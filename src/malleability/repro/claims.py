@@ -70,7 +70,9 @@ def run_claims(run: Run) -> list[Claim]:
 
     return [claim for name, module in EXPERIMENTS.items()
             if run.cells.get(name) and hasattr(module, "paper_claims")
-            for claim in module.paper_claims(section_records(module, run.cells[name]))]
+            for claim in module.paper_claims(section_records(module, [
+                *run.cells[name],  # and the cells of the experiments it reads (``READS``)
+                *(r for other in getattr(module, "READS", ()) for r in run.cells.get(other, []))]))]
 
 
 def sweep_run(run: Run) -> Run | None:
