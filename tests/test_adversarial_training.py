@@ -10,8 +10,8 @@ from malleability import AttackSettings, ModelSettings, TwoLayerNet, interventio
 from malleability.attacks import margin_loss, pgd
 from malleability.interventions import adversarial_train, ramped_eps
 from malleability.repro import figures
+from malleability.repro.blocks import Table
 from malleability.repro.experiments import adversarial_training as at
-from malleability.repro.report import Table
 from malleability.repro.seeds import Estimate, merge_seeds
 from malleability.training import TrainSettings, train
 

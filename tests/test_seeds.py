@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from malleability.repro.blocks import fmt, pct
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import decide, trend, verdict
-from malleability.repro.report import fmt, pct
 from malleability.repro.runner import load_preset, plan
 from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values
 from malleability.settings import reseeded
@@ -127,8 +127,8 @@ def test_where_a_claim_holds():
 
 
 def test_sensitivity_section_with_one_architecture_reports_no_gap(tmp_path):
+    from malleability.repro.blocks import Table, Text
     from malleability.repro.experiments import sensitivity
-    from malleability.repro.report import Table, Text
 
     def record(model, rate, seed):
         return {"cell": {"task": "mnist", "model": model, "attack": "pgd", "axis": "calibrated",

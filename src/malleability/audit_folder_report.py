@@ -18,7 +18,6 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import html  # noqa: E402
 import io  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,7 +28,8 @@ from .audit_run import ENSEMBLE, MODEL, SPECTRUM  # noqa: E402
 from .auditing import AuditProblem, agreement_matrices, assemble  # noqa: E402
 from .controls import MALLEABLE, METRICS, NOISE, NOT_MALLEABLE, UNDECIDED  # noqa: E402
 from .repro import figures  # noqa: E402
-from .repro.report import Block, Heading, Image, Table, Text, to_html, to_markdown  # noqa: E402
+from .repro.blocks import Block, Heading, Image, Table, Text  # noqa: E402
+from .repro.report import to_html, to_markdown  # noqa: E402
 from .repro.store import atomic_write  # noqa: E402
 
 Results = Mapping[tuple[str, str], Mapping[int, Mapping[str, Any]]]
@@ -249,7 +249,5 @@ def write_audit_report(out: Path, results: Results, problems: Sequence[AuditProb
                        title: str, cells: int, seconds: float) -> Path:
     """report.md and report.html (same content) and the figures; returns report.md's path."""
     blocks = build_audit_report(out, results, problems, title, cells, seconds)
-    page = to_html(blocks).replace("<title>Reproduction report: arXiv 2603.13085</title>",
-                                   f"<title>{html.escape(title)}</title>")
-    atomic_write(out / "report.html", page)
+    atomic_write(out / "report.html", to_html(blocks, title))
     return atomic_write(out / "report.md", to_markdown(blocks))

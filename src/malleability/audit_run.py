@@ -35,6 +35,7 @@ from .auditing import (
     spectral_step,
 )
 from .estimators import Attribution
+from .repro.jobs import versions
 from .repro.store import (
     SETTINGS_FILE,
     CorruptFile,
@@ -145,8 +146,6 @@ def run_audit(out: Path, problems: Sequence[AuditProblem], device: str = "cpu",
     """Compute every missing cell of the audit of ``problems`` (one per estimator, same model,
     data and settings) in run folder ``out`` and read the others. ``progress(label)`` is
     called before each computed cell."""
-    from .repro.runner import versions
-
     out = Path(out)
     doc = document(problems)
     # estimators of an earlier audit in this folder that this one leaves out keep their cells
@@ -185,8 +184,6 @@ def _compute(folder: str, cell: dict[str, Any], by_name: Mapping[str, AuditProbl
              first: AuditProblem, results: Mapping, doc: dict[str, Any], device: str
              ) -> dict[str, Any]:
     """One cell's record (the keys of the reproduction's cells)."""
-    from .repro.runner import versions
-
     started, t0 = time.time(), time.perf_counter()
     if folder == SPECTRUM:
         result = spectrum_cell(first)

@@ -22,9 +22,8 @@ from ...interventions import adversarial_train
 from ...settings import setting
 from ...training import evaluate
 from .. import figures
-from ..claims import Claim
+from ..blocks import Block, Claim, Table, Text, figure, fmt, group, pct
 from ..problem import Problem, RunContext, build_model, trained_model
-from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import Estimate, combine
 from .base import (
     AttackExperimentSettings,

@@ -20,9 +20,8 @@ from ...attacks import RandomSign
 from ...controls import NOISELESS, excess
 from ...controls import verdict as control_verdict
 from .. import figures
-from ..claims import Claim
+from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, figure, fmt, group, pct
 from ..seeds import combine, scale
 from .base import (
     AttackExperimentSettings,
