@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from malleability.audit_run import audit_folder, checkpoint_labels
+from malleability.audit_folder import audit_folder
+from malleability.audit_run import checkpoint_labels
 from malleability.auditing import audit
 from malleability.repro.store import run_lock
 

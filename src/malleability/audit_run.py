@@ -6,7 +6,7 @@ checkpoints and the data), one cell per (estimator, checkpoint, seed) as
 ``OUT/<estimator>/checkpoint=<c>__seed=<s>.json`` (c = ``model``, ``ckpt<j>`` for each
 checkpoint alone, ``ensemble`` for their mean scores), the representation's spectrum as
 ``OUT/spectrum/layer=<layer>.json``, then ``report.md``, ``report.html`` and ``figures/``
-(:mod:`~malleability.audit_report`). Every cell is written atomically with its checksum, under
+(:mod:`~malleability.audit_folder`). Every cell is written atomically with its checksum, under
 the folder's lock; a rerun skips every valid cell (resumes), moves an invalid one aside and
 recomputes it, and refuses a folder of other settings before writing anything. Adding an
 estimator to an earlier run's folder keeps its cells.
@@ -27,10 +27,8 @@ from torch import nn
 
 from .auditing import (
     AuditProblem,
-    AuditSettings,
     audit_seed,
     estimator_warnings,
-    prepare,
     representation,
     spectral_step,
 )
@@ -202,22 +200,3 @@ def _compute(folder: str, cell: dict[str, Any], by_name: Mapping[str, AuditProbl
                                          "started": started, "finished": time.time()}}
 
 
-
-def audit_folder(out: Path, model: nn.Module, x_train: Any, y_train: Any = None,
-                 x_test: Any = None, y_test: Any = None, *,
-                 estimators: Sequence[str] = ("ntk-loo",),
-                 checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
-                 settings: AuditSettings | None = None, title: str = "Influence audit",
-                 progress: Callable[[str], None] | None = None, **options: Any) -> Path:
-    """:func:`~malleability.auditing.audit` for each of ``estimators`` as run folder ``out``
-    (module docstring), then its report; returns report.md's path. Every input is checked
-    before any file is written."""
-    from .audit_folder_report import write_audit_report
-
-    if not estimators:
-        raise ValueError("estimators: expected at least one estimator")
-    problems = [prepare(model, x_train, y_train, x_test, y_test, estimator=name,
-                        checkpoints=checkpoints, settings=settings, **options)
-                for name in estimators]
-    run = run_audit(Path(out), problems, str(problems[0].data[0].device), progress)
-    return write_audit_report(Path(out), run.results, problems, title, run.cells, run.seconds)

@@ -379,7 +379,7 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
         if out is not None:
             if as_json:
                 raise ValueError("json: --out writes a report folder; give --json or --out")
-            from .audit_run import audit_folder
+            from .audit_folder import audit_folder
 
             path = audit_folder(out, model, train, None, test, None,
                                 estimators=settings.estimators, checkpoints=checkpoints,

@@ -1,6 +1,7 @@
-"""The report of an audit run folder (:mod:`~malleability.audit_run`): ``report.md``,
-``report.html`` and figures (PNG and SVG) from its cells, in the reproduction's report blocks
-and renderers (:mod:`~malleability.repro.report`).
+"""``malleability audit --out DIR``: :func:`audit_folder` runs the audit as a run folder
+(:mod:`~malleability.audit_run`) and writes its report: ``report.md``, ``report.html`` and
+figures (PNG and SVG) from its cells, in the reproduction's report blocks and renderers
+(:mod:`~malleability.repro.blocks`, :mod:`~malleability.repro.report`).
 
 It opens with the answer: which estimators are malleable on this model and how sure (each
 estimator's verdict, decided by the 95 % interval of the flip rate's excess over the controls,
@@ -11,7 +12,7 @@ of the audited layer, the checkpoint agreement, and the settings.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,17 @@ import io  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 from .audit_report import METRIC_NAMES, controls_rows, fmt_estimate, fmt_number  # noqa: E402
-from .audit_run import ENSEMBLE, MODEL, SPECTRUM  # noqa: E402
-from .auditing import AuditProblem, agreement_matrices, assemble  # noqa: E402
+from .audit_run import ENSEMBLE, MODEL, SPECTRUM, run_audit  # noqa: E402
+from .auditing import (  # noqa: E402
+    AuditProblem,
+    AuditSettings,
+    agreement_matrices,
+    assemble,
+    prepare,
+)
 from .controls import MALLEABLE, METRICS, NOISE, NOT_MALLEABLE, UNDECIDED  # noqa: E402
 from .repro import figures  # noqa: E402
 from .repro.blocks import Block, Heading, Image, Table, Text  # noqa: E402
@@ -251,3 +259,21 @@ def write_audit_report(out: Path, results: Results, problems: Sequence[AuditProb
     blocks = build_audit_report(out, results, problems, title, cells, seconds)
     atomic_write(out / "report.html", to_html(blocks, title))
     return atomic_write(out / "report.md", to_markdown(blocks))
+
+
+def audit_folder(out: Path, model: nn.Module, x_train: Any, y_train: Any = None,
+                 x_test: Any = None, y_test: Any = None, *,
+                 estimators: Sequence[str] = ("ntk-loo",),
+                 checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
+                 settings: AuditSettings | None = None, title: str = "Influence audit",
+                 progress: Callable[[str], None] | None = None, **options: Any) -> Path:
+    """:func:`~malleability.auditing.audit` for each of ``estimators`` as run folder ``out``
+    (module docstring), then its report; returns report.md's path. Every input is checked
+    before any file is written."""
+    if not estimators:
+        raise ValueError("estimators: expected at least one estimator")
+    problems = [prepare(model, x_train, y_train, x_test, y_test, estimator=name,
+                        checkpoints=checkpoints, settings=settings, **options)
+                for name in estimators]
+    run = run_audit(Path(out), problems, str(problems[0].data[0].device), progress)
+    return write_audit_report(Path(out), run.results, problems, title, run.cells, run.seconds)
