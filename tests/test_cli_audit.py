@@ -118,3 +118,62 @@ def test_help_names_the_new_options():
     text = CliRunner().invoke(main, ["audit", "--help"]).output
     assert "--out PATH" in text and "Run folder" in text
     assert "--margin" in text and "not malleable" in text
+
+
+def test_meaningless_statistics_and_ignored_options_are_refused_before_any_work(files):
+    """Issue 29: duplicate seeds, too few points, unused parameters, --n beside --train: one
+    line each, non-zero exit, no result printed."""
+    model = ["--model", f"{files / 'net.py'}:build"]
+    rng = np.random.default_rng(1)
+    np.savez(files / "one.npz", x=rng.random((1, 1, 4, 4), dtype=np.float32), y=np.zeros(1))
+    cases = [
+        (["--seeds", "0,0,0", *_data(files)], "seeds: expected distinct seeds"),
+        (["--seeds", "a,b", *_data(files)], "seeds: expected comma-separated integers"),
+        (["--bounds", "0,inf", *_data(files)], "bounds: expected two finite numbers"),
+        (["--n", "10", *_data(files)], "classes: --classes, --n and --n-test select from"),
+        (["--train", str(files / "one.npz"), "--test", str(files / "test.npz")],
+         "x_train: 1 training point(s) is too few"),
+    ]
+    for args, message in cases:
+        result = _run([*model, *args])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert result.output.startswith("Error: ")
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_parameters_the_forward_pass_does_not_use_are_named(small_classifier):
+    from malleability.auditing import audit
+
+    model, (x, y, xt, yt) = small_classifier
+    model.unused = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="^parameters: unused do not affect the model's output"):
+        audit(model, x, y, xt, yt, parameters=("unused",))
+
+
+def test_python_api_refuses_types_it_used_to_coerce(small_classifier):
+    from malleability.auditing import AuditSettings
+
+    for options, message in ((dict(seeds=[0.5, 1.9]), "seeds[0]: expected an integer"),
+                             (dict(seeds=(True,)), "seeds[0]: expected an integer"),
+                             (dict(eps=True), "eps: expected a number"),
+                             (dict(bounds=(0, float("inf"))), "bounds[1]: expected a finite")):
+        with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            AuditSettings(**options)
+    assert AuditSettings(parameters="head").parameters == ("head",)  # one name, not letters
+
+
+def test_a_failing_second_estimator_keeps_the_first_result(files, monkeypatch):
+    import malleability.auditing as auditing
+
+    real = auditing.audit
+
+    def fail_on_trak(*args, estimator, **kwargs):
+        if estimator == "trak":
+            raise ValueError("estimator: trak failed inside dattri (test)")
+        return real(*args, estimator=estimator, **kwargs)
+
+    monkeypatch.setattr(auditing, "audit", fail_on_trak)
+    result = _run(["--model", f"{files / 'net.py'}:build", *_data(files), "--steps", "2",
+                   "--estimator", "ntk-loo", "--estimator", "trak"])
+    assert result.exit_code != 0
+    assert "ntk-loo" in result.output and "Error: estimator: trak failed" in result.output

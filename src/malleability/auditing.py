@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +36,15 @@ import torch
 from torch import nn
 
 from ._validation import (
+    check_bounds,
     check_fraction,
+    check_names,
     check_nonnegative,
     check_positive,
     check_positive_int,
-    check_seed,
+    check_seeds,
+    parse_bounds,
+    parse_seeds,
 )
 from .attacks import ATTACKS, AttackLoss, RandomSign, check_attack, make_attack
 from .controls import MARGIN, METRICS, NOISELESS, against_controls, metrics, summary_verdict
@@ -48,45 +52,24 @@ from .data import Dataset
 from .estimator_checks import DAMPED, degenerate_settings, hessian_top_eigenvalue
 from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
 from .intervals import CI_METHOD, Estimate
-from .jacobian_ntk import output_size
+from .jacobian_ntk import output_size, select_parameters
 from .jsonsafe import dumps_strict
 from .measure import attribute, measure
 from .metrics import spearman, top_k_overlap
+from .model_outputs import logits_of
 from .settings import Settings, setting
 from .spectral import effective_condition_number, width_threshold
 
 
-def _parse_list(value: Any) -> Any:
-    """``"0,1,2"`` → ``["0", "1", "2"]`` for list settings given as text (the CLI)."""
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return value
+def _text(parse: Callable[[str, str], Any], name: str) -> Callable[[Any], Any]:
+    """A ``parse`` that reads a comma-separated text (the CLI's form) with ``parse(text,
+    name)`` and leaves any other value to the field's type check."""
+    return lambda value: parse(value, name) if isinstance(value, str) else value
 
 
-def _check_seeds(value: tuple[int, ...], name: str) -> tuple[int, ...]:
-    if not value:
-        raise ValueError(f"{name}: expected at least one seed")
-    return tuple(check_seed(v, f"{name}[{i}]") for i, v in enumerate(value))
-
-
-def _check_bounds(value: tuple[float, ...], name: str) -> tuple[float, ...]:
-    if len(value) != 2 or not value[1] > value[0]:
-        raise ValueError(f"{name}: expected low,high with low < high, got {list(value)}")
-    return value
-
-
-def _numbers(kind: type):
-    """A ``parse`` for a list of numbers given as text: ``"0,1"`` → ``[0, 1]`` (text that is
-    no number is left for the type check to name)."""
-    def parse(value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        items = _parse_list(value)
-        try:
-            return [kind(v) for v in items]
-        except ValueError:
-            return items
-    return parse
+def _names(text: str, name: str) -> tuple[str, ...]:
+    """``"head,blocks.0"`` → ("head", "blocks.0"); one name is a list of one."""
+    return check_names([v.strip() for v in text.split(",") if v.strip()], name)
 
 
 @dataclass(frozen=True)
@@ -108,9 +91,10 @@ class AuditSettings(Settings):
                               check_fraction)
     seeds: tuple[int, ...] = setting((0,), "Seeds, comma-separated: each gives one value of "
                                      "every metric (attack start, estimator randomness).",
-                                     _check_seeds, parse=_numbers(int))
+                                     check_seeds, parse=_text(parse_seeds, "seeds"))
     bounds: tuple[float, ...] = setting((0.0, 1.0), "Input domain low,high: the attack stays "
-                                        "inside it.", _check_bounds, parse=_numbers(float))
+                                        "inside it.", check_bounds,
+                                        parse=_text(parse_bounds, "bounds"))
     ridge: float = setting(1e-3, "NTK-LOO's kernel-ridge λ, absolute (K + λI).",
                            check_nonnegative)
     damping: float = setting(1e-3, "Damping of the influence functions' Hessian inverse.",
@@ -119,7 +103,7 @@ class AuditSettings(Settings):
                                 "the model input).")
     parameters: tuple[str, ...] = setting((), "Parameter names or prefixes the estimators "
                                           "differentiate, comma-separated (default: all).",
-                                          parse=_parse_list)
+                                          check_names, parse=_text(_names, "parameters"))
     margin: float = setting(MARGIN, "Verdict 'not malleable' when the excess over the "
                             "controls lies below this margin (95 % interval), in the metric's "
                             "units: 0.05 = 5 points of flip rate.", check_nonnegative)
@@ -425,6 +409,29 @@ class AuditProblem:
         return self.settings.seeds if self.estimator.randomized else self.settings.seeds[:1]
 
 
+def _check_sample_size(n: int, fraction: float) -> None:
+    """Spearman ρ needs two scores, and a flip rate a top set S = ⌈fraction·n⌉ that leaves
+    points outside it (top-K overlap of S with all points is 1 whatever the attack does)."""
+    if n < 2 or math.ceil(fraction * n) >= n:
+        raise ValueError(f"x_train: {n} training point(s) is too few for fraction {fraction:g}:"
+                         " expected at least 2, and the top ⌈fraction·n⌉ fewer than n")
+
+
+def _check_parameters_used(model: nn.Module, x: torch.Tensor, parameters: Sequence[str]
+                           ) -> None:
+    """Refuse ``parameters`` that the forward pass does not use (no gradient on a few rows):
+    their NTK is zero and every influence score would be the ridge's alone."""
+    names = select_parameters(model, parameters)
+    params = dict(model.named_parameters())
+    with torch.enable_grad():
+        out = logits_of(model(x[:8]))
+        grads = torch.autograd.grad(out.sum(), [params[k] for k in names], allow_unused=True)
+    unused = [k for k, g in zip(names, grads, strict=True) if g is None or not bool(g.any())]
+    if len(unused) == len(names):
+        raise ValueError(f"parameters: {', '.join(parameters)} do not affect the model's output "
+                         f"(no gradient on x_train[:8]): name parameters its forward pass uses")
+
+
 def prepare(model: nn.Module, x_train: Any, y_train: Any = None, x_test: Any = None,
             y_test: Any = None, *, estimator: str = "ntk-loo",
             checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
@@ -443,9 +450,12 @@ def prepare(model: nn.Module, x_train: Any, y_train: Any = None, x_test: Any = N
     y, yt = y.to(device), yt.to(device)
     _check_in_bounds(x, settings.bounds, "x_train")
     _check_in_bounds(xt, settings.bounds, "x_test")
+    _check_sample_size(x.shape[0], settings.fraction)
     if settings.layer is not None:
         _submodule(model, settings.layer)
     classes = output_size(model, x)
+    if settings.parameters:
+        _check_parameters_used(model, x, settings.parameters)
     for labels, name in ((y, "y_train"), (yt, "y_test")):
         top = max(classes, 2)
         if int(labels.min()) < 0 or int(labels.max()) >= top:

@@ -370,6 +370,9 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
             test = load_dataset(dataset, "test", data_root, classes, n_test, 0)
         elif train_path is None or test_path is None:
             raise ValueError("train: expected --train and --test files, or --dataset")
+        elif classes is not None or n_train is not None or n_test is not None:
+            raise ValueError("classes: --classes, --n and --n-test select from --dataset; "
+                             "with --train/--test files, subset the files instead")
         else:
             train, test = train_path, test_path
         model = load_model(model_spec, builder)
@@ -387,17 +390,24 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
                                 progress=lambda label: click.echo(f"cell {label}", err=True))
             click.echo(f"report: {path}")
             return
-        reports = [audit(model, train, None, test, None, estimator=name,
-                         checkpoints=checkpoints, settings=common)
-                   for name in settings.estimators]
     except (ValueError, OSError) as err:
         _fail(str(err))
-    if as_json:
+    reports, failure = [], None
+    for name in settings.estimators:  # a later estimator's failure keeps the earlier results
+        try:
+            reports.append(audit(model, train, None, test, None, estimator=name,
+                                 checkpoints=checkpoints, settings=common))
+        except (ValueError, OSError) as err:
+            failure = str(err)
+            break
+    if reports and as_json:
         click.echo(dumps_strict([r.to_dict() for r in reports], indent=2))
-        return
-    from .audit_report import format_audit
+    elif reports:
+        from .audit_report import format_audit
 
-    click.echo(format_audit(reports, common))
+        click.echo(format_audit(reports, common))
+    if failure is not None:
+        _fail(failure)
 
 
 def _device(name: str) -> str:
