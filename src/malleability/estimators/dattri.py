@@ -238,12 +238,13 @@ class TRAK(DattriEstimator):
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed,
                    models=None):
         from dattri.algorithm.trak import DEFAULT_PROJECTOR_KWARGS, TRAKAttributor
-        checkpoints = None if models is None else [m.state_dict() for m in models]
+        checkpoints = None if models is None else [  # copies: dattri loads each in place
+            {k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
         task, loss_fn = self._task(model, x_train, checkpoints)
         train, test = self._loaders(x_train, y_train, x_test, y_test)
         device = str(x_train.device)
 
-        def correct_probability(params, data):
+        def correct_probability(params, data):  # dattri vmaps it over single samples
             return torch.exp(-loss_fn(params, data))
 
         names = None if parameters is None else select_parameters(model, parameters)
