@@ -200,3 +200,32 @@ def test_representation_of_the_wrapper_is_the_users_layer(vit):
     assert ready.settings.layer == "model.vit.layernorm"
     torch.testing.assert_close(representation(ready.model, x, ready.settings.layer),
                                representation(model, x, "vit.layernorm"))
+
+
+def test_cli_perturb_audits_a_token_model(tmp_path, bert):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from malleability.cli import main
+
+    model, x, y = bert
+    torch.save(model.state_dict(), tmp_path / "bert.pt")
+    (tmp_path / "build.py").write_text(
+        "import transformers\n"
+        "def build():\n"
+        "    return transformers.BertForSequenceClassification(transformers.BertConfig(\n"
+        "        vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,\n"
+        "        intermediate_size=16, max_position_embeddings=6, num_labels=3))\n")
+    np.savez(tmp_path / "data.npz", x=x.numpy(), y=y.numpy())
+    common = ["audit", "--model", str(tmp_path / "bert.pt"), "--builder",
+              f"{tmp_path / 'build.py'}:build", "--train", str(tmp_path / "data.npz"),
+              "--test", str(tmp_path / "data.npz"), "--estimator", "tracin", "--eps", "0.05",
+              "--steps", "2"]
+    result = CliRunner().invoke(main, [*common, "--perturb", WORDS, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)[0]
+    assert report["settings"]["perturb"] == WORDS and report["representation"]["layer"] == WORDS
+    result = CliRunner().invoke(main, common)
+    assert result.exit_code != 0 and "--perturb" in result.output

@@ -343,12 +343,14 @@ _audit_options, _audit_values = settings_options(AuditCommandSettings)
               help="A state_dict of the same model (repeatable): checkpoint agreement.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
+@click.option("--perturb", default=None, help="Submodule whose output the attack moves "
+              "instead of the input (token models: e.g. the word embeddings); ε in its units.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
 def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
                   test_path: Path | None, dataset: str | None, classes: str | None,
                   n_train: int | None, n_test: int | None,
-                  checkpoint_paths: tuple[Path, ...], data_root: Path | None, as_json: bool,
-                  **options: Any) -> None:
+                  checkpoint_paths: tuple[Path, ...], data_root: Path | None,
+                  perturb: str | None, as_json: bool, **options: Any) -> None:
     """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator with
     intervals over seeds, and checkpoint agreement (step 2b)."""
     from .auditing import audit
@@ -372,7 +374,7 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
         common = AuditSettings(**{f.name: getattr(settings, f.name)
                                   for f in dataclasses.fields(AuditSettings)})
         reports = [audit(model, train, None, test, None, estimator=name,
-                         checkpoints=checkpoints, settings=common)
+                         checkpoints=checkpoints, settings=common, perturb=perturb)
                    for name in settings.estimators]
     except (ValueError, OSError) as err:
         _fail(str(err))
