@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from malleability.auditing import AuditSettings, audit, prepare, representation
+from malleability.auditing import AuditSettings, audit, prepare_model, representation
 from malleability.estimators import ESTIMATORS, make_estimator
 from malleability.estimators.dattri import TRAK
 from malleability.estimators.kronfluence import tracked_modules_of
@@ -76,7 +76,7 @@ def test_hf_vit_audit_names_layers_on_the_users_model(vit):
 def test_perturb_attacks_the_embeddings_in_their_units(bert):
     model, x, y = bert
     settings = AuditSettings(eps=0.1, steps=3)
-    ready = prepare(model, x, x, None, settings, perturb=WORDS)
+    ready = prepare_model(model, x, x, None, settings, perturb=WORDS)
     h = model.get_submodule(WORDS)(x)
     torch.testing.assert_close(ready.x, h.detach())  # the audit runs on h(x) ...
     with torch.no_grad():  # ... through the model as a function of h
@@ -196,7 +196,7 @@ def test_bad_inputs_are_refused_in_one_line_before_computation(vit, bert):
 
 def test_representation_of_the_wrapper_is_the_users_layer(vit):
     model, x, _ = vit
-    ready = prepare(model, x, x, None, AuditSettings(layer="vit.layernorm"))
+    ready = prepare_model(model, x, x, None, AuditSettings(layer="vit.layernorm"))
     assert ready.settings.layer == "model.vit.layernorm"
     torch.testing.assert_close(representation(ready.model, x, ready.settings.layer),
                                representation(model, x, "vit.layernorm"))

@@ -274,7 +274,7 @@ def _as_model(model: nn.Module, checkpoint: nn.Module | Mapping[str, torch.Tenso
 
 
 @dataclass(frozen=True)
-class Prepared:
+class PreparedModel:
     """What the audit runs on: the module whose output is the logits (the user's model, or
     it wrapped), its training and test inputs, its checkpoints, and the settings with the
     user's layer and parameter names in its own names."""
@@ -286,9 +286,9 @@ class Prepared:
     settings: AuditSettings
 
 
-def prepare(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
+def prepare_model(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
             checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None,
-            settings: AuditSettings, perturb: str | None = None) -> Prepared:
+            settings: AuditSettings, perturb: str | None = None) -> PreparedModel:
     """The audited module and inputs, after one-line checks of the model's output, ``layer``,
     ``perturb`` and each checkpoint, named on the user's model.
 
@@ -309,7 +309,7 @@ def prepare(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
             out = model(x[:2])
         logits_of(out)
         if isinstance(out, torch.Tensor):
-            return Prepared(model, x, x_test, ckpts, settings)
+            return PreparedModel(model, x, x_test, ckpts, settings)
         wrap = as_classifier
     else:
         def wrap(m: nn.Module) -> nn.Module:
@@ -323,7 +323,7 @@ def prepare(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
     settings = settings.replace(
         layer=None if settings.layer is None else f"model.{settings.layer}",
         parameters=tuple(f"model.{p}" for p in settings.parameters))
-    return Prepared(wrap(model), x, x_test, [wrap(c) for c in ckpts], settings)
+    return PreparedModel(wrap(model), x, x_test, [wrap(c) for c in ckpts], settings)
 
 
 def _malleability(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
@@ -383,7 +383,7 @@ def audit(
     an object's ``.logits`` (Hugging Face) or a tuple's first element
     (:mod:`~malleability.model_outputs`). ``perturb`` names a submodule (e.g. the word
     embeddings of a token model) whose output the attack moves instead of the input
-    (:func:`prepare`); ``layer``, ``parameters``, ``perturb`` and checkpoints are named on
+    (:func:`prepare_model`); ``layer``, ``parameters``, ``perturb`` and checkpoints are named on
     ``model`` itself.
 
     Data: tensors/arrays with integer labels, package Datasets or .npz/.pt files (then the
@@ -404,7 +404,7 @@ def audit(
     xt, yt = load_split(x_test if x_test is not None else x_train, y_test, "x_test")
     x, xt = (a.to(device, dtype) if a.is_floating_point() else a.to(device) for a in (x, xt))
     y, yt = y.to(device), yt.to(device)
-    asked, ready = settings, prepare(model, x, xt, checkpoints, settings, perturb)
+    asked, ready = settings, prepare_model(model, x, xt, checkpoints, settings, perturb)
     model, x, xt, settings = ready.model, ready.x, ready.x_test, ready.settings
     _check_in_bounds(x, settings.bounds, "x_train")
     _check_in_bounds(xt, settings.bounds, "x_test")
