@@ -20,9 +20,10 @@ from .base import Attribution, Estimator, InfluenceEstimator
 from .dattri import DATTRI_ESTIMATORS, DattriEstimator
 from .kronfluence import KRONFLUENCE_ESTIMATORS, KronfluenceEstimator
 from .ntk_loo import NTKLOO
+from .tracin import TracIn
 
 #: Every estimator class by its name.
-ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, *DATTRI_ESTIMATORS,
+ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, TracIn, *DATTRI_ESTIMATORS,
                                                   *KRONFLUENCE_ESTIMATORS)}
 
 

@@ -1,12 +1,12 @@
-"""The field's estimators through dattri 0.3.0: influence functions, TRAK and TracIn.
+"""The field's estimators through dattri 0.3.0: influence functions and TRAK (TracIn is the
+package's own, :mod:`.tracin`: batched per-example gradients).
 
 - Influence functions ∇L_t · (H + δI)⁻¹ ∇L_i with the Hessian H inverted explicitly, by CG,
   LiSSA, Arnoldi, DataInf or EK-FAC (damping δ = ``damping``, 1e-3 by default);
 - TRAK's projected-gradient score (projection seeded with ``seed``, to ``proj_dim`` < n
   dimensions: :func:`~malleability.trak_projection.check_trak_projection`); several
   checkpoints are its intended ensemble (:meth:`TRAK.ensemble_scores`, which
-  :func:`~malleability.measure.attribute` uses), not a mean of single-checkpoint scores;
-- TracIn at the given checkpoint: exact ∇L_t · ∇L_i (Grad-Dot, no projection).
+  :func:`~malleability.measure.attribute` uses), not a mean of single-checkpoint scores.
 
 The loss is the model's training loss (:func:`~malleability.losses.training_loss`):
 cross-entropy on logits (C ≥ 2), the logistic loss on one score. dattri builds float32
@@ -266,22 +266,5 @@ class TRAK(DattriEstimator):
                              parameters)
 
 
-@dataclass(frozen=True)
-class TracIn(DattriEstimator):
-    """TracIn at one checkpoint: exact gradient dot products (TracInAttributor, Grad-Dot)."""
-
-    name: ClassVar[str] = "tracin"
-
-    def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
-        from dattri.algorithm.tracin import TracInAttributor
-        task, _ = self._task(model, x_train)
-        train, test = self._loaders(x_train, y_train, x_test, y_test)
-        names = None if parameters is None else select_parameters(model, parameters)
-        attributor = TracInAttributor(task, torch.ones(1), normalized_grad=False,
-                                      layer_name=names, device=str(x_train.device))
-        attributor.projector_kwargs = None  # exact gradients, no random projection
-        return attributor.attribute(train, test).mean(1).to(torch.float64)
-
-
 #: dattri's estimators, in the order the audit lists them.
-DATTRI_ESTIMATORS = (TRAK, TracIn, IFExplicit, IFCG, IFLiSSA, IFDataInf, IFEKFAC, IFArnoldi)
+DATTRI_ESTIMATORS = (TRAK, IFExplicit, IFCG, IFLiSSA, IFDataInf, IFEKFAC, IFArnoldi)
