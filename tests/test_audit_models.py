@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from malleability.auditing import AuditSettings, audit, prepare_model, representation
 from malleability.estimators import ESTIMATORS, make_estimator
-from malleability.estimators.dattri import TRAK
+from malleability.estimators.dattri import TRAK, IFArnoldi
 from malleability.estimators.kronfluence import tracked_modules_of
 
 transformers = pytest.importorskip("transformers")
@@ -173,6 +173,14 @@ def test_bad_inputs_are_refused_in_one_line_before_computation(vit, bert):
         def forward(self, x):
             return {"scores": self.lin(x.flatten(1))}
 
+    class Gain(nn.Module):  # no module kronfluence can track
+        def __init__(self):
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x.flatten(1)[:, :3] * self.gain
+
     cases = [
         (dict(model=Named(), x=x), r"^model: expected its output to be a tensor, an object "
                                    r"with \.logits"),
@@ -183,6 +191,10 @@ def test_bad_inputs_are_refused_in_one_line_before_computation(vit, bert):
         (dict(model=tokens, x=labels[0], perturb=WORDS, estimator="if-ekfac"),
          r"^estimator: if-ekfac \(dattri\) handles 2-d activations only.*use 'ekfac'"),
         (dict(model=model, x=x, estimator=TRAK(proj_dim=24)), r"^proj_dim: TRAK's kernel"),
+        (dict(model=model, x=x, estimator=IFArnoldi(proj_dim=10**6)),
+         r"^proj_dim: if-arnoldi keeps 1000000 eigenpairs of a Hessian of \d+ parameters"),
+        (dict(model=Gain(), x=x, estimator="kfac"),
+         r"^estimator: kfac cannot audit Gain \(model: kronfluence tracks nn.Linear"),
         (dict(model=model, x=x, checkpoints=[nn.Linear(2, 2).state_dict()]),
          r"^checkpoints\[0\]: does not fit ViTForImageClassification"),
     ]

@@ -60,7 +60,11 @@ class KronfluenceEstimator(Estimator):
               parameters: Sequence[str] | None = None) -> None:
         """A one-line error, before any computation, for a model kronfluence cannot track."""
         from ..kronfluence_adapter import tracked_modules
-        tracked_modules(model, tracked_modules_of(model, parameters, self.name))
+        try:
+            tracked_modules(model, tracked_modules_of(model, parameters, self.name))
+        except ValueError as err:
+            raise ValueError(f"estimator: {self.name} cannot audit {type(model).__name__} "
+                             f"({err})") from None
 
     def scores(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
