@@ -123,13 +123,34 @@ def run(sizes: list[int], estimators: list[str], path: Path = RESULTS) -> None:
                 path.write_text(json.dumps(results, indent=1, allow_nan=False))
 
 
+def table(path: Path = RESULTS) -> str:
+    """The markdown table of benchmarks/README.md from the results file."""
+    results = json.loads(path.read_text())
+    rows = ["| n | estimator | audit s | audit peak GiB | estimator alone s | alone peak GiB | "
+            "flip rate | Spearman ρ |", "|---|---|---|---|---|---|---|---|"]
+    for key, row in results["cells"].items():
+        n, est = key.split("/")
+        a, e = row["audit"], row["estimator"]
+        if "error" in a:
+            rows.append(f"| {n} | {est} | fails: {a['error']} | | | | | |")
+            continue
+        alone = (f"{e['seconds']:.1f} | {e['peak_rss_gib']:.2f}" if "error" not in e
+                 else f"fails: {e['error']} |")
+        rows.append(f"| {n} | {est} | {a['seconds']:.0f} | {a['peak_rss_gib']:.2f} | {alone} | "
+                    f"{a['flip_rate']:.2f} | {a['spearman']:.3f} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[500, 2000])
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
+    parser.add_argument("--table", action="store_true", help="Print the README's table.")
     parser.add_argument("--cell", nargs=4, metavar=("N", "ESTIMATOR", "WHAT", "WEIGHTS"))
     args = parser.parse_args()
-    if args.cell:
+    if args.table:
+        print(table())
+    elif args.cell:
         n, est, what, weights = args.cell
         print(json.dumps(cell(int(n), est, what, weights)))
     else:
