@@ -137,11 +137,39 @@ def run(n: int, estimators: tuple[str, ...], path: Path = RESULTS) -> None:
             write_atomic(path, results)
 
 
+def table(path: Path = RESULTS) -> str:
+    """The markdown table of docs/audit.md from the results file."""
+    results = json.loads(path.read_text())
+    rows = ["| model | parameters | test acc. | estimator | κ (layer) | flip rate | Spearman ρ | "
+            "top-K overlap | s |", "|---|---|---|---|---|---|---|---|---|"]
+
+    def estimate(e: dict) -> str:
+        low, high = e["low"], e["high"]
+        return f"{e['mean']:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+
+    for key, r in results["cells"].items():
+        name, est = key.split("/")
+        m = results["models"][name]
+        head = f"| {name} | {m['parameters']} | {m['test_accuracy']:.2f} | {est} |"
+        if "error" in r:
+            rows.append(f"{head} fails: {r['error']} | | | | |")
+            continue
+        kappa = r["kappa"]
+        rows.append(f"{head} {kappa:.3g} ({r['representation']['layer']}) | "
+                    f"{estimate(r['flip_rate'])} | {estimate(r['spearman'])} | "
+                    f"{estimate(r['top_k_overlap'])} | {r['seconds']:.0f} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500, help="CIFAR-10 training images and "
                         "token sequences (the realistic size: 2000; 500 fits 2 shared cores)")
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS))
+    parser.add_argument("--table", action="store_true", help="Print docs/audit.md's table.")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    run(args.n, tuple(args.estimators))
+    if args.table:
+        print(table())
+    else:
+        run(args.n, tuple(args.estimators))
