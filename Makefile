@@ -1,4 +1,6 @@
 # `make demo` and `make test` each set up .venv (if missing) under constraints.txt, then run.
+# The audit extra (transformers, kronfluence) is installed too, so its tests run; kronfluence
+# goes in with --no-deps: it declares torchvision, which cannot import beside the CPU torch.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -8,7 +10,8 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,audit]"
+	$(BIN)/pip install --quiet -c constraints.txt --no-deps kronfluence
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -79,13 +79,15 @@ def torch_worker(method: str, problem: Path, repeats: int, out: Path) -> dict:
     t0 = time.perf_counter()
     k = fn()
     first = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     for _ in range(repeats - 1 if repeats > 1 else 0):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         k = fn()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     np.save(out, k.numpy())
     return {"first_s": first, "seconds": statistics.median(times) if times else first,
+            "cpu_s": statistics.median(cpu) if cpu else None,
             "threads": torch.get_num_threads()}
 
 
@@ -112,6 +114,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nt-python", default="/work/nt-venv/bin/python")
     parser.add_argument("--worker", nargs=4, metavar=("METHOD", "PROBLEM", "REPEATS", "OUT"))
+    parser.add_argument("--cases", help="comma-separated indices into CASES (default: all); "
+                        "rows of the other cases are kept from the previous JSON")
     args = parser.parse_args()
     if args.worker:
         method, problem, repeats, out = args.worker
@@ -120,8 +124,10 @@ def main() -> None:
         print(json.dumps(row))
         return
     rows = []
+    chosen = (range(len(CASES)) if args.cases is None
+              else [int(i) for i in args.cases.split(",")])
     with tempfile.TemporaryDirectory() as tmp:
-        for method, n, c, repeats in CASES:
+        for method, n, c, repeats in (CASES[i] for i in chosen):
             row = {"method": method, "n": n, "C": c, "P": M * D, "repeats": repeats,
                    **run_case(method, n, c, repeats, args.nt_python, Path(tmp))}
             rows.append(row)
@@ -133,9 +139,16 @@ def main() -> None:
             if "kernel" in r:
                 k, ref = np.load(r.pop("kernel")), reference[(r["n"], r["C"])]
                 r["max_rel_diff_vs_ours"] = float(np.abs(k - ref).max() / np.abs(ref).max())
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(),
+            "load_average": os.getloadavg(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    for r in rows:
+        r["run"] = meta["date"]
+    if args.cases is not None and RESULTS.exists():  # keep the rows of the cases not rerun
+        done = {(r["method"], r["n"], r["C"]) for r in rows}
+        rows = [r for r in json.loads(RESULTS.read_text())["rows"]
+                if (r["method"], r["n"], r["C"]) not in done and "not_run" not in r] + rows
     rows += [{"method": m, "n": n, "C": c, "not_run": why} for (m, n, c), why in NOT_RUN.items()]
-    meta = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
-            "load_average": os.getloadavg(), "omp_wait_policy": os.environ["OMP_WAIT_POLICY"]}
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
 

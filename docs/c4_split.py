@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 
 from malleability.repro.experiments.base import model_name, verdict
+from malleability.repro.loading import load_run
 from malleability.repro.report import Table, fmt, group, pct, to_markdown
 from malleability.repro.seeds import combine, merge_seeds
-from malleability.repro.store import load_run
 
 DOCS = Path(__file__).parent
 

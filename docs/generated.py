@@ -24,9 +24,9 @@ from pathlib import Path
 from malleability.repro.claims import claims_section, section_records
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.collapse import KINDS
+from malleability.repro.loading import load_run
 from malleability.repro.report import Block, Table, fmt, group, to_markdown
 from malleability.repro.seeds import combine
-from malleability.repro.store import load_run
 
 DOCS = Path(__file__).parent
 RUNS = DOCS / "runs"

@@ -10,8 +10,9 @@ from malleability import AttackSettings, ModelSettings, TwoLayerNet, interventio
 from malleability.attacks import margin_loss, pgd
 from malleability.interventions import adversarial_train, ramped_eps
 from malleability.repro import figures
+from malleability.repro.blocks import Table
 from malleability.repro.experiments import adversarial_training as at
-from malleability.repro.report import Table
+from malleability.repro.experiments import numerics
 from malleability.repro.seeds import Estimate, merge_seeds
 from malleability.training import TrainSettings, train
 
@@ -172,10 +173,40 @@ def test_robustness_rule_and_verdicts():
     assert at.table3_verdict(Estimate([0.2] * 4, seeds), mixed, robust=True) == "inconclusive"
 
 
+def test_relative_robustness_is_the_two_proportion_interval_plus_the_seeds():
+    """Equal seeds: the Wald interval of two independent proportions, d ± 1.96·√((p_a q_a +
+    p_s q_s)/n); paired: McNemar's, d ± 1.96·√((q − d²)/n); one seed: no interval."""
+    seeds = (0, 1, 2)
+    std, adv = Estimate([0.3] * 3, seeds), Estimate([0.5] * 3, seeds)
+    gain, (lo, hi) = at.relative_robustness(std, adv, 500)
+    half = 1.959964 * ((0.5 * 0.5 + 0.3 * 0.7) / 1500) ** 0.5  # k = 3 seeds of 500 points
+    assert gain == pytest.approx(0.2) and (lo, hi) == pytest.approx((0.2 - half, 0.2 + half))
+    _, (lo, hi) = at.relative_robustness(std, adv, 500, discordant=Estimate([0.3] * 3, seeds))
+    half = 1.959964 * ((0.3 - 0.04) / 1500) ** 0.5
+    assert (lo, hi) == pytest.approx((0.2 - half, 0.2 + half))
+    spread = Estimate([0.4, 0.6, 0.5], seeds)  # the seeds' t error adds in quadrature
+    _, wide = at.relative_robustness(std, spread, 500)
+    t_half = 4.302653 * 0.1 / 3**0.5
+    b_half = 1.959964 * ((0.3 * 0.7 + sum(p * (1 - p) for p in (0.4, 0.6, 0.5)) / 3) / 1500) ** 0.5
+    assert wide == pytest.approx((0.2 - (t_half**2 + b_half**2) ** 0.5,
+                                  0.2 + (t_half**2 + b_half**2) ** 0.5), rel=1e-5)
+    assert at.relative_robustness(0.3, 0.5, 500) == (pytest.approx(0.2), None)
+    assert at.relative_text(0.2, (0.15, 0.25), 0.1).startswith("yes (+20.0 [15.0, 25.0]")
+    assert at.relative_text(0.2, (0.05, 0.35), 0.1).startswith("undecided")  # straddles 10
+    assert at.relative_text(0.05, (0.02, 0.08), 0.1).startswith("no")  # above 0, below 10
+    assert at.relative_text(0.2, None, 0.1).startswith("undecided")
+    assert at.more_robust((0.15, 0.25), 0.1) and not at.more_robust((0.05, 0.35), 0.1)
+
+
 def _record(eps, robust, before=0.1, after=0.3):
+    solve = {"min_eigenvalue": 1e-3, "condition_number": 1e5, "inversion_residual": 1e-12,
+             "symmetry_error": 0.0}
     net = {"flip_rate": before, "test_accuracy": 0.9, "pgd_test_accuracy": 0.0,
-           "strong_test_accuracy": 0.0}
+           "strong_test_accuracy": 0.0, "top_k_overlap": 0.4, "spearman": 0.8,
+           "stability": solve, "perturbed_stability": solve}
     return {"cell": {"task": "mnist", "model": "relu", "eps": eps},
+            "settings": {"tasks": [{"dataset": "mnist", "classes": None, "n_test": 500}],
+                         "robust_margin": 0.1},
             "result": {"standard": net, "robust": robust,
                        "adversarial": {**net, "flip_rate": after,
                                        "strong_test_accuracy": 0.5 if robust else 0.05}}}
@@ -186,10 +217,12 @@ def test_section_reports_not_tested_without_robustness(tmp_path: Path, monkeypat
     blocks = at.section([_record(0.3, False), _record(0.1, True)], tmp_path)
     table = next(b for b in blocks if isinstance(b, Table) and "ε" in b.header)
     rows = {row[2]: row for row in table.rows}
-    assert rows["0.3"][-1] == at.NOT_TESTED and rows["0.3"][-3] == "no"
+    assert rows["0.3"][-1] == at.NOT_TESTED and rows["0.3"][-4] == "no"
     assert rows["0.3"][5] == "3.3 → 43.4"  # the paper's Table 3 beside ε = 0.3 only
-    # robust, so tested; one seed gives no interval, so the rise is not decided
-    assert rows["0.1"][-1] == "inconclusive" and rows["0.1"][-3] == "yes"
+    # robust by the absolute rule, but one seed gives no interval: robustness relative to
+    # the standard network is undecided, so Table 3 is not tested
+    assert rows["0.1"][-1] == at.NOT_TESTED and rows["0.1"][-4] == "yes"
+    assert rows["0.1"][-3].startswith("undecided (+50.0")
     assert rows["0.1"][5] == "—"
 
 
@@ -206,9 +239,35 @@ def test_section_needs_robustness_in_every_seed(tmp_path: Path, monkeypatch):
     blocks = at.section(merge_seeds(records), tmp_path)
     table = next(b for b in blocks if isinstance(b, Table) and "ε" in b.header)
     rows = {row[2]: row for row in table.rows}
-    assert rows["0.3"][-3] == "2 of 3 seeds" and rows["0.3"][-1] == at.NOT_TESTED
-    assert rows["0.1"][-3] == "yes" and rows["0.1"][-1] == "agrees"
+    assert rows["0.3"][-4] == "2 of 3 seeds" and rows["0.3"][-1] == at.NOT_TESTED
+    assert rows["0.3"][-3].startswith("undecided")  # gains 50, 5, 50 points: t error
+    assert rows["0.1"][-4] == "yes" and rows["0.1"][-1] == "agrees"
+    assert rows["0.1"][-3].startswith("yes (+50.0 [")
     assert rows["0.1"][-2].startswith("21 [") and rows["0.1"][-2].endswith("]")
+
+
+def test_a9_columns_show_the_worst_solve_over_seeds():
+    seeds = (0, 1, 2)
+    good = {"min_eigenvalue": Estimate([1e-3, 2e-3, 5e-4], seeds),
+            "condition_number": Estimate([1e4, 3e4, 2e4], seeds),
+            "inversion_residual": Estimate([1e-12, 3e-12, 2e-12], seeds),
+            "symmetry_error": Estimate([0.0, 1e-16, 0.0], seeds)}
+    bad = {**good, "min_eigenvalue": Estimate([1e-3, -1e-9, 1e-3], seeds)}
+    assert numerics.a9_cells([good]) == ["0.0005", "3e4", "3e-12", "1e-16", "yes"]
+    assert numerics.worst(good["condition_number"], True) == 3e4
+    assert numerics.worst(good["min_eigenvalue"], False) == 5e-4
+    assert numerics.a9_cells([good, bad])[-1] == "no"  # one seed's K + λI not positive definite
+    inaccurate = {**good, "inversion_residual": 1e-3}
+    assert numerics.a9_cells([inaccurate])[-1] == "no"
+
+
+def test_section_reports_top_k_and_the_a9_checks(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(figures, "bar_panels", lambda path, *args, **kwargs: path)
+    blocks = at.section([_record(0.1, True)], tmp_path)
+    table = next(b for b in blocks if isinstance(b, Table) and "A.9 holds" in b.header)
+    assert [row[3:6] for row in table.rows] == [["standard", "40", "80"],
+                                                ["adversarial", "40", "80"]]
+    assert all(row[-1] == "yes" for row in table.rows)
 
 
 def test_bad_settings():

@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from malleability.repro import figures
-from malleability.repro.claims import HEADER, claims_table, run_claims, sweep_summary
+from malleability.repro.blocks import sweep_summary
+from malleability.repro.claims import HEADER, claims_table, run_claims
 from malleability.repro.experiments import EXPERIMENTS, collapse
+from malleability.repro.loading import Run, load_run
 from malleability.repro.report import write_report
 from malleability.repro.seeds import Estimate, merge_seeds
-from malleability.repro.store import Run, load_run, settings_key, write_cell
+from malleability.repro.store import cell_name, settings_key, write_cell
 
 RUN = Path(__file__).parent / "data" / "report_run"
 DOCS = Path(__file__).parents[1] / "docs"
@@ -68,8 +70,8 @@ def test_report_opens_with_the_claims_then_the_contents(tmp_path: Path,
 def test_the_sensitivity_column_comes_from_the_sweep_of_the_same_claim(tmp_path: Path) -> None:
     paper, sweeps = tmp_path / "paper", tmp_path / "sensitivity"
     for folder, name, records in ((paper, "flip_rates", FLIPS), (sweeps, "sensitivity", SWEEP)):
-        for i, record in enumerate(records):
-            write_cell(folder / name / f"{i}.json", {
+        for record in records:
+            write_cell(folder / name / f"{cell_name(record['cell'])}.json", {
                 **record, "experiment": name, "settings": {}, "settings_hash": settings_key({}),
                 "versions": {}, "device": "cpu", "timing": {"seconds": 1.0}})
     (sweeps / "settings.json").write_text('{"settings": {}}')

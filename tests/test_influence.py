@@ -150,3 +150,66 @@ def test_bad_inputs_name_the_argument():
         with pytest.raises(ValueError) as info:
             call()
         assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def _autograd_kernel(model, x1, x2):
+    """(1/C) Σ_c J_c(x1) J_c(x2)ᵀ, each Jacobian row from torch.autograd.grad."""
+    params = list(model.parameters())
+
+    def jac(x):
+        out = model(x).reshape(x.shape[0], -1)
+        return torch.stack([torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+            out[i, c], params, retain_graph=True)]) for c in range(out.shape[1])])
+            for i in range(x.shape[0])])
+
+    j1, j2 = jac(x1), jac(x2)
+    return torch.einsum("acp,bcp->ab", j1, j2) / j1.shape[1]
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+@pytest.mark.parametrize("separate_test", [False, True])
+def test_module_influence_equals_refitting_on_the_autograd_kernel(classes, separate_test):
+    from malleability.influence import module_influence
+
+    gen = torch.Generator().manual_seed(classes)
+    torch.manual_seed(classes)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, classes))
+    net = net.to(F64)
+    x = torch.randn(9, 4, generator=gen, dtype=F64)
+    labels = torch.randint(0, max(classes, 2), (9,), generator=gen)
+    xt, lt = (x[6:], labels[6:]) if separate_test else (None, None)
+    xs, ls = (x[:6], labels[:6]) if separate_test else (x, labels)
+    ridge = 1e-2
+    result = module_influence(net, xs, ls, xt, lt, ridge, max_memory_bytes=1, block=1)
+    xt, lt = (xs, ls) if xt is None else (xt, lt)
+    k, k_t = _autograd_kernel(net, xs, xs), _autograd_kernel(net, xt, xs)
+    lam = ridge * float(k.diagonal().mean())
+    if classes == 1:
+        y, y_t, loss = 2.0 * ls[:, None].to(F64) - 1, 2.0 * lt[:, None].to(F64) - 1, "mse"
+    else:
+        y, y_t = (torch.nn.functional.one_hot(v, classes).to(F64) for v in (ls, lt))
+        loss = "ce"
+    alpha = np.linalg.solve(k.numpy() + lam * np.eye(k.shape[0]), y.numpy())
+    base = per_example_loss(torch.from_numpy(k_t.numpy() @ alpha), y_t, loss)
+    refit = torch.stack([(_refit_loss(k, k_t, y, y_t, lam, i, loss) - base).mean()
+                         for i in range(k.shape[0])])
+    torch.testing.assert_close(result.scores, refit, rtol=1e-8, atol=1e-12)
+
+
+def test_rescoring_after_changing_rows_reuses_the_clean_kernel():
+    from malleability.influence import labelled_influence, module_influence
+    from malleability.jacobian_ntk import jacobian_ntk, updated_ntk
+
+    gen = torch.Generator().manual_seed(4)
+    torch.manual_seed(4)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 3))
+    net = net.to(F64)
+    x = torch.randn(10, 4, generator=gen, dtype=F64)
+    y = torch.randint(0, 3, (10,), generator=gen)
+    changed = torch.tensor([2, 7])
+    x_adv = x.clone()
+    x_adv[changed] += 0.5
+    k_new, k_cross = updated_ntk(net, jacobian_ntk(net, x), x, x_adv, changed)
+    reused = labelled_influence(k_new, k_cross, y, y, 1e-2, 3)
+    direct = module_influence(net, x_adv, y, x, y, 1e-2)  # train = x_adv, test = clean x
+    torch.testing.assert_close(reused.scores, direct.scores, rtol=1e-9, atol=1e-12)

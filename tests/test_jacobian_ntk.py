@@ -1,12 +1,21 @@
 """The generic empirical NTK against a hand-written Jacobian contraction (torch.autograd loops)."""
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
 
-from malleability.jacobian_ntk import jacobian_ntk, last_layers, select_parameters
+from malleability.jacobian_ntk import (
+    block_plan,
+    jacobian_ntk,
+    last_layers,
+    select_parameters,
+    updated_ntk,
+)
 
 F64 = torch.float64
+jn = importlib.import_module("malleability.jacobian_ntk")  # the module, not the function
 
 
 class TokenClassifier(nn.Module):
@@ -100,3 +109,120 @@ def test_empirical_ntk_of_a_foreign_module_is_the_generic_one(token_model):
 
     x = _tokens(3, 4)
     torch.testing.assert_close(empirical_ntk(token_model, x), jacobian_ntk(token_model, x))
+
+
+def _spy_rows(monkeypatch):
+    """Record the rows of every flat Jacobian formed and of every vmap call inside it."""
+    calls, vmapped = [], []
+    call, init = jn._Jacobians.__call__, jn._Jacobians.__init__
+
+    def spy_init(self, *args):
+        init(self, *args)
+        fn = self.fn
+        self.fn = lambda p, x: (vmapped.append(x.shape[0]), fn(p, x))[1]
+
+    def spy_call(self, x):
+        calls.append(x.shape[0])
+        return call(self, x)
+
+    monkeypatch.setattr(jn._Jacobians, "__init__", spy_init)
+    monkeypatch.setattr(jn._Jacobians, "__call__", spy_call)
+    return calls, vmapped
+
+
+@pytest.mark.parametrize("x2_rows", [None, 3, 9])  # symmetric; cross with x1 larger, smaller
+def test_panels_and_streamed_blocks_equal_the_hand_contraction(token_model, monkeypatch, x2_rows):
+    x1 = _tokens(7, 5)
+    x2 = None if x2_rows is None else _tokens(x2_rows, 6)
+    names = select_parameters(token_model)
+    per_class = sum(p.numel() for p in token_model.parameters()) * 8
+    memory = 6 * per_class  # one class per pass; panel 3 rows, blocks of 1
+    n_panel = 7 if x2 is None else min(7, x2_rows)
+    plan = block_plan(n_panel, 3, per_class // 8, memory, block=1)
+    assert (plan.classes, plan.panel, plan.block) == (1, 3, 1) and plan.bytes <= memory
+    calls, vmapped = _spy_rows(monkeypatch)
+    got = jacobian_ntk(token_model, x1, x2, max_memory_bytes=memory, block=1)
+    want = _hand_ntk(token_model, x1, x1 if x2 is None else x2, names)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert max(calls) == plan.panel and max(vmapped) == 1  # never more rows held
+    if x2 is None:
+        torch.testing.assert_close(got, got.T, rtol=0, atol=0)
+
+
+def test_all_rows_of_a_class_fit_so_no_jacobian_is_recomputed(token_model, monkeypatch):
+    x1, x2 = _tokens(6, 7), _tokens(4, 8)
+    per_class = sum(p.numel() for p in token_model.parameters()) * 8
+    memory = 2 * (6 + 3 * 2) * per_class  # two of the three classes of all rows per pass
+    calls, _ = _spy_rows(monkeypatch)
+    got = jacobian_ntk(token_model, x1, max_memory_bytes=memory, block=2)
+    assert block_plan(6, 3, per_class // 8, memory, block=2).classes == 2
+    assert sum(calls) == 6 * 2  # two passes (2 + 1 classes), each row once per pass
+    torch.testing.assert_close(got, _hand_ntk(token_model, x1, x1, select_parameters(
+        token_model)), rtol=1e-10, atol=1e-12)
+    calls.clear()
+    jacobian_ntk(token_model, x1, x2, max_memory_bytes=memory, block=2)
+    assert calls[0] == 4 and sum(calls) == 2 * (4 + 6)  # x2 (smaller) resident, x1 streamed
+
+
+def test_plan_bytes_within_the_bound_and_block_rows():
+    per_class = 108_426 * 8
+    for n, memory in [(500, 2**31), (2000, 2**31), (5000, 2**31), (64, 2**30), (10, 2**24)]:
+        plan = block_plan(n, 10, 108_426, memory)
+        assert plan.bytes <= memory and 1 <= plan.block <= jn.MAX_BLOCK
+        assert plan.bytes == (plan.panel + 3 * plan.block) * plan.classes * per_class
+    # n = 2000 at 2 GiB: one class per pass and every row resident (1.7 GB of 2 GiB)
+    assert block_plan(2000, 10, 108_426, 2**31).panel == 2000
+    with pytest.raises(ValueError, match=r"^block: expected a positive integer"):
+        block_plan(10, 1, 10, 2**20, block=0)
+
+
+def test_default_bound_is_a_share_of_free_memory(monkeypatch):
+    from malleability import memory
+
+    monkeypatch.setattr(memory, "free_memory", lambda device=None: 2**30)
+    assert memory.working_memory("cpu") == 2**28
+    monkeypatch.setattr(memory, "free_memory", lambda device=None: 64 * 2**30)
+    assert memory.working_memory("cpu") == memory.CPU_WORKING_CAP
+    monkeypatch.setattr(memory, "free_memory", lambda device=None: None)
+    assert memory.working_memory("cpu") == memory.MIN_WORKING
+
+
+def test_free_memory_is_at_most_the_machine_total():
+    from malleability import memory
+
+    free, total = memory.free_memory("cpu"), memory.memory_limit("cpu")
+    assert free is not None and 0 < free <= total
+    assert memory.free_memory("meta") is None
+
+
+def test_updated_ntk_recomputes_only_the_changed_rows(token_model, monkeypatch):
+    x = _tokens(7, 9)
+    changed = torch.tensor([5, 1, 5])  # duplicates are ignored
+    x_new = x.clone()
+    x_new[[1, 5]] += 0.3 * _tokens(2, 10)
+    kernel = jacobian_ntk(token_model, x)
+    calls, _ = _spy_rows(monkeypatch)
+    new, cross = updated_ntk(token_model, kernel, x, x_new, changed)
+    assert sum(calls) == 2 + 7 + 2  # the changed rows, against x_new and x[S]
+    names = select_parameters(token_model)
+    torch.testing.assert_close(new, _hand_ntk(token_model, x_new, x_new, names),
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(cross, _hand_ntk(token_model, x, x_new, names),
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kernel, jacobian_ntk(token_model, x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"^kernel: expected"):
+        updated_ntk(token_model, kernel[:3], x, x_new, changed)
+
+
+@pytest.mark.parametrize("memory", [None, 2**16])  # one panel; panels of 287 + 13, blocks of 56
+def test_linear_model_kernel_in_closed_form_over_many_rows(memory):
+    # f(x) = W x + b: ∂f_c/∂W = e_c xᵀ, ∂f_c/∂b = e_c, so Θ(x, x') = x·x' + 1 exactly;
+    # 300 rows exercise the recursive half-product (leaves of 128) and the mirrored blocks.
+    torch.manual_seed(2)
+    net = nn.Linear(5, 3).to(F64)
+    x = torch.randn(300, 5, dtype=F64)
+    x2 = torch.randn(40, 5, dtype=F64)
+    torch.testing.assert_close(jacobian_ntk(net, x, max_memory_bytes=memory),
+                               x @ x.T + 1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(jacobian_ntk(net, x, x2, max_memory_bytes=memory),
+                               x @ x2.T + 1, rtol=1e-12, atol=1e-12)

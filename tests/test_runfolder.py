@@ -108,7 +108,7 @@ BAD = [
     ([], "[experiments.flip_rates.attack]\neps = \"big\"\n",
      "flip_rates.attack.eps: expected a number, got 'big'"),
     ([], "[experiments.flip_rates]\nattacks = [\"cw\"]\n",
-     "flip_rates.attacks[0]: expected one of fgsm, pgd, mim, random-sign, got 'cw'"),
+     "flip_rates.attacks[0]: expected one of fgsm, pgd, mim, random-sign, square, got 'cw'"),
     ([], "[experiments.flip_rates]\nmodels = [\"vit\"]\n",
      "flip_rates.models[0]: expected one of relu, attn, attn-softmax, attn-exponential, "
      "got 'vit'"),
@@ -406,3 +406,26 @@ def test_networks_on_the_influence_set_train_on_exactly_its_points_and_cache_apa
     net, _ = trained_model("relu", other, model, train, ctx)
     assert len(list((tmp_path / "cache" / "models").iterdir())) == 3
     assert torch.equal(net.weight, fresh.weight)
+
+
+@pytest.mark.parametrize("task, extra, expected", [
+    ('n_train = 100000', "", "collapse.tasks[0] (digits): n: expected at most 1297"),
+    ('classes = "3,3"', "", "collapse.tasks[0] (digits): classes: class '3' selected twice"),
+    ('classes = "3,8", n_train = 40', "model = { width = 1000000000000 }\n",
+     "collapse.model (relu): width: TwoLayerNet(64, 1000000000000, 1)"),
+])
+def test_a_preset_the_data_or_memory_refuses_fails_before_any_file(
+        tmp_path: Path, task: str, extra: str, expected: str) -> None:
+    """Issue 29: sizes, classes and widths that only the data set or the machine can refuse
+    used to fail after settings.json and .lock were written."""
+    preset = ("[experiments.collapse]\n" if not extra else
+              "[experiments.complexity]\nmodels = [\"relu\"]\n" + extra)
+    preset += f'tasks = [{{ dataset = "digits", {task}, n_test = 20 }}]\n'
+    if extra:
+        expected = expected.replace("collapse", "complexity")
+    out = tmp_path / "run"
+    result = _reproduce(out, preset=preset)
+    assert result.exit_code == 1, result.output
+    line, = result.output.strip().splitlines()
+    assert expected in line
+    assert not out.exists()

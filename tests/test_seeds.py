@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from malleability.repro.blocks import fmt, pct
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import decide, trend, verdict
-from malleability.repro.report import fmt, pct
 from malleability.repro.runner import load_preset, plan
 from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values
 from malleability.settings import reseeded
@@ -82,7 +82,7 @@ def test_paper_preset_is_the_calibrated_point(tmp_path):
             assert (s.train.l2_to_init, s.train.l2_convention, s.train.epochs) == (0.0, "sum", 100)
             assert (s.model.init_scale, s.model.dtype, s.model.width) == (1.0, "float32", 1024)
         # adversarial training: 10,000 points (PGD-7 in every step; stated in the preset)
-        n_train = 10000 if name == "adversarial_training" else None
+        n_train = 10000 if name in ("adversarial_training", "robust_evaluation") else None
         for t in s.tasks:
             assert (t.n_train, t.n_influence, t.n_test) == (n_train, 1000, 500), name
     seeds = {(j.experiment, j.cell["seed"]) for j in plan(preset, tmp_path)}
@@ -127,8 +127,8 @@ def test_where_a_claim_holds():
 
 
 def test_sensitivity_section_with_one_architecture_reports_no_gap(tmp_path):
+    from malleability.repro.blocks import Table, Text
     from malleability.repro.experiments import sensitivity
-    from malleability.repro.report import Table, Text
 
     def record(model, rate, seed):
         return {"cell": {"task": "mnist", "model": model, "attack": "pgd", "axis": "calibrated",

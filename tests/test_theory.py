@@ -9,9 +9,9 @@ import torch
 from scipy.stats import spearmanr
 
 from malleability.bounds import BOUNDS, influence_shift_bounds
+from malleability.repro.blocks import Table, Text
 from malleability.repro.experiments import theory, theory_bounds
 from malleability.repro.problem import RunContext
-from malleability.repro.report import Table, Text
 from malleability.repro.runner import load_preset
 
 TINY = Path(__file__).parent / "data" / "tiny.toml"

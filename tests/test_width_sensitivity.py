@@ -10,11 +10,11 @@ import torch
 
 from malleability.ntk import infinite_ntk
 from malleability.repro import figures
+from malleability.repro.blocks import Table
 from malleability.repro.experiments import ntk_distance
 from malleability.repro.experiments import width_sensitivity as ws
 from malleability.repro.experiments.base import cell_problem
 from malleability.repro.problem import RunContext, build_model, on_influence_set, trained_model
-from malleability.repro.report import Table
 from malleability.repro.runner import load_preset
 from malleability.repro.seeds import merge_seeds
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -73,8 +74,10 @@ def check_finite(t: torch.Tensor, name: str, stage: str,
                  source: torch.Tensor | None = None) -> torch.Tensor:
     """``t`` unchanged when every entry is finite, else :class:`NonFiniteError` naming the
     input ``name`` and the ``stage`` that produced ``t`` (with the largest |source| entry)."""
+    if bool(torch.isfinite(t.sum())):  # one pass; a NaN or ±inf makes the sum non-finite
+        return t
     finite = torch.isfinite(t)
-    if bool(finite.all()):
+    if bool(finite.all()):  # finite entries whose sum overflowed
         return t
     bad = int((~finite).sum())
     why = f"{bad} of {t.numel()} entries NaN or infinite"
@@ -97,8 +100,80 @@ def check_seed(seed: object, name: str = "seed") -> int:
     return int(seed)
 
 
+def check_seeds(value: Any, name: str = "seeds") -> tuple[int, ...]:
+    """A non-empty sequence of distinct non-negative integer seeds; a string, a float, a bool
+    or a repeated seed is refused (``"12"`` is not the seeds 1 and 2)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise ValueError(f"{name}: expected a sequence of integer seeds, got {value!r}")
+    seeds = tuple(check_seed(s, f"{name}[{i}]") for i, s in enumerate(value))
+    if not seeds:
+        raise ValueError(f"{name}: expected at least one seed, got []")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{name}: expected distinct seeds, got {list(seeds)} "
+                         f"({', '.join(map(str, repeated))} repeated)")
+    return seeds
+
+
+def parse_seeds(text: str, name: str = "seeds") -> tuple[int, ...]:
+    """Seeds given as comma-separated integers (a command-line option), checked by
+    :func:`check_seeds`."""
+    try:
+        values = [int(token) for token in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
+    return check_seeds(values, name)
+
+
+def check_names(value: Any, name: str) -> tuple[str, ...]:
+    """A sequence of distinct non-empty names; a bare string is refused (``"head"`` is not the
+    names h, e, a, d)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(f"{name}: expected a list of names, got {value!r}")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item:
+            raise ValueError(f"{name}[{i}]: expected a non-empty name, got {item!r}")
+    repeated = sorted({v for v in value if list(value).count(v) > 1})
+    if repeated:
+        raise ValueError(f"{name}: expected distinct names, got {', '.join(repeated)} twice")
+    return tuple(value)
+
+
+def check_real(value: Any, name: str) -> float:
+    """A finite real number; a bool or a string is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def check_bounds(value: Any, name: str = "bounds") -> tuple[float, float]:
+    """An input domain (low, high): two finite numbers, low < high."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+        raise ValueError(f"{name}: expected (low, high), got {value!r}")
+    low, high = (check_real(v, f"{name}[{i}]") for i, v in enumerate(value))
+    if not low < high:
+        raise ValueError(f"{name}: expected low < high, got ({low:g}, {high:g})")
+    return low, high
+
+
+def parse_bounds(text: str, name: str = "bounds") -> tuple[float, float]:
+    """An input domain given as ``low,high`` (a command-line option): two finite numbers,
+    low < high."""
+    try:
+        values = [float(token) for token in str(text).split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name}: expected two finite numbers low,high, got {text!r}")
+    return check_bounds(values, name)
+
+
 def check_nonnegative(value: Any, name: str) -> float:
     """A finite real ≥ 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -110,6 +185,8 @@ def check_nonnegative(value: Any, name: str) -> float:
 
 def check_positive(value: Any, name: str) -> float:
     """A finite real > 0."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -121,6 +198,8 @@ def check_positive(value: Any, name: str) -> float:
 
 def check_fraction(value: Any, name: str) -> float:
     """A real in (0, 1]."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a number in (0, 1], got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError):

@@ -4,9 +4,13 @@ For inputs x (rows) and a reference set R (the training split, fixed before trai
 
 - linearized:  φ_lin(x) = rownorm((x W_Q)(R W_K)ᵀ (R W_V)) = rownorm(x · W_Q W_Kᵀ RᵀR W_V),
   evaluated as x times a d×d matrix computed once (cost n·d², not n²·d);
-- softmax:     φ_sm(x)  = rownorm(softmax((x W_Q)(R W_K)ᵀ / √d) (R W_V));
-- exponential: φ_exp(x) = rownorm(exp(s(x) − max s(x)) (R W_V)), s(x) = (x W_Q)(R W_K)ᵀ / √d
+- softmax:     φ_sm(x)  = rownorm(softmax((x W_Q)(R W_K)ᵀ / (τ√d)) (R W_V));
+- exponential: φ_exp(x) = rownorm(exp(s(x) − max s(x)) (R W_V)), s(x) = (x W_Q)(R W_K)ᵀ / (τ√d)
   (the per-row shift cancels under rownorm).
+
+τ (``temperature``, default 1: the paper's maps) scales the scores of softmax and exponential
+attention: the temperature-scaled softmax of the paper's open question (Limitations); τ → ∞
+averages the values uniformly, τ → 0 picks the best-matching reference row.
 
 Projections W_Q = W_K = W_V = I by default; orthogonal or He-initialised N(0, 2/d) projections
 are options (Proposition 4.13). Without row normalisation and with identity projections the
@@ -29,7 +33,7 @@ from enum import StrEnum
 import torch
 from torch import nn
 
-from ._validation import as_tensor, check_positive_int, parse_enum
+from ._validation import as_tensor, check_positive, check_positive_int, parse_enum
 from .linalg import rownorm
 
 
@@ -106,13 +110,15 @@ def attention_features(
     rank: int | None = None,
     layers: int = 1,
     stacking: Stacking | str = Stacking.REFERENCE,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """φ(x) for rows of ``x`` (n×d) against ``reference`` R (n_R×d); pure and differentiable.
 
     For repeated calls with the same reference use :class:`AttentionFeatures`, which caches
     the reference-side products. ``rank``, ``layers``, ``stacking``: see the module docstring.
     """
-    return AttentionFeatures(reference, kind, projections, normalize, rank, layers, stacking)(x)
+    return AttentionFeatures(reference, kind, projections, normalize, rank, layers, stacking,
+                             temperature)(x)
 
 
 class AttentionFeatures(nn.Module):
@@ -136,10 +142,15 @@ class AttentionFeatures(nn.Module):
         rank: int | None = None,
         layers: int = 1,
         stacking: Stacking | str = Stacking.REFERENCE,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         reference = as_tensor(reference, "reference", ndim=2, dtype=None)
         self.kind = parse_enum(kind, AttentionKind, "attention")
+        self.temperature = check_positive(temperature, "temperature")
+        if self.temperature != 1.0 and self.kind is AttentionKind.LINEAR:
+            raise ValueError(f"temperature: linearized attention has no temperature, got "
+                             f"{temperature!r}")
         self.normalize = normalize
         self.layers = check_positive_int(layers, "layers")
         self.stacking = parse_enum(stacking, Stacking, "stacking")
@@ -175,7 +186,7 @@ class AttentionFeatures(nn.Module):
         if self.layers > 1 and self.stacking is Stacking.PREVIOUS:
             self.next_layer = AttentionFeatures(
                 self._layer(reference), self.kind, projections, normalize, rank,
-                self.layers - 1, self.stacking)
+                self.layers - 1, self.stacking, self.temperature)
 
     def with_rows_replaced(self, old: torch.Tensor, new: torch.Tensor) -> AttentionFeatures:
         """A shallow copy attending to the reference with rows ``old`` replaced by ``new``
@@ -224,8 +235,8 @@ class AttentionFeatures(nn.Module):
         return rownorm(out) if self.normalize else out
 
     def _attend(self, q: torch.Tensor) -> torch.Tensor:
-        """softmax(q Kᵀ/√d) V, or exp(q Kᵀ/√d − row max) V, for a block of query rows."""
-        scores = q @ self.keys.T / math.sqrt(self.in_features)
+        """softmax(q Kᵀ/(τ√d)) V, or exp(q Kᵀ/(τ√d) − row max) V, for a block of query rows."""
+        scores = q @ self.keys.T / (self.temperature * math.sqrt(self.in_features))
         if self.kind is AttentionKind.SOFTMAX:
             weights = torch.softmax(scores, dim=1)
         else:
@@ -235,4 +246,4 @@ class AttentionFeatures(nn.Module):
     def extra_repr(self) -> str:
         return (f"kind={self.kind.value}, reference={tuple(self.reference.shape)}, "
                 f"normalize={self.normalize}, rank={self.rank}, layers={self.layers}, "
-                f"stacking={self.stacking.value}")
+                f"stacking={self.stacking.value}, temperature={self.temperature:g}")

@@ -6,26 +6,31 @@ For a network f(·; θ) with C outputs and trainable parameters θ ∈ R^P (or a
 
 the output-averaged (traced) NTK, as neural-tangents' ``trace_axes=(-1,)`` divided by C.
 
-Each Jacobian block is formed once for each use by ``torch.func`` (``vmap`` over examples of
-``jacrev`` over a chunk of outputs) and contracted at once, parameter tensor by parameter
-tensor, into the kernel. ``max_memory_bytes`` bounds the Jacobians held at a time: as many
-output classes per pass as fit (all of them when they fit, as in the one-shot recipe; one at
-a time otherwise, so C does not multiply the memory), and row blocks of x when even one class
-of all rows does not fit. Float64 by default.
+The n × C × P Jacobian is never held. Per-example Jacobians come from ``torch.func``
+(``vmap`` over examples of ``jacrev``) in blocks of ``block`` examples, are flattened into
+one (rows × C·P) buffer and contracted into the float64 kernel by one GEMM per pair of
+blocks. A *panel* of up to ``panel`` rows stays resident while blocks of the other rows
+stream past it: Θ(x, x) needs only its lower triangle (each panel against the rows before
+it, and the panel against itself by a recursive half-product), Θ(x1, x2) keeps the smaller
+side resident. Peak memory is (panel + 3·block) · C' · P · 8 bytes for C' classes per pass
+(all C when a few rows of them fit), below ``max_memory_bytes``, which by default is a
+quarter of the free memory (:func:`~malleability.memory.working_memory`).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from ._validation import check_positive_int
+from .memory import working_memory
 
-DEFAULT_MAX_MEMORY_BYTES = 2 * 2**30
+MAX_BLOCK = 64  # streamed examples per block: past this the GEMMs gain little
 
 
 def select_parameters(model: nn.Module, parameters: Sequence[str] | None = None) -> list[str]:
@@ -79,72 +84,173 @@ def _as_input(x: torch.Tensor, name: str, dtype: torch.dtype) -> torch.Tensor:
     return x.detach()
 
 
+@dataclass(frozen=True)
+class BlockPlan:
+    """How :func:`jacobian_ntk` tiles Θ: ``classes`` outputs per pass, ``panel`` resident
+    rows, ``block`` streamed rows; ``bytes`` bounds the Jacobian buffers held at once."""
+
+    classes: int
+    panel: int
+    block: int
+    bytes: int
+
+
+def block_plan(n_panel: int, n_out: int, n_params: int, max_memory_bytes: int,
+               block: int | None = None, itemsize: int = 8) -> BlockPlan:
+    """Tiles for Jacobians of ``n_params`` parameters and ``n_out`` outputs whose buffers
+    (panel + 3·block rows: the streamed block, its per-parameter copy and the autograd
+    intermediates of one ``vmap`` call) stay within ``max_memory_bytes``.
+
+    ``block`` defaults to an eighth of the one-class rows that fit, at most MAX_BLOCK. As
+    many outputs per pass as let all ``n_panel`` rows stay resident (so no Jacobian is
+    computed twice; a pass per class costs one more forward per row, recomputing costs
+    backward passes), at least one; the panel takes what is left, at least ``block`` rows.
+    """
+    per_class = n_params * itemsize
+    if block is None:
+        block = max(1, min(MAX_BLOCK, max_memory_bytes // per_class // 8))
+    block = min(check_positive_int(block, "block"), n_panel)
+    classes = max(1, min(n_out, max_memory_bytes // ((n_panel + 3 * block) * per_class)))
+    classes = -(-n_out // -(-n_out // classes))  # the same passes, balanced
+    row = classes * per_class
+    panel = max(block, min(n_panel, max_memory_bytes // row - 3 * block))
+    return BlockPlan(classes=classes, panel=panel, block=block,
+                     bytes=(panel + 3 * block) * row)
+
+
 def jacobian_ntk(
     model: nn.Module,
     x1: torch.Tensor,
     x2: torch.Tensor | None = None,
     *,
     parameters: Sequence[str] | None = None,
-    max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES,
+    max_memory_bytes: int | None = None,
+    block: int | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
-    """Θ(x1, x2) = (1/C) Σ_c J_c(x1) J_c(x2)ᵀ over ``parameters`` (default: all trainable).
+    """Θ(x1, x2) = (1/C) Σ_c J_c(x1) J_c(x2)ᵀ over ``parameters`` (default: all trainable);
+    Θ(x1, x1) when ``x2`` is None (only its lower triangle is computed).
 
     ``model`` maps a batch (n, ...) to (n, C) or (n,); it is run in ``dtype`` (a converted copy
     if needed; floating inputs are converted too, integer inputs such as token ids are kept).
-    Jacobians held at once stay within about ``max_memory_bytes``; each block is computed once
-    when all rows of one class fit, else row blocks of x2 are recomputed for each block of x1.
-    Returns an (n1 × n2) tensor of ``dtype`` on x1's device.
+    The Jacobian buffers stay within ``max_memory_bytes`` (default: a quarter of the free
+    memory of x1's device, :func:`~malleability.memory.working_memory`), tiled as
+    :func:`block_plan` says; ``block`` fixes the examples per ``vmap`` call. Returns an
+    (n1 × n2) tensor of ``dtype`` on x1's device.
     """
-    max_memory_bytes = check_positive_int(max_memory_bytes, "max_memory_bytes")
     symmetric = x2 is None
     x1 = _as_input(x1, "x1", dtype)
     x2 = x1 if symmetric else _as_input(x2, "x2", dtype)
     if x2.shape[1:] != x1.shape[1:]:
         raise ValueError(f"x2: expected trailing shape {tuple(x1.shape[1:])} to match x1, "
                          f"got {tuple(x2.shape[1:])}")
+    if max_memory_bytes is None:
+        max_memory_bytes = working_memory(x1.device)
+    max_memory_bytes = check_positive_int(max_memory_bytes, "max_memory_bytes")
     model = cast_module(model, dtype)
     names = select_parameters(model, parameters)
     params = {k: v.detach() for k, v in model.named_parameters() if k in names}
     frozen = {k: v.detach() for k, v in model.named_parameters() if k not in params}
     frozen.update(model.named_buffers())
     n_out = output_size(model, x1)
-    row_bytes = sum(p.numel() for p in params.values()) * torch.finfo(dtype).bits // 8
+    swap = not symmetric and x2.shape[0] < x1.shape[0]  # the smaller side stays resident
+    rows, cols = (x2, x1) if swap else (x1, x2)
+    plan = block_plan(rows.shape[0], n_out, sum(p.numel() for p in params.values()),
+                      max_memory_bytes, block, torch.finfo(dtype).bits // 8)
+    out = torch.zeros(rows.shape[0], cols.shape[0], dtype=dtype, device=x1.device)
+    for c0 in range(0, n_out, plan.classes):
+        jac = _Jacobians(model, params, frozen, c0, min(n_out, c0 + plan.classes), plan.block)
+        for s in range(0, rows.shape[0], plan.panel):
+            panel = jac(rows[s:s + plan.panel])
+            if symmetric:
+                _gram_lower_(out[s:s + plan.panel, s:s + plan.panel], panel)
+            for t in range(0, s if symmetric else cols.shape[0], plan.block):
+                streamed = jac(cols[t:min(t + plan.block, s if symmetric else cols.shape[0])])
+                out[s:s + plan.panel, t:t + streamed.shape[0]].addmm_(panel, streamed.T)
+            del panel
+    if symmetric:
+        _mirror_lower_(out)
+    elif swap:
+        out = out.T.contiguous()
+    return out.div_(n_out)
 
-    def jacobian_fn(c0: int, c1: int):
+
+def updated_ntk(
+    model: nn.Module,
+    kernel: torch.Tensor,
+    x: torch.Tensor,
+    x_new: torch.Tensor,
+    changed: torch.Tensor,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Θ(x_new, x_new) and Θ(x, x_new) from ``kernel`` = Θ(x, x), when x_new equals x except
+    in the rows ``changed`` (indices S, e.g. the attacked points): only the kernel rows of S
+    are computed, R = Θ(x_new[S], [x_new; x[S]]) by :func:`jacobian_ntk` (``kwargs``),
+    |S|·(n + |S|) entries instead of 2n². The caller's tensors are not modified.
+    """
+    changed = torch.as_tensor(changed, dtype=torch.long, device=kernel.device).unique()
+    n = x.shape[0]
+    if kernel.shape != (n, n) or x_new.shape != x.shape:
+        raise ValueError(f"kernel: expected Θ(x, x) of shape ({n}, {n}) and x_new shaped as x, "
+                         f"got {tuple(kernel.shape)} and {tuple(x_new.shape)}")
+    rows = jacobian_ntk(model, x_new[changed], torch.cat([x_new, x[changed]]), **kwargs)
+    new, cross = kernel.clone(), kernel.clone()
+    new[changed], cross[:, changed] = rows[:, :n], rows[:, :n].T
+    new[:, changed] = rows[:, :n].T
+    cross[changed[:, None], changed[None, :]] = rows[:, n:].T
+    return new, cross
+
+
+class _Jacobians:
+    """x (k, ...) → the (k × C'·P) flat Jacobian of outputs [c0, c1), ``block`` rows per
+    ``vmap`` call, each parameter tensor copied into its columns."""
+
+    def __init__(self, model: nn.Module, params: dict[str, torch.Tensor],
+                 frozen: dict[str, torch.Tensor], c0: int, c1: int, block: int) -> None:
         def f(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
             return functional_call(model, {**p, **frozen}, (x.unsqueeze(0),)).reshape(-1)[c0:c1]
-        return vmap(jacrev(f), in_dims=(None, 0))
 
-    n1, n2 = x1.shape[0], x2.shape[0]
-    rows_all = n1 if symmetric else n1 + n2
-    if rows_all * row_bytes <= max_memory_bytes:  # every row at once, classes per pass
-        per_pass = max(1, min(n_out, max_memory_bytes // (rows_all * row_bytes)))
-        rows = rows_all
-    else:  # one class per pass, two row blocks at a time
-        per_pass, rows = 1, max(1, max_memory_bytes // (2 * row_bytes))
-    out = torch.zeros(n1, n2, dtype=dtype, device=x1.device)
-    for c0 in range(0, n_out, per_pass):
-        jac = jacobian_fn(c0, min(n_out, c0 + per_pass))
-        for i in range(0, n1, rows):
-            j1 = jac(params, x1[i:i + rows])
-            for j in range(i if symmetric else 0, n2, rows):
-                j2 = j1 if symmetric and i == j else jac(params, x2[j:j + rows])
-                out[i:i + rows, j:j + rows] += _contract(j1, j2)
-    if symmetric:
-        out = torch.triu(out) + torch.triu(out, 1).T
-    return out / n_out
+        self.fn = vmap(jacrev(f), in_dims=(None, 0))
+        self.params, self.classes, self.block = params, c1 - c0, block
+        self.sizes = [p.numel() for p in params.values()]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        first = next(iter(self.params.values()))
+        k, width = x.shape[0], sum(self.sizes)
+        out = torch.empty(k, self.classes, width, dtype=first.dtype, device=first.device)
+        for s in range(0, k, self.block):
+            grads = self.fn(self.params, x[s:s + self.block])
+            offset = 0
+            for size, g in zip(self.sizes, grads.values(), strict=True):
+                out[s:s + self.block, :, offset:offset + size] = g.reshape(g.shape[0],
+                                                                            self.classes, size)
+                offset += size
+            del grads
+        return out.reshape(k, self.classes * width)
 
 
-def _contract(j1: dict[str, torch.Tensor], j2: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Σ over parameter tensors and outputs of J1 J2ᵀ, without concatenating the Jacobians."""
-    total = None
-    for k, a in j1.items():
-        a = a.reshape(a.shape[0], -1)
-        b = a if j2 is j1 else j2[k].reshape(j2[k].shape[0], -1)
-        term = a @ b.T
-        total = term if total is None else total.add_(term)
-    return total
+_SYRK_LEAF = 128
+
+
+def _mirror_lower_(out: torch.Tensor, block: int = 512) -> None:
+    """Copy the lower triangle of the square ``out`` onto its upper triangle, in place."""
+    for s in range(0, out.shape[0], block):
+        diag = out[s:s + block, s:s + block]
+        diag.copy_(diag.tril() + diag.tril(-1).T)
+        out[s:s + block, s + block:] = out[s + block:, s:s + block].T
+
+
+def _gram_lower_(out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """out += A Aᵀ on and below the diagonal (the strict upper triangle gets partial sums
+    that the caller discards): recursive halves, so about half the flops of A Aᵀ."""
+    m = a.shape[0]
+    if m <= _SYRK_LEAF:
+        return out.addmm_(a, a.T)
+    h = m // 2
+    _gram_lower_(out[:h, :h], a[:h])
+    out[h:, :h].addmm_(a[h:], a[:h].T)
+    _gram_lower_(out[h:, h:], a[h:])
+    return out
 
 
 def output_size(model: nn.Module, x: torch.Tensor) -> int:

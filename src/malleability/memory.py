@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 _CGROUP_LIMIT = Path("/sys/fs/cgroup/memory.max")
+_MEMINFO = Path("/proc/meminfo")
 
 
 def memory_limit(device: torch.device | str | None = None) -> int | None:
@@ -37,6 +38,60 @@ def memory_limit(device: torch.device | str | None = None) -> int | None:
     except OSError:
         pass
     return int(total) if total > 0 else None
+
+
+def free_memory(device: torch.device | str | None = None) -> int | None:
+    """Bytes free for new allocations on ``device`` (default CPU), or None when unknown:
+    the kernel's MemAvailable (/proc/meminfo, else free physical pages), capped by what a
+    cgroup v2 ``memory.max`` leaves; the card's free memory on CUDA."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    free = _meminfo_available()
+    if free is None:
+        try:
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (AttributeError, ValueError, OSError):
+            return None
+    try:
+        cap = _CGROUP_LIMIT.read_text().strip()
+        used = _CGROUP_LIMIT.with_name("memory.current").read_text().strip()
+        if cap.isdigit() and used.isdigit():
+            free = min(free, int(cap) - int(used))
+    except OSError:
+        pass
+    return max(0, int(free))
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in _MEMINFO.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# Working memory of the blocked computations (Jacobian panels): a share of the free memory,
+# capped on CPU so that a shared machine keeps room for the rest of a run.
+WORKING_SHARE, CPU_WORKING_CAP, MIN_WORKING = 0.25, 2 * 2**30, 64 * 2**20
+
+
+def working_memory(device: torch.device | str | None = None) -> int:
+    """Bytes a blocked computation on ``device`` may hold: WORKING_SHARE of
+    :func:`free_memory`, at most CPU_WORKING_CAP on CPU, at least MIN_WORKING (also when the
+    free memory is unknown)."""
+    device = torch.device(device or "cpu")
+    free = free_memory(device)
+    if free is None:
+        return MIN_WORKING
+    share = int(WORKING_SHARE * free)
+    if device.type == "cpu":
+        share = min(share, CPU_WORKING_CAP)
+    return max(MIN_WORKING, share)
 
 
 def network_bytes(in_features: int, width: int, num_classes: int, *, itemsize: int = 8,

@@ -74,8 +74,9 @@ class TwoLayerNet(nn.Module):
     ``reference`` is the training network inputs z (n_R × in_features) the attention front
     attends to; ``projection`` picks the QKV projections of the front (identity by default);
     ``attention_rank``, ``attention_layers`` and ``stacking`` are the truncation and stacking
-    options of :class:`AttentionFeatures` (Remark 4.10). The random draws (W, A, projections)
-    come from ``seed``; parameters have ``dtype``.
+    options of :class:`AttentionFeatures` (Remark 4.10), ``temperature`` τ its softmax /
+    exponential temperature (scores/(τ√d); 1: the paper's maps). The random draws (W, A,
+    projections) come from ``seed``; parameters have ``dtype``.
     """
 
     def __init__(
@@ -94,9 +95,11 @@ class TwoLayerNet(nn.Module):
         attention_rank: int | None = None,
         attention_layers: int = 1,
         stacking: Stacking | str = Stacking.REFERENCE,
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.preprocessing = preprocessing
+        self.temperature = check_positive(temperature, "temperature")
         d = check_positive_int(in_features, "in_features")
         m = check_positive_int(width, "width")
         c = check_positive_int(num_classes, "num_classes")
@@ -135,18 +138,20 @@ class TwoLayerNet(nn.Module):
                          num_outputs: int, settings: ModelSettings = ModelSettings(), *,
                          width: int | None = None, reference: torch.Tensor | None = None,
                          preprocessing: nn.Module | None = None,
-                         attention_rank: int | None = None) -> TwoLayerNet:
+                         attention_rank: int | None = None, temperature: float = 1.0
+                         ) -> TwoLayerNet:
         """An untrained network of ``architecture`` (:func:`check_architecture`) on network
         inputs like ``z`` (n × d) with ``num_outputs`` outputs; MLP-Attn attends to
         ``reference`` (default ``z``), truncated to its top ``attention_rank`` singular
-        directions when given (Remark 4.10)."""
+        directions when given (Remark 4.10), softmax/exponential at ``temperature``."""
         attention = ARCHITECTURES[check_architecture(architecture, "model")]
         if attention is not None and reference is None:
             reference = z
         return cls(z.shape[1], width or settings.width, num_outputs, attention,
                    reference if attention else None, settings.init_scale, settings.seed,
                    settings.projection, getattr(torch, settings.dtype), preprocessing,
-                   attention_rank=attention_rank if attention else None)
+                   attention_rank=attention_rank if attention else None,
+                   temperature=temperature)
 
     @classmethod
     def for_data(cls, data: Dataset, settings: ModelSettings = ModelSettings(),
@@ -194,7 +199,8 @@ class TwoLayerNet(nn.Module):
                            reference, self.init_scale, self.seed, self.projection,
                            self.dtype, self.preprocessing, attention_rank=self.attention_rank,
                            attention_layers=self.attention_layers,
-                           stacking=self.stacking).to(self.weight.device)
+                           stacking=self.stacking,
+                           temperature=self.temperature).to(self.weight.device)
 
     def reinitialized_on(self, x: torch.Tensor) -> TwoLayerNet:
         """A fresh network with the same construction, to be trained on the training set
@@ -242,4 +248,5 @@ class TwoLayerNet(nn.Module):
         if mats is not None:
             mats = (mats[0].to(dtype), mats[1].to(dtype), mats[2].to(dtype))
         return AttentionFeatures(reference, kind, mats, rank=self.attention_rank,
-                                 layers=self.attention_layers, stacking=self.stacking)
+                                 layers=self.attention_layers, stacking=self.stacking,
+                                 temperature=self.temperature)

@@ -148,3 +148,90 @@ def kernel_distance(k_a: torch.Tensor, k_b: torch.Tensor) -> float:
     if denom == 0:
         raise ValueError("k_a: kernel distance is undefined for a zero kernel")
     return float(1.0 - (k_a * k_b).sum() / denom)
+
+
+# --- gradient descent in the kernel regime (docs/method.md §4, "Kernel gradient descent") ---
+
+
+def ntk_step(kernel: torch.Tensor, scale: float = 1.0) -> float:
+    """η = ``scale``·n/λ_max(Θ): the NTK-scaled step of full-batch gradient descent on the mean
+    MSE over n points, under which the linearised model's residual contracts by 1 − ηλ/n
+    along each eigenvector of Θ (stable for η < 2n/λ_max, so ``scale`` < 2)."""
+    kernel = as_tensor(kernel, "kernel", ndim=2, dtype=_F64)
+    if not 0 < scale < 2:
+        raise ValueError(f"scale: expected a number in (0, 2) (stable steps), got {scale!r}")
+    top = float(torch.linalg.eigvalsh(kernel)[-1])
+    if not top > 0:
+        raise ValueError("kernel: expected a kernel with a positive eigenvalue, got "
+                         f"λ_max = {top:g}")
+    return scale * kernel.shape[0] / top
+
+
+def _contractions(kernel: torch.Tensor, lr: float, steps: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(V, (1 − ηλ/n)^t, g = (1 − (1 − ηλ/n)^t)/λ) over Θ = V diag(λ) Vᵀ; g → ηt/n at λ = 0."""
+    n = kernel.shape[0]
+    lam, vecs = torch.linalg.eigh(kernel)
+    lam = lam.clamp_min(0.0)  # round-off below zero on a PSD kernel
+    rate = lr * lam / n
+    # 1 − (1 − r)^t without cancellation at small r (expm1/log1p), directly at larger r
+    shrunk = torch.where(rate <= 0.5, -torch.expm1(steps * torch.log1p(-rate.clamp(max=0.5))),
+                         1 - (1 - rate) ** steps)
+    decay = 1 - shrunk
+    g = torch.where(lam > 0, shrunk / lam.clamp_min(1e-300),
+                    torch.full_like(lam, lr * steps / n))
+    return vecs, decay, g
+
+
+def kernel_gd(kernel: torch.Tensor, kernel_test: torch.Tensor, f0: torch.Tensor,
+              f0_test: torch.Tensor, y: torch.Tensor, lr: float, steps: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The outputs on the training and test points after ``steps`` steps of gradient descent
+    at step ``lr`` = η on the mean MSE ½‖f − y‖² of the model linear in its parameters with
+    kernel Θ (``kernel`` = Θ(X, X), ``kernel_test`` = Θ(X_t, X)) from outputs ``f0``,
+    ``f0_test``: f_{s+1} = f_s − (η/n) Θ (f_s(X) − y), in closed form,
+    f_t(X) = y + (I − ηΘ/n)^t r₀, f_t(X_t) = f₀(X_t) − Θ_t Θ⁻¹(I − (I − ηΘ/n)^t) r₀,
+    r₀ = f₀(X) − y (Θ⁻¹(I − (I − ηΘ/n)^t) → ηt/n on Θ's null space). Float64; η must be
+    below 1/(λ_max/n) for the contraction to hold (see :func:`ntk_step`)."""
+    k = as_tensor(kernel, "kernel", ndim=2, dtype=_F64)
+    k_t = as_tensor(kernel_test, "kernel_test", ndim=2, dtype=_F64)
+    f0, f0_t, y = (as_tensor(a, name, ndim=2, dtype=_F64) for a, name in
+                   ((f0, "f0"), (f0_test, "f0_test"), (y, "y")))
+    n = k.shape[0]
+    if k.shape != (n, n) or k_t.shape[1] != n or f0.shape[0] != n or y.shape != f0.shape \
+            or f0_t.shape != (k_t.shape[0], f0.shape[1]):
+        raise ValueError(f"kernel_test: expected shapes Θ (n, n), Θ_t (n_t, n), f0 and y (n, C), "
+                         f"f0_test (n_t, C); got {tuple(k.shape)}, {tuple(k_t.shape)}, "
+                         f"{tuple(f0.shape)}, {tuple(y.shape)}, {tuple(f0_t.shape)}")
+    if lr <= 0 or steps < 0:
+        raise ValueError(f"lr: expected a positive step and steps ≥ 0, got {lr!r}, {steps!r}")
+    vecs, decay, g = _contractions(k, lr, steps)
+    r0 = vecs.T @ (f0 - y)
+    train = y + vecs @ (decay[:, None] * r0)
+    test = f0_t - k_t @ (vecs @ (g[:, None] * r0))
+    return train, test
+
+
+def kernel_gd_steps(kernel: torch.Tensor, f0: torch.Tensor, y: torch.Tensor, lr: float,
+                    tolerance: float, max_steps: int) -> int:
+    """The fewest steps t ≤ ``max_steps`` after which the kernel's gradient-descent training
+    loss (:func:`kernel_gd`) is at most ``tolerance`` times its initial value (``max_steps``
+    when it never is): the calibration of a run's length by its training loss alone. The loss
+    (1/2n) Σ_k (1 − ηλ_k/n)^{2t} ‖(Vᵀr₀)_k‖² falls monotonically for η ≤ n/λ_max, so the
+    search is by bisection."""
+    k = as_tensor(kernel, "kernel", ndim=2, dtype=_F64)
+    r0 = as_tensor(f0, "f0", ndim=2, dtype=_F64) - as_tensor(y, "y", ndim=2, dtype=_F64)
+    lam, vecs = torch.linalg.eigh(k)
+    weight = (vecs.T @ r0).square().sum(1)
+    rate = (lr * lam.clamp_min(0.0) / k.shape[0]).clamp(max=1.0)
+
+    def ratio(t: int) -> float:
+        return float((weight * (1 - rate) ** (2 * t)).sum() / weight.sum())
+
+    if ratio(max_steps) > tolerance:
+        return max_steps
+    lo, hi = 0, max_steps  # ratio(lo) > tolerance ≥ ratio(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ratio(mid) > tolerance else (lo, mid)
+    return hi

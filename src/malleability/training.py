@@ -299,6 +299,35 @@ def train_batched(
     return histories
 
 
+def train_gd(model: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int
+             ) -> list[float]:
+    """Full-batch gradient descent on the mean MSE ½‖f − y‖², W ← W − η ∇_W L, for ``steps``
+    steps at step ``lr`` = η, in place (no regulariser, A fixed); the NTK theorem's training
+    (docs/method.md §3, "Gradient descent"). ``x`` is what the model takes, ``y`` (n × C) any
+    real targets (one-hot or ±1). Returns the training loss before each step and after the
+    last (``steps`` + 1 values); a non-finite loss raises NonFiniteError."""
+    lr = check_positive(lr, "lr")
+    steps = check_positive_int(steps, "steps")
+    y = as_tensor(y, "y", ndim=2, dtype=model.weight.dtype).to(model.weight.device)
+    x = as_tensor(x, "x", ndim=None, dtype=None).to(model.weight.device)
+    check_rows_match(x, y, "x", "y")
+    with torch.no_grad():
+        h = model.hidden_inputs(model.inputs(x))
+    w, readout = model.weight.data, model.readout[None]
+    grad = torch.empty_like(w)
+    losses = torch.empty(steps + 1, dtype=w.dtype, device=w.device)  # one sync at the end
+    for t in range(steps):
+        losses[t] = objective_and_gradient_(w, w, readout, h, y, Loss.MSE, 0.0, grad)[0]
+        w.sub_(grad, alpha=lr)
+    with torch.no_grad():
+        losses[steps] = per_example_loss(model.head(h), y, Loss.MSE).mean()
+    out = losses.tolist()
+    if not all(math.isfinite(v) for v in out):
+        raise NonFiniteError(f"lr: the gradient-descent training loss is not finite; expected a "
+                             f"stable step (got {lr:g})")
+    return out
+
+
 def _finite_epoch_loss(total: float, epoch: int, settings: TrainSettings) -> float:
     """``total`` (an epoch's summed training loss) if finite, else NonFiniteError."""
     if not math.isfinite(total):

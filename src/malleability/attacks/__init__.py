@@ -35,9 +35,10 @@ from .fgsm import FGSM, fgsm
 from .mim import MIM, mim
 from .pgd import PGD, pgd, worst_case
 from .random_sign import RandomSign, random_sign
+from .square import Square, square
 
 #: Every attack by its name.
-ATTACKS: dict[str, type] = {cls.name: cls for cls in (FGSM, PGD, MIM, RandomSign)}
+ATTACKS: dict[str, type] = {cls.name: cls for cls in (FGSM, PGD, MIM, RandomSign, Square)}
 
 
 def check_attack(value: Any, name: str) -> str:
@@ -109,6 +110,7 @@ __all__ = [
     "Bounds",
     "LossFn",
     "RandomSign",
+    "Square",
     "check_attack",
     "check_eps",
     "fgsm",
@@ -120,5 +122,6 @@ __all__ = [
     "pgd",
     "random_sign",
     "run_attack",
+    "square",
     "worst_case",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -71,6 +72,8 @@ def _load(path: Path, where: str) -> Mapping[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".npz":
+            if not zipfile.is_zipfile(path):
+                raise ValueError("not a zip archive: truncated, or not written by numpy.savez")
             with np.load(path, allow_pickle=False) as npz:
                 return {key: npz[key] for key in npz.files}
         if suffix == ".pt":
@@ -84,9 +87,43 @@ def _load(path: Path, where: str) -> Mapping[str, Any]:
         if not labels_path.is_file():
             raise ValueError(f"labels file {labels_path.name} not found beside it")
         return {"x": np.load(path, allow_pickle=False), "y": np.load(labels_path)}
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        reason = " ".join(str(err).split())
+    except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError,
+            zipfile.BadZipFile, zlib.error) as err:
+        reason = " ".join(str(err).split())[:200]
+        if isinstance(err, pickle.UnpicklingError):
+            reason = ("it holds pickled Python objects, which are not loaded for safety; save a "
+                      "dict of arrays or tensors")
         raise ValueError(f"{where}: unreadable {suffix} file ({reason})") from None
+
+
+def read_inputs_file(path: str | Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs ``x`` (any shape, N rows, finite numbers) and integer labels ``y`` (N entries,
+    ≥ 0) from an .npz file or a dict saved with ``torch.save`` (.pt), as given to
+    ``malleability audit --train/--test``; a file that is unreadable, truncated, empty, or holds
+    strings, NaN or non-integer labels is a one-line ValueError starting ``name (file):``."""
+    path = Path(path)
+    where = f"{name} ({path.name})"
+    if path.suffix.lower() not in (".npz", ".pt"):
+        raise ValueError(f"{where}: expected a .npz or .pt file")
+    if not path.is_file():
+        raise ValueError(f"{where}: no such file")
+    content = _load(path, where)
+    missing = [k for k in ("x", "y") if k not in content]
+    if missing:
+        raise ValueError(f"{where}: no array {' or '.join(map(repr, missing))} (keys: "
+                         f"{', '.join(sorted(content)) or 'none'}); expected x (inputs) and y "
+                         "(labels)")
+    x, y = np.asarray(content["x"]), np.asarray(content["y"])
+    if x.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: x: expected numbers, got dtype {x.dtype}")
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"{where}: x: expected at least one row, got shape {x.shape}")
+    bad = int(x.size - np.isfinite(x).sum()) if x.dtype.kind == "f" else 0
+    if bad:
+        raise ValueError(f"{where}: x: {bad} of {x.size} entries are NaN or infinite")
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: y: expected integer class labels, got dtype {y.dtype}")
+    return x, _labels(y, len(x), f"{where}: y")
 
 
 def _pick(content: Mapping[str, Any], keys: tuple[str, ...], split: str, where: str) -> Any:

@@ -2,54 +2,28 @@
 paper's words, with the paper's value, ours with its 95 % interval, the verdict, and how the
 verdict fares under the unstated settings swept by the ``sensitivity`` preset.
 
-Every experiment module may end with ``paper_claims(records) -> list[Claim]`` (the records
-merged as its section gets them). The sensitivity modules (:data:`SWEEPS`) return claims keyed
-like the ones they sweep; their verdict ("holds everywhere", ...) fills the sensitivity column.
-The sweeps come from the run itself or, when it has none, from a run folder named
-``sensitivity`` beside it (the layout of docs/runs/).
+Every experiment module may end with ``paper_claims(records) -> list[Claim]``
+(:class:`~.blocks.Claim`; the records merged as its section gets them). The sensitivity
+modules (:data:`SWEEPS`) return claims keyed like the ones they sweep; their verdict ("holds
+everywhere", ...) fills the sensitivity column. The sweeps come from the run itself or, when it
+has none, from a run folder named ``sensitivity`` beside it (the layout of docs/runs/).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from .report import Block, Heading, Table, Text
+from .blocks import Block, Claim, Heading, Table, Text
+from .experiments import EXPERIMENTS
+from .loading import Run, load_run
 from .seeds import merge_seeds
-from .store import Run, load_run
+from .store import log
 
 #: Modules whose claims sweep other modules' claims (matched by ``Claim.key``).
 SWEEPS = ("sensitivity", "width_sensitivity")
 #: The claims table's columns.
 HEADER = ["claim (paper)", "where", "paper", "measured (95 % CI over seeds)", "verdict",
           "sensitivity"]
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim of the paper at one place (task, model, …): ``measured`` is ours with its
-    interval, ``verdict`` agrees / disagrees / inconclusive (or a sweep's summary); ``key``
-    matches a claim to its sweep."""
-
-    claim: str
-    where: str
-    paper: str
-    measured: str
-    verdict: str
-    key: tuple = ()
-
-
-def sweep_summary(points: list[tuple[str, str]]) -> str:
-    """A sweep's (point, verdict) pairs in a few words: at how many points each verdict comes
-    out, naming the points of all but the most frequent verdict."""
-    by: dict[str, list[str]] = {}
-    for point, verdict in points:
-        by.setdefault(verdict, []).append(point)
-    most = max(by, key=lambda v: len(by[v]))
-    words = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "undecided"}
-    return "; ".join(f"{words.get(v, v)} at {len(by[v])}/{len(points)}"
-                     + ("" if v == most else f" ({', '.join(by[v])})")
-                     for v in ("agrees", "disagrees", "inconclusive") if v in by)
 
 
 def section_records(module: object, records: list[dict]) -> list[dict]:
@@ -65,12 +39,17 @@ def section_records(module: object, records: list[dict]) -> list[dict]:
 
 
 def run_claims(run: Run) -> list[Claim]:
-    """Every claim the run's experiments measure, in the registry's order."""
-    from .experiments import EXPERIMENTS
-
-    return [claim for name, module in EXPERIMENTS.items()
-            if run.cells.get(name) and hasattr(module, "paper_claims")
-            for claim in module.paper_claims(section_records(module, run.cells[name]))]
+    """Every claim the run's experiments measure, in the registry's order; an experiment whose
+    cells lack what its claims read (another version's layout) gives none, with a warning."""
+    claims: list[Claim] = []
+    for name, module in EXPERIMENTS.items():
+        if not run.cells.get(name) or not hasattr(module, "paper_claims"):
+            continue
+        try:
+            claims += module.paper_claims(section_records(module, run.cells[name]))
+        except (KeyError, IndexError, TypeError, ValueError) as err:
+            log.warning("%s/: no claims from its cells (%s: %s)", name, type(err).__name__, err)
+    return claims
 
 
 def sweep_run(run: Run) -> Run | None:

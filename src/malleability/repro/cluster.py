@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
+from .cells import cell_name, settings_key
+from .jobs import CellJob, compute_cell, versions
 from .problem import RunContext
-from .runner import CellJob, compute_cell, versions
-from .store import cell_name, settings_key
 
 log = logging.getLogger("malleability.repro")
 

@@ -10,113 +10,19 @@ from __future__ import annotations
 
 import html
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..attacks import Attack
-from ..interventions import Intervention
-from .problem import ARCHITECTURE_NAMES
-from .seeds import CI_METHOD, Estimate, merge_seeds
-from .store import Run, atomic_write, load_run, log
+from .blocks import Block, Heading, Table, Text, fmt
+from .claims import section_records, with_claims
+from .experiments import EXPERIMENTS
+from .files import atomic_write, clean_temp_files
+from .loading import Run, load_run, planned_seeds
+from .seeds import CI_METHOD
+from .store import SETTINGS_FILE, log
 
 #: Settings every network experiment has, shown in their own tables of the run summary.
 SHARED_SETTINGS = ("tasks", "model", "train", "influence", "attack")
-
-# --- report blocks ----------------------------------------------------------------------------
-
-
-@dataclass
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass
-class Text:
-    text: str
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-    caption: str = ""
-
-
-@dataclass
-class Image:
-    """A figure, ``path`` relative to the report folder."""
-
-    path: str
-    caption: str
-
-
-Block = Heading | Text | Table | Image
-
-
-def figure(path: Path, caption: str) -> Image:
-    """The image block of a figure written under the report's ``figures/`` folder."""
-    return Image(f"{path.parent.name}/{path.name}", caption)
-
-
-# --- formatting and ordering ------------------------------------------------------------------
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    """``digits`` significant digits; ∞ for inf; "—" for None or NaN (a value the run stored
-    as missing); ints and strings as they are. An :class:`Estimate` (a number measured per
-    seed) as ``mean [low, high]`` (its 95 % CI), or with fewer than 3 seeds as
-    ``mean (v₁, v₂; CI n/a)``."""
-    if isinstance(value, Estimate) and len(value.values) > 1:
-        mean = fmt(float(value), digits)
-        if value.interval is not None:
-            return f"{mean} [{fmt(value.interval[0], digits)}, {fmt(value.interval[1], digits)}]"
-        return f"{mean} ({', '.join(fmt(v, digits) for v in value.values)}; CI n/a)"
-    if isinstance(value, Estimate):
-        value = float(value)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, str)):
-        return str(value)
-    if math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    mantissa, _, exponent = f"{value:.{digits}g}".partition("e")
-    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
-
-
-def pct(value: float | None) -> str:
-    """A fraction as a percentage, 3 significant digits (an Estimate with its interval)."""
-    if isinstance(value, Estimate):
-        return fmt(value.scaled(100))
-    return fmt(None if value is None else 100 * value)
-
-
-_RANK = {name: i for i, name in enumerate([*ARCHITECTURE_NAMES, *Attack, *Intervention])}
-
-
-def _cell_key(record: dict) -> list[tuple]:
-    """Sort cells by task name, then models, attacks and interventions in their usual order,
-    then numbers."""
-    return [(0, v, "") if isinstance(v, (int, float)) else (1, _RANK.get(v, len(_RANK)), str(v))
-            for v in record["cell"].values()]
-
-
-def rank(name: str) -> int:
-    """The position of an architecture, attack or intervention name in the usual order."""
-    return _RANK.get(name, len(_RANK))
-
-
-def group(records: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    """Cell records grouped by the cell parameters ``keys``, in sorted order."""
-    groups: dict[tuple, list[dict]] = {}
-    for record in sorted(records, key=_cell_key):
-        groups.setdefault(tuple(record["cell"][k] for k in keys), []).append(record)
-    return groups
-
 
 # --- run summary --------------------------------------------------------------------------------
 
@@ -153,6 +59,44 @@ def _get(settings: dict | None, key: str) -> Any:
     return value
 
 
+def _seeds_line(run: Run) -> str:
+    """The run's seeds from settings.json, or without it the seeds its cells hold."""
+    if "seeds" in run.settings:
+        return f"Seeds: {', '.join(map(str, run.settings['seeds']))}."
+    found = sorted({str(r["cell"].get("seed", "—")) for cells in run.cells.values()
+                    for r in cells})
+    return (f"Seeds: unknown, no valid {SETTINGS_FILE} (the cells hold seeds "
+            f"{', '.join(found) or 'none'}).")
+
+
+def planned_cells(run: Run, name: str) -> int | None:
+    """How many cells the run's plan has for experiment ``name`` (its cells × its seeds), or
+    None when settings.json does not say."""
+    seeds = planned_seeds(run.settings, name)
+    experiment = EXPERIMENTS.get(name)
+    if seeds is None or experiment is None or not isinstance(run.settings.get(name), dict):
+        return None
+    try:
+        settings = experiment.SETTINGS.from_dict(run.settings[name], name)
+        return len(list(experiment.cells(settings))) * len(seeds)
+    except (KeyError, TypeError, ValueError):  # settings of another version
+        return None
+
+
+def _cells_line(run: Run, names: list[str]) -> str:
+    """Cells used (of the plan's), left out and unchecked, and the seeds missing from the
+    plan."""
+    used = sum(len(run.cells.get(name, [])) for name in names)
+    planned = [planned_cells(run, name) for name in names]
+    of = "" if None in planned else f" of {sum(planned)} planned"
+    gaps = "; ".join(f"{name} {', '.join(map(str, seeds))}"
+                     for name, seeds in run.missing_seeds.items())
+    unchecked = (f", {len(run.unchecked)} used without a checksum (a run that predates them)"
+                 if run.unchecked else "")
+    return (f"Cells: {used} used{of}; files left out: {len(run.skipped)}{unchecked}. "
+            f"Seeds missing from the plan: {gaps or 'none'}.")
+
+
 def summary_section(run: Run, names: list[str]) -> list[Block]:
     """Settings, versions, device, wall time and cell counts of the experiments ``names``."""
     records = [r for cells in run.cells.values() for r in cells]
@@ -177,16 +121,17 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
     columns = ("dataset", "classes", "n_train", "n_influence", "n_test", "seed")
     task_rows = [[WHOLE_SPLIT.get(k, "—") if t.get(k) is None else fmt(t[k]) for k in columns]
                  for t in tasks.values()]
-    seeds = run.settings.get("seeds", [0])
     calibrated = [[name, ", ".join(map(str, sorted({r["cell"].get("seed", 0)
                                                      for r in run.cells.get(name, [])}))) or "—",
                    *(fmt(_get(experiments.get(name), key)) for key in CALIBRATED)]
                   for name in names if "train" in (experiments.get(name) or {})]
     return [Text("What was run: the resolved preset from settings.json, the software versions, "
                  "the device and the cells finished per experiment."),
-            Text(f"Device: {', '.join(devices) or '—'}. Seeds: {', '.join(map(str, seeds))}. "
-                 f"Cells: {len(records)}; total cell wall time {fmt(seconds)} s "
+            Text(f"Device: {', '.join(devices) or '—'}. {_seeds_line(run)} "
+                 f"{_cells_line(run, names)} Total cell wall time {fmt(seconds)} s "
                  f"({fmt(seconds / 60)} min)."),
+            *([Table(["file", "why it was left out"], [list(s) for s in run.skipped],
+                     "Files left out of this report.")] if run.skipped else []),
             Text(f"Every measured number is the mean over seeds with a confidence interval: "
                  f"{CI_METHOD}; a run with one seed shows plain values. A verdict is agrees / "
                  "disagrees only when that interval decides it, else inconclusive."),
@@ -209,9 +154,6 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
 
 def build_report(run: Run, figures: Path) -> list[Block]:
     """All blocks of the report; figures are written under ``figures``."""
-    from .claims import with_claims  # the claims are built by the experiments' blocks
-    from .experiments import EXPERIMENTS  # the experiments build their sections with blocks
-
     blocks: list[Block] = [Heading("Reproduction report: arXiv 2603.13085", 1),
                            Text("Linearized Attention Cannot Enter the Kernel Regime at Any "
                                 "Practical Width. Measured values from the run in "
@@ -224,16 +166,26 @@ def build_report(run: Run, figures: Path) -> list[Block]:
     for number, name in enumerate(names, start=2):
         experiment = EXPERIMENTS[name]
         blocks += [Heading(f"{number}. {experiment.TITLE}"), Text(experiment.INTRO)]
-        records = run.cells.get(name)
-        per_seed = getattr(experiment, "PER_SEED", None)  # None: merge seeds (the default)
-        if records and per_seed is None:
-            records = merge_seeds(records)
-        elif records and per_seed == "first":  # an illustration: the first seed's cells
-            first = min(r["cell"].get("seed", 0) for r in records)
-            records = [r for r in records if r["cell"].get("seed", 0) == first]
-        blocks += (experiment.section(records, figures) if records else
-                   [Text(f"Not run: no results under {name}/ in this run.")])
+        blocks += _section(name, run.cells.get(name), figures)
     return with_claims(run, blocks)
+
+
+def _section(name: str, records: list[dict] | None, figures: Path) -> list[Block]:
+    """The blocks of experiment ``name`` from its cells: "not run" without any, and a line
+    saying why (with a warning) when the cells lack what this version reads."""
+    if not records:
+        return [Text(f"Not run: no results under {name}/ in this run.")]
+    experiment, count = EXPERIMENTS[name], len(records)
+    try:
+        records = section_records(experiment, records)
+        return experiment.section(records, figures)
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        why = f"{type(err).__name__}: {err}"
+        log.warning("%s/: this section cannot be built from its %d cells (%s); written by "
+                    "another version? A reproduce run on this folder recomputes them", name,
+                    count, why)
+        return [Text(f"Not built: the cells under {name}/ lack what this version of the report "
+                     f"reads ({why}); they were written by another version.")]
 
 
 def _md(text: str) -> str:
@@ -305,12 +257,20 @@ def write_report(out: Path) -> Path:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*`` from the cell
     results under ``out``; return the path of report.md. Cell files that fail their checks
     are left out with a warning; a folder that holds no run is refused before anything is
-    written."""
+    written; temporary files of a killed report are removed."""
     out = Path(out)
     run = load_run(out)
+    for temp in [*clean_temp_files(out / "figures"), *clean_temp_files(out, "report.md"),
+                 *clean_temp_files(out, "report.html")]:
+        log.info("removed %s, left by a killed report", temp.relative_to(out))
     for rel, why in run.skipped:
         log.warning("%s: %s; left out of the report (a reproduce run on this folder moves it "
                     "aside and recomputes it)", rel, why)
+    for rel in run.unchecked:
+        log.warning("%s: no checksum (a cell of a run that predates them); read unchecked", rel)
+    for name, seeds in run.missing_seeds.items():
+        log.warning("%s/: no cell for seeds %s of the run's plan", name,
+                    ", ".join(map(str, seeds)))
     blocks = build_report(run, out / "figures")
     atomic_write(out / "report.html", to_html(blocks))
     return atomic_write(out / "report.md", to_markdown(blocks))

@@ -11,8 +11,6 @@ import contextlib
 import dataclasses
 import fnmatch
 import os
-import platform
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -20,15 +18,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
-from .._validation import check_positive_int, check_seed
-from ..settings import Settings, reseeded, setting
+from .._validation import check_positive_int, check_seeds
+from ..settings import Settings, setting
+from .cluster import connect, local_cluster, run_on_cluster
 from .experiments import EXPERIMENTS
-from .problem import RunContext
+from .jobs import CellJob, compute_cell, versions
+from .problem import RunContext, build_model, load_problem
 from .store import (
     CorruptFile,
     cell_name,
@@ -48,23 +46,13 @@ PRESETS = ("quick", "paper", "sensitivity")
 SHARED = ("tasks", "model", "train", "influence", "attack")
 
 
-def _check_seeds(value: tuple[int, ...], name: str) -> tuple[int, ...]:
-    if not value:
-        raise ValueError(f"{name}: expected at least one seed, got []")
-    for i, seed in enumerate(value):
-        check_seed(seed, f"{name}[{i}]")
-    if len(set(value)) != len(value):
-        raise ValueError(f"{name}: expected distinct seeds, got {list(value)}")
-    return value
-
-
 @dataclass(frozen=True)
 class Preset(Settings):
     """A run: the seed offsets every cell runs with and each chosen experiment's settings."""
 
     seeds: tuple[int, ...] = setting((0,), "Seed offsets: each cell runs once per seed, with "
                                            "the offset added to every seed of its settings.",
-                                     _check_seeds)
+                                     check_seeds)
     experiments: dict[str, Any] = field(default_factory=dict)
     #: Per-experiment seed lists (an experiment table's ``seeds``) overriding ``seeds``.
     experiment_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)
@@ -73,7 +61,7 @@ class Preset(Settings):
         if not self.experiments:
             raise ValueError("experiments: expected at least one [experiments.NAME] table")
         for name, seeds in self.experiment_seeds.items():
-            _check_seeds(tuple(seeds), f"{name}.seeds")
+            check_seeds(tuple(seeds), f"{name}.seeds")
 
     def seeds_of(self, experiment: str) -> tuple[int, ...]:
         """The seeds ``experiment`` runs with."""
@@ -148,29 +136,6 @@ def load_preset(preset: str) -> Preset:
                              "experiment_seeds": experiment_seeds})
 
 
-def versions() -> dict[str, str]:
-    return {"malleability": __version__, "torch": torch.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "threads": str(torch.get_num_threads())}
-
-
-@dataclasses.dataclass(frozen=True)
-class CellJob:
-    """One cell of a plan: its experiment, settings, cell parameters, file and settings
-    hash."""
-
-    experiment: str
-    settings: Any
-    cell: dict[str, Any]
-    path: Path
-    settings_hash: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.experiment} {cell_name(self.cell)}"
-
-
 def plan(preset: Preset, out: Path, only: tuple[str, ...] = (),
          cells: tuple[str, ...] = ()) -> list[CellJob]:
     """Every cell of the chosen experiments, once per seed, in run order; with ``cells``, only
@@ -202,18 +167,23 @@ def preset_document(preset: Preset) -> dict[str, Any]:
             **{k: to_jsonable(v) for k, v in preset.experiments.items()}}
 
 
-def compute_cell(job: CellJob, ctx: RunContext) -> dict[str, Any]:
-    """Run one cell (its settings offset by the cell's seed): the record its file holds,
-    with settings, versions, device and timings. Writes no cell file."""
-    started = time.time()
-    t0 = time.perf_counter()
-    settings = reseeded(job.settings, job.cell["seed"])
-    result = EXPERIMENTS[job.experiment].run(settings, job.cell, ctx)
-    return {"experiment": job.experiment, "cell": job.cell, "result": result,
-            "settings": job.settings, "settings_hash": job.settings_hash,
-            "versions": versions(), "device": ctx.device,
-            "timing": {"seconds": time.perf_counter() - t0, "started": started,
-                       "finished": time.time()}}
+def preflight(preset: Preset, ctx: RunContext, only: tuple[str, ...] = ()) -> None:
+    """The checks that need the data or the machine, before the run folder is touched: every
+    task's classes and sizes against its data set (the problems load once, cached for the
+    cells) and the memory of each experiment's network at its width."""
+    for name, s in preset.experiments.items():
+        if only and name not in only:
+            continue
+        for i, task in enumerate(getattr(s, "tasks", ())):
+            try:
+                problem = load_problem(task, ctx.data_root, ctx.device)
+            except ValueError as err:
+                raise ValueError(f"{name}.tasks[{i}] ({task.dataset}): {err}") from None
+            for arch in getattr(s, "models", ()) if hasattr(s, "model") else ():
+                try:
+                    build_model(arch, problem, s.model)
+                except ValueError as err:
+                    raise ValueError(f"{name}.model ({arch}): {err}") from None
 
 
 def run_cell(job: CellJob, ctx: RunContext) -> Path:
@@ -262,8 +232,6 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
     reductions depend on the thread count). ``cells``: only the cells whose names match these
     shell patterns (:func:`plan`), e.g. to split a preset between machines.
     """
-    from .cluster import connect, local_cluster, run_on_cluster  # dask only when used
-
     jobs = check_positive_int(jobs, "jobs")
     if threads is not None:
         threads = check_positive_int(threads, "threads")
@@ -275,6 +243,8 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
                          f"{cell_name(plan(preset, ctx.out, only)[0].cell)!r}")
     document = preset_document(preset)
     check_run_folder(ctx.out, document)
+    if cluster is None:  # a cluster's client may hold no data
+        preflight(preset, ctx, only)
     with contextlib.ExitStack() as stack:
         client = None if cluster is None else stack.enter_context(connect(cluster))
         ctx.out.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,10 @@ from . import (
     interventions,
     landscape,
     ntk_distance,
+    ntk_distance_gd,
+    robust_evaluation,
     sensitivity,
+    softmax_temperature,
     spectrum,
     theory,
     width_sensitivity,
@@ -21,9 +24,9 @@ from . import (
 #: Experiments by name, in the order a run executes them.
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
-    for module in (spectrum, collapse, flip_rates, ntk_distance, adversarial_training,
-                   interventions, complexity, landscape, influential, theory, sensitivity,
-                   width_sensitivity)
+    for module in (spectrum, collapse, flip_rates, ntk_distance, ntk_distance_gd,
+                   softmax_temperature, adversarial_training, robust_evaluation, interventions,
+                   complexity, landscape, influential, theory, sensitivity, width_sensitivity)
 }
 
 __all__ = ["EXPERIMENTS"]

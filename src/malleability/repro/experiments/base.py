@@ -23,8 +23,8 @@ from ...measure import Measurement, Refit, measure, same_weights
 from ...models import ARCHITECTURE_NAMES, ModelSettings, TwoLayerNet, check_architecture
 from ...settings import Settings, setting
 from ...training import TrainSettings
+from ..blocks import Block, Table
 from ..problem import Problem, RunContext, load_problem
-from ..report import Block, Table
 from ..seeds import Estimate, combine
 
 

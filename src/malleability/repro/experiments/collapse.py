@@ -9,9 +9,8 @@ from pathlib import Path
 
 from ...diagnostic import feature_collapse
 from .. import figures
-from ..claims import Claim
+from ..blocks import Block, Claim, Table, figure, fmt, group
 from ..problem import RunContext
-from ..report import Block, Table, figure, fmt, group
 from ..seeds import combine
 from .base import TaskSettings, cell_problem, verdict
 

@@ -14,8 +14,8 @@ from ..._validation import check_positive_int
 from ...influence import network_influence
 from ...settings import setting
 from .. import figures
+from ..blocks import Block, Table, figure, fmt, group, pct
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, figure, fmt, group, pct
 from .base import NetworkSettings, cell_problem, model_name, task_model_cells, task_title
 
 TITLE = "Contribution to model complexity by influence decile (Figure 4)"

@@ -14,9 +14,8 @@ from pathlib import Path
 from ...attacks import Attack, check_attack
 from ...settings import setting
 from .. import figures
-from ..claims import Claim
+from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, figure, fmt, group, pct
 from ..seeds import combine, scale
 from .base import (
     AttackExperimentSettings,

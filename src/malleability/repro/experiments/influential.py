@@ -13,8 +13,8 @@ from ..._validation import check_positive_int, check_seed
 from ...influence import network_influence
 from ...settings import setting
 from .. import figures
+from ..blocks import Block, Table, figure, fmt, group
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, figure, fmt, group
 from .base import NetworkSettings, cell_problem, model_name, task_model_cells
 
 TITLE = "Most influential training examples for a test point (Figure 3)"

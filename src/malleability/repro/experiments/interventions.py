@@ -14,10 +14,9 @@ from pathlib import Path
 from ...interventions import Intervention, intervene
 from ...settings import setting
 from .. import figures
-from ..claims import Claim
+from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, figure, fmt, group, pct
 from ..seeds import combine, scale
 from .base import (
     AttackExperimentSettings,

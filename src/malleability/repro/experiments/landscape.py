@@ -13,8 +13,8 @@ from ...landscape import filter_normalized_direction, loss_surface
 from ...losses import loss_for_targets
 from ...settings import setting
 from .. import figures
+from ..blocks import Block, Table, figure, fmt, group
 from ..problem import RunContext, build_model, trained_model
-from ..report import Block, Table, figure, fmt, group
 from .base import NetworkSettings, cell_problem, model_name, task_model_cells, task_title
 
 TITLE = "Loss landscape of the network and its NTK counterpart (Figure 5)"

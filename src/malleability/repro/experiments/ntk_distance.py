@@ -22,10 +22,9 @@ from ...ntk import empirical_ntk, function_distance, infinite_ntk, kernel_distan
 from ...settings import setting
 from ...training import evaluate
 from .. import figures
-from ..claims import Claim
+from ..blocks import Block, Claim, Table, figure, fmt, group, pct, rank
 from ..figures import Line
 from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
-from ..report import Block, Table, figure, fmt, group, pct, rank
 from .base import (
     NetworkSettings,
     agreement,

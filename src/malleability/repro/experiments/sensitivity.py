@@ -26,9 +26,8 @@ from ...models import TwoLayerNet
 from ...settings import Settings, setting
 from ...training import TrainSettings, train
 from .. import figures
-from ..claims import Claim, sweep_summary
+from ..blocks import Block, Claim, Table, Text, figure, fmt, group, pct, sweep_summary
 from ..problem import RunContext, trained_model
-from ..report import Block, Table, Text, figure, fmt, group, pct
 from ..seeds import combine
 from .base import AttackExperimentSettings, cell_problem, check_nonempty, model_name, verdict
 from .flip_rates import paper_attn_higher

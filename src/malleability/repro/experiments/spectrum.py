@@ -11,10 +11,9 @@ from ...data import load_dataset
 from ...diagnostic import diagnose
 from ...settings import setting
 from .. import figures
-from ..claims import Claim
+from ..blocks import Block, Claim, Table, figure, fmt, group
 from ..figures import Line
 from ..problem import RunContext
-from ..report import Block, Table, figure, fmt, group
 from ..seeds import combine
 from .base import TaskSettings, check_nonempty, task_parts, verdict
 

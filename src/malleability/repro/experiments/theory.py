@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..._validation import check_positive_int
 from ...settings import setting
+from ..blocks import Block
 from ..problem import RunContext
-from ..report import Block
 from ..seeds import merge_seeds
 from . import theory_bounds, theory_remedy
 from .base import AttackExperimentSettings, cell_problem, check_nonempty, check_task_labels

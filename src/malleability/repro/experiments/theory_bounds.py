@@ -31,9 +31,9 @@ from ...metrics import spearman
 from ...models import TwoLayerNet
 from ...ntk import empirical_ntk
 from .. import figures
+from ..blocks import Block, Table, Text, figure, fmt, pct
 from ..figures import Line
 from ..problem import Problem, RunContext, trained_model
-from ..report import Block, Table, Text, figure, fmt, pct
 from .base import model_name, trend
 
 

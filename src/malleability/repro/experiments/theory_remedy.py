@@ -12,9 +12,9 @@ from typing import Any
 from ...attention import attention_features
 from ...spectral import effective_condition_number
 from .. import figures
+from ..blocks import Block, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
-from ..report import Block, Table, figure, fmt, group, pct
 from ..seeds import scale
 from .base import trend
 from .ntk_distance import network_distances

@@ -15,10 +15,9 @@ from pathlib import Path
 
 from ...settings import setting
 from .. import figures
-from ..claims import Claim, sweep_summary
+from ..blocks import Block, Claim, Table, figure, fmt, group, sweep_summary
 from ..figures import Line
 from ..problem import RunContext
-from ..report import Block, Table, figure, fmt, group
 from . import ntk_distance
 from .base import model_name, task_title
 from .sensitivity import (

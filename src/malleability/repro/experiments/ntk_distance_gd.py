@@ -1,0 +1,229 @@
+"""Table 1's optimizer axis (issue 32): NTK distance across widths under Adam and under
+full-batch gradient descent with the NTK-scaled step.
+
+Per task, architecture, optimizer and width, on the influence set (as :mod:`.ntk_distance`):
+
+- the paper's quantity ‖f_m(X_t) − f_ridge(X_t)‖_F, the distance of the trained network to the
+  kernel ridge predictor of its infinite-width NTK Θ_∞ (Adam: the paper's training, A.4, with
+  its loss; GD: the mean MSE ½‖f − y‖²);
+- under GD also the NTK theorem's quantity ‖f_m,t(X_t) − f_Θ∞,t(X_t)‖_F, the distance to Θ_∞'s
+  own gradient-descent trajectory from the same start f_m,0 at the same step η and step count
+  t (:func:`~malleability.ntk.kernel_gd`).
+
+The step is η = c·n/λ_max(Θ_∞(X, X)) (:func:`~malleability.ntk.ntk_step`, c = ``step_scale``),
+the same at every width (NTK parametrisation: f = σ(W h)ᵀA/√m, W ~ N(0, s²)). The step count
+t is the fewest steps after which Θ_∞'s GD brings the training loss of the targets (from
+f = 0) below ``loss_tolerance`` of its start, at most ``max_steps``: a calibration on the
+training loss alone, never on a distance (docs/method.md §4). The rate in m is the log-log
+least-squares slope of distance against width, fitted per seed (interval over seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...losses import accuracy
+from ...ntk import function_distance, infinite_ntk, kernel_gd, kernel_gd_steps, ntk_step
+from ...settings import setting
+from ...training import train_gd
+from .. import figures
+from ..blocks import Block, Claim, Table, figure, fmt, group, pct, rank
+from ..figures import Line
+from ..problem import RunContext, build_model, on_influence_set, trained_model
+from ..seeds import combine
+from .base import (
+    NetworkSettings,
+    cell_problem,
+    check_architectures,
+    check_nonempty,
+    model_name,
+    task_title,
+    verdict,
+)
+from .ntk_distance import network_distances
+
+TITLE = "NTK distance under gradient descent (Table 1, optimizer axis)"
+INTRO = ("Table 1 trained with Adam (A.4). NTK theory predicts convergence to the kernel regime "
+         "under gradient descent with a width-independent step in the NTK parametrisation, and "
+         "Adam's per-parameter steps do not shrink with width (issue 32). Here both optimizers "
+         "side by side: the paper's quantity ‖f_m − f_ridge‖ (distance to the kernel ridge "
+         "predictor of Θ_∞) for both, and under GD the NTK theorem's quantity "
+         "‖f_m,t − f_Θ∞,t‖ (distance to Θ_∞'s own GD trajectory from the same start, same step "
+         "η = c·n/λ_max(Θ_∞) and step count t, calibrated on the training loss). The rate is "
+         "the log-log slope of distance against m (NTK theory: −½ for the trajectory "
+         "distance).")
+
+OPTIMIZERS = ("adam", "gd")
+#: The quantities, their result keys and their names in the tables.
+QUANTITIES = {"ridge": ("function_distance_trained", "‖f − f_ridge‖ (paper)"),
+              "trajectory": ("distance_to_kernel_gd", "‖f − f_Θ∞,t‖ (NTK theorem)")}
+
+
+def _check_widths(value: tuple[int, ...], name: str) -> tuple[int, ...]:
+    for i, w in enumerate(check_nonempty(value, name)):
+        if w < 1:
+            raise ValueError(f"{name}[{i}]: expected a positive integer, got {w}")
+    return value
+
+
+def _check_optimizers(value: tuple[str, ...], name: str) -> tuple[str, ...]:
+    for i, o in enumerate(check_nonempty(value, name)):
+        if o not in OPTIMIZERS:
+            raise ValueError(f"{name}[{i}]: expected one of {', '.join(OPTIMIZERS)}, got {o!r}")
+    return value
+
+
+def _check_scale(value: float, name: str) -> float:
+    if not 0 < value < 2:
+        raise ValueError(f"{name}: expected a number in (0, 2) (stable steps), got {value!r}")
+    return float(value)
+
+
+def _check_fraction(value: float, name: str) -> float:
+    if not 0 < value < 1:
+        raise ValueError(f"{name}: expected a number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _check_steps(value: int, name: str) -> int:
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class NtkDistanceGdSettings(NetworkSettings):
+    models: tuple[str, ...] = setting(("relu", "attn"), "Architectures.", check_architectures,
+                                      flag="--model")
+    widths: tuple[int, ...] = setting((16, 256, 1024, 4096), "Widths m of the sweep.",
+                                      _check_widths, flag="--width")
+    optimizers: tuple[str, ...] = setting(OPTIMIZERS, "Optimizers: adam (the paper's, A.4) "
+                                          "and gd (full-batch GD on the MSE).",
+                                          _check_optimizers)
+    step_scale: float = setting(1.0, "c in the GD step η = c·n/λ_max(Θ_∞(X, X)).",
+                                _check_scale)
+    loss_tolerance: float = setting(1e-2, "GD runs until Θ_∞'s GD training loss of the "
+                                    "targets falls below this share of its start.",
+                                    _check_fraction)
+    max_steps: int = setting(2000, "At most this many GD steps.", _check_steps)
+
+
+SETTINGS = NtkDistanceGdSettings
+
+
+def cells(s: NtkDistanceGdSettings) -> list[dict]:
+    return [{"task": t.label, "model": m, "optimizer": o, "width": w}
+            for t in s.tasks for m in s.models for o in s.optimizers for w in s.widths]
+
+
+def run(s: NtkDistanceGdSettings, cell: dict, ctx: RunContext) -> dict:
+    p = on_influence_set(cell_problem(s.tasks, cell, ctx))
+    width = cell["width"]
+    initial = build_model(cell["model"], p, s.model, width)
+    out = {"n_train": p.x.shape[0], "n_test": p.x_test.shape[0]}
+    if cell["optimizer"] == "adam":
+        trained, history = trained_model(cell["model"], p, s.model, s.train, ctx, width)
+        return {**out, **network_distances(p, initial, trained, s.influence.ridge),
+                "distance_to_kernel_gd": None, "lr": s.train.lr, "steps": None,
+                "final_train_loss": history["train_loss"][-1], "kernel_train_loss": None}
+    with torch.no_grad():
+        h = initial.hidden_inputs(initial.inputs(p.x)).double()
+        h_t = initial.hidden_inputs(initial.inputs(p.x_test)).double()
+        f0, f0_t = initial(p.x).double(), initial(p.x_test).double()
+    k_inf, k_inf_t = infinite_ntk(h), infinite_ntk(h_t, h)
+    y = p.y.double()
+    lr = ntk_step(k_inf, s.step_scale)
+    steps = kernel_gd_steps(k_inf, torch.zeros_like(y), y, lr, s.loss_tolerance, s.max_steps)
+    trained = build_model(cell["model"], p, s.model, width)
+    losses = train_gd(trained, p.x, p.y, lr, steps)
+    f_kernel, f_kernel_t = kernel_gd(k_inf, k_inf_t, f0, f0_t, y, lr, steps)
+    with torch.no_grad():
+        f_t = trained(p.x_test).double()
+    kernel_loss = float(0.5 * (f_kernel - y).square().sum(1).mean())
+    return {**out, **network_distances(p, initial, trained, s.influence.ridge),
+            "distance_to_kernel_gd": function_distance(f_t, f_kernel_t), "lr": lr,
+            "steps": steps, "final_train_loss": losses[-1], "kernel_train_loss": kernel_loss,
+            "initial_train_loss": losses[0],
+            "kernel_gd_test_accuracy": accuracy(f_kernel_t, p.y_test.to(f_kernel_t.dtype))}
+
+
+def log_slope(widths: list[int], values: list[float]) -> float:
+    """Least-squares slope of log(value) against log(width): the rate α of value ∝ m^α
+    (NaN when a value is missing or not positive)."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) < 2 or not np.all(np.isfinite(v)) or np.any(v <= 0):
+        return math.nan
+    return float(np.polyfit(np.log(np.asarray(widths, dtype=np.float64)), np.log(v), 1)[0])
+
+
+def width_rate(widths: list[int], values: list[float]) -> float:
+    """:func:`log_slope` seed by seed (an Estimate with its interval over seeds)."""
+    return combine(lambda *v: log_slope(widths, list(v)), *values)
+
+
+def _rows(records: list[dict]) -> dict[tuple[str, str, str], dict[int, dict]]:
+    return {key: {r["cell"]["width"]: r["result"] for r in rs}
+            for key, rs in group(records, "task", "model", "optimizer").items()}
+
+
+def section(records: list[dict], figs: Path) -> list[Block]:
+    """Distances per width with the fitted rate; GD's step, steps and losses; one figure."""
+    widths = sorted({r["cell"]["width"] for r in records})
+    summary, detail, panels = [], [], {}
+    for (task, model, opt), by_width in _rows(records).items():
+        ws = sorted(by_width)
+        for quantity, (key, name) in QUANTITIES.items():
+            values = [by_width[w][key] for w in ws]
+            if all(v is None for v in values):
+                continue
+            summary.append([task, model_name(model), opt.upper() if opt == "gd" else "Adam",
+                            name, *(fmt(by_width[w][key]) if w in by_width else "—"
+                                    for w in widths), fmt(width_rate(ws, values))])
+            style = {"color": f"C{rank(model)}", "marker": "o" if opt == "gd" else "s",
+                     "ls": "-" if quantity == "ridge" else "--"}
+            panels.setdefault(task_title(task), []).append(
+                Line(f"{model_name(model)}, {opt}, {quantity}", ws, values, style))
+        for w in ws:
+            res = by_width[w]
+            detail.append([task, model_name(model), opt, str(w), fmt(res["lr"]),
+                           fmt(res["steps"]), fmt(res["final_train_loss"]),
+                           fmt(res["kernel_train_loss"]), pct(res["test_accuracy"]),
+                           pct(res["ntk_test_accuracy"])])
+    path = figures.line_panels(figs / "ntk_distance_gd.png", panels, "width m",
+                               "distance on test", logx=True, logy=True)
+    return [Table(["task", "model", "optimizer", "distance", *(f"m={w}" for w in widths),
+                   "rate α (distance ∝ m^α)"], summary,
+                  "Distances after training and their rate in m (95 % CI over seeds)."),
+            Table(["task", "model", "optimizer", "m", "step η", "steps t",
+                   "final train loss", "Θ_∞ GD train loss", "test acc. %", "NTK test acc. %"],
+                  detail, "Training: GD's step η = c·n/λ_max(Θ_∞) and step count t "
+                          "(calibrated on Θ_∞'s training loss); Adam: the paper's lr and "
+                          "epochs."),
+            figure(path, "Distance vs width; solid: to the kernel ridge predictor, dashed: "
+                         "to Θ_∞'s GD trajectory; circles GD, squares Adam.")]
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """Table 1's claims under each optimizer, decided by the interval of the width rate of
+    the paper's quantity: 2L-ReLU's distance decreases with width (rate < 0), MLP-Attn's does
+    not."""
+    claims = []
+    for (task, model, opt), by_width in _rows(records).items():
+        if model not in ("relu", "attn"):
+            continue
+        ws = sorted(by_width)
+        rate = width_rate(ws, [by_width[w]["function_distance_trained"] for w in ws])
+        name = "Adam" if opt == "adam" else "GD, NTK step"
+        decreases = model == "relu"
+        trend = "decreases" if decreases else "does not decrease"
+        claims.append(Claim(
+            f"{model_name(model)}'s NTK distance {trend} with width (Table 1; trained with "
+            f"{name})", task, "decreasing" if decreases else "not decreasing",
+            f"rate α = {fmt(rate)} (‖f − f_ridge‖ ∝ m^α, m = {'/'.join(map(str, ws))})",
+            verdict(rate, (-math.inf, 0.0), decreases), ("table1_optimizer", task, model, opt)))
+    return claims

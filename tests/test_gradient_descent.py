@@ -1,0 +1,121 @@
+"""Gradient descent in the kernel regime (ntk.py: ntk_step, kernel_gd, kernel_gd_steps;
+training.py: train_gd) against explicit iterations and autograd, and the width rate of
+repro/experiments/ntk_distance_gd.py against exact power laws."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from malleability._validation import NonFiniteError
+from malleability.intervals import Estimate
+from malleability.losses import Loss, per_example_loss
+from malleability.models import TwoLayerNet
+from malleability.ntk import infinite_ntk, kernel_gd, kernel_gd_steps, ntk_step
+from malleability.repro.experiments.ntk_distance_gd import log_slope, width_rate
+from malleability.training import train_gd
+
+
+def psd(n: int, seed: int, null: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n - null, generator=gen, dtype=torch.float64)
+    return a @ a.T
+
+
+def explicit_gd(k, k_t, f0, f0_t, y, lr, steps):
+    """f_{s+1} = f_s − (η/n) Θ (f_s(X) − y), step by step."""
+    f, f_t, n = f0.clone(), f0_t.clone(), k.shape[0]
+    losses = [float(0.5 * (f - y).square().sum(1).mean())]
+    for _ in range(steps):
+        r = f - y
+        f, f_t = f - lr / n * k @ r, f_t - lr / n * k_t @ r
+        losses.append(float(0.5 * (f - y).square().sum(1).mean()))
+    return f, f_t, losses
+
+
+@pytest.mark.parametrize("null", [0, 3])  # a singular kernel: its null space keeps ηt/n
+def test_kernel_gd_matches_the_explicit_iteration(null):
+    n, n_t, c = 12, 5, 3
+    k_all = psd(n + n_t, 0, null)
+    k, k_t = k_all[:n, :n], k_all[n:, :n]
+    gen = torch.Generator().manual_seed(1)
+    f0, f0_t, y = (torch.randn(*s, generator=gen, dtype=torch.float64)
+                   for s in ((n, c), (n_t, c), (n, c)))
+    lr = ntk_step(k, 0.9)
+    for steps in (0, 1, 7, 60):
+        want, want_t, _ = explicit_gd(k, k_t, f0, f0_t, y, lr, steps)
+        got, got_t = kernel_gd(k, k_t, f0, f0_t, y, lr, steps)
+        assert torch.allclose(got, want, atol=1e-9) and torch.allclose(got_t, want_t, atol=1e-9)
+
+
+def test_ntk_step_and_the_calibrated_step_count():
+    k = psd(10, 2)
+    top = float(np.linalg.eigvalsh(k.numpy())[-1])
+    assert ntk_step(k) == pytest.approx(10 / top) and ntk_step(k, 0.5) == pytest.approx(5 / top)
+    with pytest.raises(ValueError, match=r"^scale: expected a number in \(0, 2\)"):
+        ntk_step(k, 2.0)
+    y = torch.randn(10, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    zero = torch.zeros_like(y)
+    lr = ntk_step(k)
+    _, _, losses = explicit_gd(k, k[:1], zero, zero[:1], y, lr, 400)
+    for tol in (0.5, 0.1, 0.01):
+        first = next(t for t, v in enumerate(losses) if v <= tol * losses[0])
+        assert kernel_gd_steps(k, zero, y, lr, tol, 400) == first
+    assert kernel_gd_steps(k, zero, y, lr, 1e-30, 50) == 50  # never reached: the cap
+
+
+def test_train_gd_is_gradient_descent_on_the_mean_mse():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 5, generator=gen, dtype=torch.float64)
+    y = torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    net = TwoLayerNet(5, 7, 3, seed=5)
+    w = net.weight.detach().clone().requires_grad_(True)
+    want = []
+    for _ in range(6):  # autograd, an independent gradient
+        loss = per_example_loss(net.head(x, w), y, Loss.MSE).mean()
+        want.append(float(loss))
+        (g,) = torch.autograd.grad(loss, w)
+        w = (w - 0.3 * g).detach().requires_grad_(True)
+    want.append(float(per_example_loss(net.head(x, w), y, Loss.MSE).mean()))
+    losses = train_gd(net, x, y, lr=0.3, steps=6)
+    assert losses == pytest.approx(want, rel=1e-12)
+    assert torch.allclose(net.weight, w.detach(), atol=1e-12)
+
+
+def test_wide_networks_follow_the_infinite_width_kernel_trajectory():
+    """The NTK theorem on a small case: under GD with the NTK step the distance between the
+    network's outputs and Θ_∞'s GD trajectory from the same start shrinks with width."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(20, 4, generator=gen, dtype=torch.float64)
+    x_t = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+    y = torch.sign(x[:, :1])
+    k, k_t = infinite_ntk(x), infinite_ntk(x_t, x)
+    lr = ntk_step(k)
+    distances = []
+    for width in (64, 1024, 16384):
+        net = TwoLayerNet(4, width, 1, seed=7)
+        with torch.no_grad():
+            f0, f0_t = net(x), net(x_t)
+        train_gd(net, x, y, lr, 100)
+        _, kernel_t = kernel_gd(k, k_t, f0, f0_t, y, lr, 100)
+        with torch.no_grad():
+            distances.append(float((net(x_t) - kernel_t).norm() / kernel_t.norm()))
+    assert distances[0] > distances[1] > distances[2] and distances[2] < 0.05
+
+
+def test_train_gd_names_a_non_finite_loss():
+    net = TwoLayerNet(3, 8, 1, seed=0)
+    x = torch.ones(4, 3, dtype=torch.float64) * 1e200  # f² overflows float64
+    with pytest.raises(NonFiniteError, match=r"^lr: the gradient-descent training loss is not"):
+        train_gd(net, x, torch.ones(4, 1, dtype=torch.float64), lr=1.0, steps=2)
+
+
+def test_width_rate_recovers_exact_power_laws_per_seed():
+    widths = [16, 256, 4096]
+    assert log_slope(widths, [3 * m**-0.5 for m in widths]) == pytest.approx(-0.5)
+    assert math.isnan(log_slope(widths, [1.0, 0.0, 2.0]))
+    seeds = (0, 1, 2)
+    values = [Estimate([2 * m**a for a in (-0.5, -0.4, -0.6)], seeds) for m in widths]
+    rate = width_rate(widths, values)
+    assert rate.values == pytest.approx((-0.5, -0.4, -0.6)) and rate.interval[0] < -0.5
