@@ -223,12 +223,14 @@ class TRAK(DattriEstimator):
     name: ClassVar[str] = "trak"
     randomized: ClassVar[bool] = True
     proj_dim: int | None = setting(None, "TRAK's projection dimension k < n (default: dattri's "
-                                   "512, or n − 1 below 513 points).", check_positive_int)
+                                   "512, or n // 2 below 1,024 points).", check_positive_int)
 
     def projection(self, n: int) -> int:
-        """k for ``n`` training points: ``proj_dim`` checked below n, or min(512, n − 1)."""
+        """k for ``n`` training points: ``proj_dim`` checked below n, or min(512, n // 2): at
+        k near n, ΦᵀΦ nearly interpolates the n gradients (:mod:`~malleability.trak_projection`)
+        and the scores follow round-off (docs/audit.md, the realistic audit)."""
         from ..trak_projection import check_trak_projection
-        return check_trak_projection(min(512, n - 1) if self.proj_dim is None
+        return check_trak_projection(max(1, min(512, n // 2)) if self.proj_dim is None
                                      else self.proj_dim, n)
 
     def check(self, model: nn.Module, x: torch.Tensor,
