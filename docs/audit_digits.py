@@ -120,7 +120,7 @@ def table() -> None:
             continue
         a = c["checkpoint_agreement"]
         rho = "—" if a is None else f"{a['mean_pairwise_spearman']:.2f}"
-        ens = "—" if a is None else fmt(a["ensemble"]["flip_rate"])
+        ens = "—" if a is None else fmt(a["ensemble"]["adversarial"]["flip_rate"])
         print(f"| {model} | {estimator} | {fmt(c['flip_rate'])} | {fmt(c['spearman'])} "
               f"| {fmt(c['top_k_overlap'])} | {rho} | {ens} | {c['seconds']:.0f} |")
 

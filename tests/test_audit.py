@@ -41,7 +41,7 @@ def test_identical_checkpoints_agree_exactly(mlp, digits):
     agreement = r.checkpoint_agreement
     assert agreement["spearman"] == [[1.0, 1.0], [1.0, 1.0]]
     assert agreement["top_k_overlap"] == [[1.0, 1.0], [1.0, 1.0]]
-    assert agreement["ensemble"]["flip_rate"] == 0.0
+    assert agreement["ensemble"]["adversarial"]["flip_rate"] == 0.0
     json.loads(r.to_json())  # strict JSON (allow_nan=False)
 
 
@@ -188,3 +188,42 @@ def test_report_json_marks_infinities_and_round_trips(mlp, digits):
     assert loads_strict(dumps_strict(plain))["representation"]["per_example"]["kappa_d"] == \
         float("inf")
     assert json.loads(r.to_json())["flip_rate"]["mean"] == 0.0
+
+
+def test_controls_beside_the_attack(mlp, digits):
+    from malleability.attacks import RandomSign
+    from malleability.controls import NOISELESS
+    from malleability.measure import measure
+
+    x, y, xt, yt = digits
+    r = audit(mlp, *digits, estimator="tracin", attack="fgsm", eps=0.2, seeds=(0, 1, 2))
+    # deterministic estimator: its noise is exact, not measured
+    assert r.controls["noise"] == NOISELESS and r.diagnostics["rank_stability"] == 1.0
+    # the random control is measure() with random-sign at the same ε, seed by seed
+    est = ESTIMATORS["tracin"]()
+    for i, seed in enumerate((0, 1, 2)):
+        m = measure(mlp, x, y, xt, yt, est, RandomSign(eps=0.2, seed=seed), seed=0)
+        assert r.controls["random"]["flip_rate"].values[i] == m.flip_rate
+        adv = r.flip_rate.values[i]
+        assert r.excess["flip_rate"].values[i] == pytest.approx(adv - max(0.0, m.flip_rate))
+    assert r.verdict.split(" (")[0] in ("malleable", "not malleable",
+                                        "not distinguishable from noise")
+    d = json.loads(r.to_json())
+    assert d["controls"]["noise"]["flip_rate"] == 0.0 and "low" in d["excess"]["spearman"]
+
+
+def test_randomized_estimator_noise_is_two_seeds_without_perturbation(mlp, digits):
+    from malleability.auditing import NOISE_PARTNER
+    from malleability.metrics import flip_rate, spearman
+
+    x, y, xt, yt = digits
+    r = audit(mlp, *digits, estimator="trak", eps=0.0, seeds=(0, 1))
+    for i, seed in enumerate((0, 1)):
+        a = influence_scores(mlp, x, y, xt, yt, "trak", seed=seed)
+        b = influence_scores(mlp, x, y, xt, yt, "trak", seed=seed + NOISE_PARTNER)
+        assert r.controls["noise"]["flip_rate"].values[i] == flip_rate(a, b, 0.1)
+        assert r.diagnostics["rank_stability"].values[i] == spearman(a, b)
+    # ε = 0: neither perturbation moves anything, so the excess is 0 − noise ≤ 0
+    assert r.flip_rate == 0.0 and r.controls["random"]["flip_rate"] == 0.0
+    assert all(v <= 0 for v in r.excess["flip_rate"].values)
+    assert any("single checkpoint" in w for w in r.diagnostics["warnings"])

@@ -91,3 +91,30 @@ def test_one_line_errors(files):
         result = _run([*args, *_data(files)])
         assert result.exit_code != 0 and f"Error: {message}" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1
+
+
+def test_out_writes_a_report_folder_and_refuses_bad_input_in_one_line(files):
+    model = ["--model", f"{files / 'net.py'}:build", *_data(files)]
+    out = files / "audit"
+    result = _run([*model, "--attack", "fgsm", "--eps", "0.1", "--seeds", "0,1,2",
+                   "--estimator", "tracin", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"report: {out / 'report.md'}"
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Influence audit: ") and "## Answer" in report
+    assert len(list((out / "tracin").glob("*.json"))) == 3
+    (files / "a_file").write_text("x")
+    for args, message in ((["--out", str(out), "--json"], "json: --out writes a report folder"),
+                          (["--out", str(files / "a_file")], "out: expected a folder"),
+                          (["--out", str(out), "--eps", "0.2"], "holds a run of other settings"),
+                          (["--margin", "-1"], "margin: expected a non-negative number")):
+        result = _run([*model, "--attack", "fgsm", "--eps", "0.1", "--seeds", "0,1,2",
+                       "--estimator", "tracin", *args])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_help_names_the_new_options():
+    text = CliRunner().invoke(main, ["audit", "--help"]).output
+    assert "--out PATH" in text and "Run folder" in text
+    assert "--margin" in text and "not malleable" in text

@@ -11,9 +11,15 @@
    pairwise agreement, and the ensembled (mean) scores with their own flip rate under an
    attack on the checkpoints' mean loss.
 
+Each metric is measured against its controls (:mod:`~malleability.controls`): the
+estimator's noise (two estimator seeds, no perturbation; none for a deterministic estimator)
+and random ±ε signs on the same top points; the excess of the attack over them, paired by
+seed, decides the verdict. Beside it: rank stability across seeds and warnings for degenerate
+estimator settings (:mod:`~malleability.estimator_checks`).
+
 Each metric is an :class:`~malleability.intervals.Estimate` over ``seeds`` (the attack's
-start and, for a randomized estimator, its randomness); a deterministic estimator's clean
-scores are computed once, at the first seed.
+start, the control's signs and, for a randomized estimator, its randomness); a deterministic
+estimator's clean scores are computed once, at the first seed.
 """
 
 from __future__ import annotations
@@ -36,9 +42,11 @@ from ._validation import (
     check_positive_int,
     check_seed,
 )
-from .attacks import ATTACKS, AttackLoss, check_attack, make_attack
+from .attacks import ATTACKS, AttackLoss, RandomSign, check_attack, make_attack
+from .controls import MARGIN, METRICS, NOISELESS, against_controls, metrics, summary_verdict
 from .data import Dataset
 from .embedding_attack import SubmoduleInput, check_perturb
+from .estimator_checks import DAMPED, degenerate_settings, hessian_top_eigenvalue
 from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
 from .intervals import CI_METHOD, Estimate
 from .jacobian_ntk import output_size
@@ -114,6 +122,9 @@ class AuditSettings(Settings):
     parameters: tuple[str, ...] = setting((), "Parameter names or prefixes the estimators "
                                           "differentiate, comma-separated (default: all).",
                                           parse=_parse_list)
+    margin: float = setting(MARGIN, "Verdict 'not malleable' when the excess over the "
+                            "controls lies below this margin (95 % interval), in the metric's "
+                            "units: 0.05 = 5 points of flip rate.", check_nonnegative)
 
     def step(self) -> float:
         """α, or 0.01·(high − low) by default."""
@@ -124,6 +135,10 @@ class AuditSettings(Settings):
         return make_attack(self.attack, eps=self.eps, alpha=self.step(), steps=self.steps,
                            momentum=self.momentum, seed=seed, restarts=self.restarts,
                            loss=self.loss)
+
+    def control_at(self, seed: int) -> RandomSign:
+        """The random-perturbation control at ``seed``: random ±ε signs, same ε."""
+        return RandomSign(eps=self.eps, seed=seed)
 
 
 def estimate_dict(value: Estimate) -> dict[str, Any]:
@@ -138,7 +153,14 @@ def estimate_dict(value: Estimate) -> dict[str, Any]:
 @dataclass(frozen=True)
 class AuditReport:
     """The audit of one model with one estimator; ``to_dict`` gives plain values (estimates
-    as dicts), ``to_json`` strict JSON (:mod:`~malleability.jsonsafe`)."""
+    as dicts), ``to_json`` strict JSON (:mod:`~malleability.jsonsafe`).
+
+    ``flip_rate``, ``spearman`` and ``top_k_overlap`` are the adversarial values; ``controls``
+    holds the estimator-noise and random-perturbation values of the same metrics
+    (:mod:`~malleability.controls`), ``excess`` the adversarial excess over them with a
+    ``verdicts`` entry per metric, and ``verdict`` the estimator's. ``diagnostics``: rank
+    stability across seeds, warnings for degenerate settings, the Hessian's |λ|max (damped
+    estimators)."""
 
     estimator: str
     kappa: float  # effective κ of the per-example Gram of the audited representation
@@ -151,6 +173,11 @@ class AuditReport:
     top_k_overlap: Estimate
     checkpoint_agreement: dict[str, Any] | None
     settings: dict[str, Any] = field(default_factory=dict)
+    controls: dict[str, dict[str, float]] = field(default_factory=dict)
+    excess: dict[str, float] = field(default_factory=dict)
+    verdicts: dict[str, str] = field(default_factory=dict)
+    verdict: str = ""
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         def plain(value: Any) -> Any:
@@ -161,10 +188,13 @@ class AuditReport:
             return value
 
         return plain({
-            "estimator": self.estimator, "kappa": self.kappa, "rank": self.rank,
+            "estimator": self.estimator, "verdict": self.verdict, "verdicts": self.verdicts,
+            "kappa": self.kappa, "rank": self.rank,
             "kappa_cubed": self.kappa_cubed, "width_threshold": self.width_threshold,
             "representation": self.representation, "flip_rate": self.flip_rate,
             "spearman": self.spearman, "top_k_overlap": self.top_k_overlap,
+            "controls": self.controls, "excess": self.excess,
+            "diagnostics": self.diagnostics,
             "checkpoint_agreement": self.checkpoint_agreement, "settings": self.settings})
 
     def to_json(self) -> str:
@@ -326,41 +356,174 @@ def prepare_model(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
     return PreparedModel(wrap(model), x, x_test, [wrap(c) for c in ckpts], settings)
 
 
+#: A randomized estimator's noise control compares its scores at seed s with those at
+#: s + NOISE_PARTNER (no perturbation).
+NOISE_PARTNER = 7919
+
+
+def audit_seed(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
+               settings: AuditSettings, seed: int, clean: Attribution | None = None
+               ) -> dict[str, Any]:
+    """The three measurements of :mod:`~malleability.controls` at one seed on ``models``
+    (one network, or checkpoints: scores averaged): the adversarial attack and the random-sign
+    control on the same top points from the same clean scores (``clean``, computed if None),
+    and for a randomized estimator its noise (clean scores at seed s and s + NOISE_PARTNER; None
+    for a deterministic one). Also the clean scores, S and the scores of S after each
+    perturbation, as lists (JSON-ready)."""
+    est_seed = seed if estimator.randomized else settings.seeds[0]
+    parameters = settings.parameters or None
+    if clean is None:
+        clean = attribute(estimator, models, *data, est_seed, parameters)
+    common = {"fraction": settings.fraction, "seed": est_seed, "bounds": settings.bounds,
+              "before": clean, "parameters": parameters}
+    adversarial = measure(models, *data, estimator, settings.attack_at(seed), **common)
+    random = measure(models, *data, estimator, settings.control_at(seed), **common)
+    noise = None
+    if estimator.randomized:
+        other = attribute(estimator, models, *data, est_seed + NOISE_PARTNER, parameters)
+        noise = metrics(clean.scores, other.scores, settings.fraction)
+    selected = adversarial.selected
+    return {"adversarial": {k: getattr(adversarial, k) for k in METRICS},
+            "random": {k: getattr(random, k) for k in METRICS}, "noise": noise,
+            "estimator_seed": est_seed, "scores": clean.scores.tolist(),
+            "selected": selected.tolist(),
+            "adversarial_scores": adversarial.perturbed_scores[selected].tolist(),
+            "random_scores": random.perturbed_scores[selected].tolist()}
+
+
+def assemble(per_seed: Mapping[int, Mapping[str, Any]], margin: float) -> dict[str, Any]:
+    """Per-seed results of :func:`audit_seed` as Estimates over the seeds: the adversarial
+    metrics, the controls (a deterministic estimator's noise: :data:`NOISELESS`, exact), the
+    excess with its verdict per metric, the estimator's verdict, and its rank stability
+    (Spearman ρ between two seeds' clean scores: the noise control's ρ)."""
+    seeds = list(per_seed)
+
+    def over_seeds(kind: str) -> dict[str, Any] | None:
+        if any(per_seed[s][kind] is None for s in seeds):
+            return None
+        return {m: Estimate([per_seed[s][kind][m] for s in seeds], seeds) for m in METRICS}
+
+    values = {"adversarial": over_seeds("adversarial"), "random": over_seeds("random"),
+              "noise": over_seeds("noise") or dict(NOISELESS)}
+    judged = against_controls(values, margin)
+    verdicts = {m: judged[m]["verdict"] for m in METRICS}
+    return {**values, "excess": {m: judged[m]["excess"] for m in METRICS}, "verdicts": verdicts,
+            "verdict": summary_verdict(verdicts), "rank_stability": values["noise"]["spearman"]}
+
+
 def _malleability(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
-                  settings: AuditSettings, clean: dict[int, Any]) -> list[Estimate]:
-    """Flip rate, Spearman ρ and top-K overlap over the seeds, from the clean attributions
-    ``clean`` by estimator seed."""
-    seeds, rows = settings.seeds, []
-    for seed in seeds:
-        est_seed = seed if estimator.randomized else seeds[0]
-        m = measure(models, *data, estimator, settings.attack_at(seed),
-                    fraction=settings.fraction, seed=est_seed, bounds=settings.bounds,
-                    before=clean[est_seed], parameters=settings.parameters or None)
-        rows.append((m.flip_rate, m.spearman, m.top_k_overlap))
-    return [Estimate(col, seeds) for col in zip(*rows, strict=True)]
+                  settings: AuditSettings, clean: dict[int, Any]) -> dict[str, Any]:
+    """:func:`assemble` over the seeds, from the clean attributions ``clean`` by estimator
+    seed."""
+    per_seed = {}
+    for seed in settings.seeds:
+        est_seed = seed if estimator.randomized else settings.seeds[0]
+        per_seed[seed] = audit_seed(models, data, estimator, settings, seed, clean[est_seed])
+    return assemble(per_seed, settings.margin)
+
+
+def agreement_matrices(scores: Sequence[torch.Tensor], fraction: float) -> dict[str, Any]:
+    """Pairwise Spearman ρ and top-K overlap between checkpoints' scores, and their means
+    over the pairs (None with one checkpoint)."""
+    k = len(scores)
+    rho = [[spearman(scores[i], scores[j]) for j in range(k)] for i in range(k)]
+    overlap = [[top_k_overlap(scores[i], scores[j], fraction) for j in range(k)]
+               for i in range(k)]
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    return {"n_checkpoints": k, "spearman": rho, "top_k_overlap": overlap,
+            "mean_pairwise_spearman": (float(np.mean([rho[i][j] for i, j in pairs]))
+                                       if pairs else None),
+            "mean_pairwise_top_k_overlap": (float(np.mean([overlap[i][j] for i, j in pairs]))
+                                            if pairs else None)}
 
 
 def _agreement(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
                settings: AuditSettings, run_seeds: Sequence[int]) -> dict[str, Any]:
     """Step 2b: per-checkpoint scores, their pairwise ρ and top-K overlap (first seed), and
-    the malleability of the ensembled scores."""
+    the malleability of the ensembled scores against its controls."""
     parameters = settings.parameters or None
     per_ckpt = {s: [attribute(estimator, [m], *data, s, parameters).scores for m in models]
                 for s in run_seeds}
-    first = per_ckpt[run_seeds[0]]
-    k = len(first)
-    rho = [[spearman(first[i], first[j]) for j in range(k)] for i in range(k)]
-    overlap = [[top_k_overlap(first[i], first[j], settings.fraction) for j in range(k)]
-               for i in range(k)]
-    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    k = len(models)
     ensemble = {s: Attribution(sum(v) / k) for s, v in per_ckpt.items()}
-    efr, erho, eover = _malleability(models, data, estimator, settings, ensemble)
-    return {"n_checkpoints": k, "spearman": rho, "top_k_overlap": overlap,
-            "mean_pairwise_spearman": (float(np.mean([rho[i][j] for i, j in pairs]))
-                                       if pairs else None),
-            "mean_pairwise_top_k_overlap": (float(np.mean([overlap[i][j] for i, j in pairs]))
-                                            if pairs else None),
-            "ensemble": {"flip_rate": efr, "spearman": erho, "top_k_overlap": eover}}
+    return {**agreement_matrices(per_ckpt[run_seeds[0]], settings.fraction),
+            "ensemble": _malleability(models, data, estimator, settings, ensemble)}
+
+
+def estimator_warnings(estimator: InfluenceEstimator, model: nn.Module, x: torch.Tensor,
+                       y: torch.Tensor, n_checkpoints: int, settings: AuditSettings
+                       ) -> tuple[list[str], float | None]:
+    """:func:`~malleability.estimator_checks.degenerate_settings` for this audit, and the
+    Hessian's |λ|max where the estimator is damped (else None)."""
+    projection = None
+    if estimator.name == "trak":
+        from dattri.algorithm.trak import DEFAULT_PROJECTOR_KWARGS
+
+        projection = int(DEFAULT_PROJECTOR_KWARGS["proj_dim"])
+    top = (hessian_top_eigenvalue(model, x, y, settings.parameters or None)
+           if estimator.name in DAMPED else None)
+    return degenerate_settings(estimator.name, int(x.shape[0]), n_checkpoints, projection,
+                               getattr(estimator, "damping", None), top), top
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    """What an audit of one estimator works on, checked: the settings, the estimator, the
+    model (eval mode, a copy), its checkpoints (None: none given), the data (x, y, x_test,
+    y_test) on the model's device and dtype, and the record of settings a report prints."""
+
+    settings: AuditSettings
+    estimator: InfluenceEstimator
+    model: nn.Module
+    checkpoints: list[nn.Module] | None
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    record: dict[str, Any]
+
+    def seeds_to_score(self) -> tuple[int, ...]:
+        """The estimator seeds with distinct clean scores: all for a randomized estimator,
+        the first for a deterministic one."""
+        return self.settings.seeds if self.estimator.randomized else self.settings.seeds[:1]
+
+
+def prepare(model: nn.Module, x_train: Any, y_train: Any = None, x_test: Any = None,
+            y_test: Any = None, *, estimator: str | InfluenceEstimator = "ntk-loo",
+            checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
+            settings: AuditSettings | None = None, perturb: str | None = None,
+            **options: Any) -> AuditProblem:
+    """Check and load an audit's inputs (see :func:`audit`) before any computation; the
+    model, inputs and settings as the audit runs them (:func:`prepare_model`)."""
+    settings = (settings or AuditSettings()).replace(**options)
+    check_estimator(estimator, "estimator")
+    est = make_estimator(estimator, ridge=settings.ridge, damping=settings.damping)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    model = copy.deepcopy(model).eval()
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    device = first.device if first is not None else torch.device("cpu")
+    x, y = load_split(x_train, y_train, "x_train")
+    xt, yt = load_split(x_test if x_test is not None else x_train, y_test, "x_test")
+    x, xt = (a.to(device, dtype) if a.is_floating_point() else a.to(device) for a in (x, xt))
+    y, yt = y.to(device), yt.to(device)
+    asked, ready = settings, prepare_model(model, x, xt, checkpoints, settings, perturb)
+    model, x, xt, settings = ready.model, ready.x, ready.x_test, ready.settings
+    _check_in_bounds(x, settings.bounds, "x_train")
+    _check_in_bounds(xt, settings.bounds, "x_test")
+    est.check(model, x, settings.parameters or None)
+    classes = output_size(model, x)
+    for labels, name in ((y, "y_train"), (yt, "y_test")):
+        top = max(classes, 2)
+        if int(labels.min()) < 0 or int(labels.max()) >= top:
+            raise ValueError(f"{name}: expected labels in 0..{top - 1} for a model with "
+                             f"{classes} output(s), got {int(labels.min())}..{int(labels.max())}")
+    models = ready.checkpoints or None
+    record = {"estimator": {"estimator": est.name, **est.to_dict()}, **asked.to_dict(),
+              "alpha": settings.step(), "bounds": list(settings.bounds),
+              "n_train": int(x.shape[0]), "n_test": int(xt.shape[0]), "outputs": classes,
+              "perturb": perturb,
+              "control": {"attack": RandomSign.name, "eps": settings.eps},
+              "noise_partner": NOISE_PARTNER}
+    return AuditProblem(settings, est, model, models, (x, y, xt, yt), record)
 
 
 def audit(
@@ -391,47 +554,27 @@ def audit(
     fields as keyword ``options``, e.g. ``eps=0.1, seeds=(0, 1)``): :class:`AuditSettings`.
     Inputs are checked before any computation.
     """
-    settings = (settings or AuditSettings()).replace(**options)
-    check_estimator(estimator, "estimator")
-    est = make_estimator(estimator, ridge=settings.ridge, damping=settings.damping)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    model = copy.deepcopy(model).eval()
-    first = next(model.parameters(), None)
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    device = first.device if first is not None else torch.device("cpu")
-    x, y = load_split(x_train, y_train, "x_train")
-    xt, yt = load_split(x_test if x_test is not None else x_train, y_test, "x_test")
-    x, xt = (a.to(device, dtype) if a.is_floating_point() else a.to(device) for a in (x, xt))
-    y, yt = y.to(device), yt.to(device)
-    asked, ready = settings, prepare_model(model, x, xt, checkpoints, settings, perturb)
-    model, x, xt, settings = ready.model, ready.x, ready.x_test, ready.settings
-    _check_in_bounds(x, settings.bounds, "x_train")
-    _check_in_bounds(xt, settings.bounds, "x_test")
-    est.check(model, x, settings.parameters or None)
-    classes = output_size(model, x)
-    for labels, name in ((y, "y_train"), (yt, "y_test")):
-        top = max(classes, 2)
-        if int(labels.min()) < 0 or int(labels.max()) >= top:
-            raise ValueError(f"{name}: expected labels in 0..{top - 1} for a model with "
-                             f"{classes} output(s), got {int(labels.min())}..{int(labels.max())}")
-    models = [model] if not checkpoints else ready.checkpoints
-
-    spectrum = spectral_step(representation(model, x, settings.layer))
-    spectrum["layer"] = asked.layer or perturb or "input"
+    p = prepare(model, x_train, y_train, x_test, y_test, estimator=estimator,
+                checkpoints=checkpoints, settings=settings, perturb=perturb, **options)
+    s, est = p.settings, p.estimator
+    spectrum = spectral_step(representation(p.model, p.data[0], s.layer))
+    spectrum["layer"] = p.record["layer"] or perturb or "input"  # named on the user's model
     main = spectrum["per_example"]
-    data = (x, y, xt, yt)
-    run_seeds = settings.seeds if est.randomized else settings.seeds[:1]
-    clean = {s: attribute(est, [model], *data, s, settings.parameters or None)
-             for s in run_seeds}
-    fr, rho, overlap = _malleability([model], data, est, settings, clean)
-    agreement = _agreement(models, data, est, settings, run_seeds) if checkpoints else None
-    record = {"estimator": {"estimator": est.name, **est.to_dict()}, **asked.to_dict(),
-              "alpha": settings.step(), "bounds": list(settings.bounds),
-              "n_train": int(x.shape[0]), "n_test": int(xt.shape[0]), "outputs": classes,
-              "perturb": perturb}
+    clean = {seed: attribute(est, [p.model], *p.data, seed, s.parameters or None)
+             for seed in p.seeds_to_score()}
+    result = _malleability([p.model], p.data, est, s, clean)
+    agreement = (_agreement(p.checkpoints, p.data, est, s, p.seeds_to_score())
+                 if p.checkpoints else None)
+    warnings, top = estimator_warnings(est, p.model, p.data[0], p.data[1],
+                                       len(p.checkpoints or [p.model]), s)
     return AuditReport(
         estimator=est.name, kappa=main["kappa"], rank=main["rank"],
         kappa_cubed=main["kappa_cubed"], width_threshold=main["width_threshold"],
-        representation=spectrum, flip_rate=fr, spearman=rho, top_k_overlap=overlap,
-        checkpoint_agreement=agreement, settings=record)
+        representation=spectrum, flip_rate=result["adversarial"]["flip_rate"],
+        spearman=result["adversarial"]["spearman"],
+        top_k_overlap=result["adversarial"]["top_k_overlap"],
+        checkpoint_agreement=agreement, settings=p.record,
+        controls={"noise": result["noise"], "random": result["random"]},
+        excess=result["excess"], verdicts=result["verdicts"], verdict=result["verdict"],
+        diagnostics={"rank_stability": result["rank_stability"], "warnings": warnings,
+                     "hessian_top_eigenvalue": top})

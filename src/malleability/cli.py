@@ -346,13 +346,19 @@ _audit_options, _audit_values = settings_options(AuditCommandSettings)
 @click.option("--perturb", default=None, help="Submodule whose output the attack moves "
               "instead of the input (token models: e.g. the word embeddings); ε in its units.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Run folder: one resumable cell per (estimator, checkpoint, seed), then "
+                   "report.md, report.html and figures/ (new, empty, or an earlier audit's "
+                   "folder of the same settings).")
 def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
                   test_path: Path | None, dataset: str | None, classes: str | None,
                   n_train: int | None, n_test: int | None,
                   checkpoint_paths: tuple[Path, ...], data_root: Path | None,
-                  perturb: str | None, as_json: bool, **options: Any) -> None:
-    """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator with
-    intervals over seeds, and checkpoint agreement (step 2b)."""
+                  perturb: str | None, as_json: bool, out: Path | None,
+                  **options: Any) -> None:
+    """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator
+    against its controls (estimator noise, random ±ε) with intervals over seeds and a
+    verdict, and checkpoint agreement (step 2b)."""
     from .auditing import audit
     from .model_io import load_checkpoint, load_model
 
@@ -373,6 +379,20 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
         checkpoints = [load_checkpoint(p) for p in checkpoint_paths] or None
         common = AuditSettings(**{f.name: getattr(settings, f.name)
                                   for f in dataclasses.fields(AuditSettings)})
+        if out is not None:
+            if perturb is not None:
+                raise ValueError("perturb: --out does not take --perturb yet; audit without "
+                                 "--out")
+            if as_json:
+                raise ValueError("json: --out writes a report folder; give --json or --out")
+            from .audit_folder import audit_folder
+
+            path = audit_folder(out, model, train, None, test, None,
+                                estimators=settings.estimators, checkpoints=checkpoints,
+                                settings=common, title=f"Influence audit: {model_spec}",
+                                progress=lambda label: click.echo(f"cell {label}", err=True))
+            click.echo(f"report: {path}")
+            return
         reports = [audit(model, train, None, test, None, estimator=name,
                          checkpoints=checkpoints, settings=common, perturb=perturb)
                    for name in settings.estimators]
@@ -381,41 +401,9 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
     if as_json:
         click.echo(dumps_strict([r.to_dict() for r in reports], indent=2))
         return
+    from .audit_report import format_audit
+
     click.echo(format_audit(reports, common))
-
-
-def format_audit(reports: list, settings: AuditSettings) -> str:
-    """A readable summary of audit reports: the representation's Grams, then per estimator
-    the metrics' means with their 95 % intervals."""
-    first = reports[0].representation
-    lines = [f"Representation entering {first['layer']}: shape {tuple(first['shape'])}"]
-    for gram in ("per_example", "per_token"):
-        if gram in first:
-            g = first[gram]
-            lines.append(f"  {gram:<12} Gram ({g['rows']} × {g['columns']}): κ "
-                         f"{_fmt(g['kappa'])}, rank {g['rank']}, κ³ {_fmt(g['kappa_cubed'])}, "
-                         f"width MLP-Attn {_fmt(g['width_threshold']['mlp_attention'])}, "
-                         f"2L-ReLU {_fmt(g['width_threshold']['relu'])}")
-    seeds = ",".join(map(str, settings.seeds))
-    lines.append(f"{settings.attack.upper()} ε = {settings.eps}, top {settings.fraction:.0%}, "
-                 f"seeds {seeds} (mean [95% interval]):")
-    lines.append(f"{'estimator':<12} {'flip rate':>22} {'Spearman ρ':>22} {'top-K overlap':>22}")
-
-    def cell(e) -> str:
-        interval = e.interval
-        return f"{float(e):.3f}" + ("" if interval is None
-                                     else f" [{interval[0]:.2f}, {interval[1]:.2f}]")
-
-    for r in reports:
-        lines.append(f"{r.estimator:<12} {cell(r.flip_rate):>22} {cell(r.spearman):>22} "
-                     f"{cell(r.top_k_overlap):>22}")
-        a = r.checkpoint_agreement
-        if a:
-            e, rho = a["ensemble"], a["mean_pairwise_spearman"]
-            lines.append(f"  {a['n_checkpoints']} checkpoints: mean pairwise ρ "
-                         f"{'n/a' if rho is None else f'{rho:.3f}'}; ensembled scores: flip "
-                         f"rate {cell(e['flip_rate'])}, ρ {cell(e['spearman'])}")
-    return "\n".join(lines)
 
 
 def _device(name: str) -> str:

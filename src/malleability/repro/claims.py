@@ -38,6 +38,14 @@ def section_records(module: object, records: list[dict]) -> list[dict]:
     return records
 
 
+def experiment_cells(run: Run, name: str) -> list[dict]:
+    """The cells experiment ``name``'s section and claims read: its own, then those of the
+    experiments its module names in ``READS`` (e.g. flip_controls reads flip_rates)."""
+    module = EXPERIMENTS[name]
+    return [*run.cells.get(name, []),
+            *(r for other in getattr(module, "READS", ()) for r in run.cells.get(other, []))]
+
+
 def run_claims(run: Run) -> list[Claim]:
     """Every claim the run's experiments measure, in the registry's order; an experiment whose
     cells lack what its claims read (another version's layout) gives none, with a warning."""
@@ -46,7 +54,8 @@ def run_claims(run: Run) -> list[Claim]:
         if not run.cells.get(name) or not hasattr(module, "paper_claims"):
             continue
         try:
-            claims += module.paper_claims(section_records(module, run.cells[name]))
+            claims += module.paper_claims(section_records(module,
+                                                          experiment_cells(run, name)))
         except (KeyError, IndexError, TypeError, ValueError) as err:
             log.warning("%s/: no claims from its cells (%s: %s)", name, type(err).__name__, err)
     return claims

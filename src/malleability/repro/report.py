@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .blocks import Block, Heading, Table, Text, fmt
-from .claims import section_records, with_claims
+from .claims import experiment_cells, section_records, with_claims
 from .experiments import EXPERIMENTS
 from .files import atomic_write, clean_temp_files
 from .loading import Run, load_run, planned_seeds
@@ -166,7 +166,7 @@ def build_report(run: Run, figures: Path) -> list[Block]:
     for number, name in enumerate(names, start=2):
         experiment = EXPERIMENTS[name]
         blocks += [Heading(f"{number}. {experiment.TITLE}"), Text(experiment.INTRO)]
-        blocks += _section(name, run.cells.get(name), figures)
+        blocks += _section(name, run.cells.get(name) and experiment_cells(run, name), figures)
     return with_claims(run, blocks)
 
 
@@ -230,10 +230,10 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;l
          "img{max-width:100%}figcaption{font-style:italic}")
 
 
-def to_html(blocks: list[Block]) -> str:
+def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.13085") -> str:
     esc = html.escape
     parts = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">',
-             "<title>Reproduction report: arXiv 2603.13085</title>",
+             f"<title>{esc(title)}</title>",
              f"<style>{STYLE}</style></head><body>"]
     for block in blocks:
         if isinstance(block, Heading):

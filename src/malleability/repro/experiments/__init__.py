@@ -7,6 +7,7 @@ from . import (
     adversarial_training,
     collapse,
     complexity,
+    flip_controls,
     flip_rates,
     influential,
     interventions,
@@ -24,7 +25,7 @@ from . import (
 #: Experiments by name, in the order a run executes them.
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
-    for module in (spectrum, collapse, flip_rates, ntk_distance, ntk_distance_gd,
+    for module in (spectrum, collapse, flip_rates, flip_controls, ntk_distance, ntk_distance_gd,
                    softmax_temperature, adversarial_training, robust_evaluation, interventions,
                    complexity, landscape, influential, theory, sensitivity, width_sensitivity)
 }

@@ -1,0 +1,77 @@
+"""Degenerate estimator settings (issue 31): warnings printed beside an audit's verdict.
+
+- TRAK whose random projection has at least as many dimensions as there are training points
+  (dattri's default k = 512; :func:`~malleability.trak_projection.check_trak_projection`): its
+  kernel ΦᵀΦ is then singular or interpolating, and its scores follow the projection seed;
+- TRAK on a single checkpoint: TRAK's scores are meant to be averaged over an ensemble of
+  models; with one, nothing averages the projection's noise out;
+- an influence function whose damping δ dominates the Hessian: δ ≥ |λ|max(H) (estimated by
+  power iteration on Hessian-vector products of the mean training loss), so
+  (H + δI)⁻¹ ≈ δ⁻¹I within a factor 2 on every direction and the "influence" is a scaled
+  gradient dot product (TracIn's score), not the curvature-corrected one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .jacobian_ntk import select_parameters
+from .losses import training_loss
+from .trak_projection import check_trak_projection
+
+#: Estimators that invert the damped Hessian (H + δI).
+DAMPED = ("if-explicit", "if-cg", "if-lissa", "if-arnoldi", "if-datainf", "if-ekfac")
+
+
+def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                           parameters: Sequence[str] | None = None, iterations: int = 20,
+                           seed: int = 0) -> float:
+    """|λ|max of the Hessian of the mean training loss over (``x``, ``y``) in the chosen
+    ``parameters``: power iteration from a seeded Gaussian start, the last Rayleigh quotient's
+    magnitude (a lower bound that converges to |λ|max)."""
+    names = set(select_parameters(model, parameters))
+    params = [p for k, p in model.named_parameters() if k in names]
+    with torch.enable_grad():
+        loss = training_loss(model(x), y).mean()
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        gen = torch.Generator().manual_seed(seed)
+        v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
+        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in v))
+        v = [t / norm for t in v]
+        rayleigh = 0.0
+        for _ in range(iterations):
+            hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+            rayleigh = sum(float((a * b).sum()) for a, b in zip(v, hv, strict=True))
+            norm = math.sqrt(sum(float(t.pow(2).sum()) for t in hv))
+            if norm == 0:
+                return 0.0
+            v = [t.detach() / norm for t in hv]
+    return abs(rayleigh)
+
+
+def degenerate_settings(estimator: str, n_train: int, n_checkpoints: int = 1,
+                        projection_dim: int | None = None, damping: float | None = None,
+                        hessian_top: float | None = None) -> list[str]:
+    """Warnings (one sentence each) for the estimator's setting on this audit; see the module
+    docstring. ``projection_dim``: TRAK's k; ``hessian_top``: |λ|max(H) of the model."""
+    warnings = []
+    if estimator == "trak":
+        if projection_dim is not None:
+            try:
+                check_trak_projection(projection_dim, n_train)
+            except ValueError:
+                warnings.append(f"TRAK's projection dimension {projection_dim} ≥ n = "
+                                f"{n_train}: its kernel ΦᵀΦ is singular or interpolating, so "
+                                "its scores follow round-off and the projection seed.")
+        if n_checkpoints < 2:
+            warnings.append("TRAK on a single checkpoint: its scores are meant to be averaged "
+                            "over an ensemble (give --checkpoint).")
+    if estimator in DAMPED and damping is not None and hessian_top is not None \
+            and damping >= hessian_top:
+        warnings.append(f"damping {damping:g} ≥ |λ|max(H) ≈ {hessian_top:.3g}: (H + δI)⁻¹ is "
+                        "≈ δ⁻¹I, so the scores are scaled gradient dot products.")
+    return warnings

@@ -1,0 +1,134 @@
+"""controls: excess over the controls, paired by seed, and its verdict, against hand-computed
+cases; estimator_checks: the Hessian's |λ|max against its explicit eigenvalues and the
+degenerate-setting rules."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from malleability.controls import (
+    MALLEABLE,
+    NOISE,
+    NOISELESS,
+    NOT_MALLEABLE,
+    UNDECIDED,
+    against_controls,
+    excess,
+    metrics,
+    summary_verdict,
+    verdict,
+)
+from malleability.estimator_checks import degenerate_settings, hessian_top_eigenvalue
+from malleability.intervals import Estimate
+from malleability.losses import training_loss
+
+SEEDS = (0, 1, 2)
+
+
+def test_excess_is_adversarial_minus_the_worst_control_seed_by_seed():
+    adv = Estimate([0.5, 0.4, 0.3], SEEDS)
+    noise = Estimate([0.1, 0.45, 0.0], SEEDS)
+    rnd = Estimate([0.2, 0.1, 0.35], SEEDS)
+    ex = excess("flip_rate", adv, noise, rnd)
+    # per seed: 0.5 − max(0.1, 0.2), 0.4 − max(0.45, 0.1), 0.3 − max(0.0, 0.35)
+    assert ex.values == pytest.approx((0.3, -0.05, -0.05)) and ex.seeds == SEEDS
+    # mean(adv) − max(mean(controls)) would be 0.4 − 0.2 = 0.2: pairing matters
+    assert float(ex) == pytest.approx(0.2 / 3)
+
+
+def test_excess_of_rho_and_overlap_counts_a_fall_as_positive():
+    adv = Estimate([0.2, 0.5, 0.8], SEEDS)
+    rnd = Estimate([0.9, 0.6, 0.7], SEEDS)
+    ex = excess("spearman", adv, NOISELESS["spearman"], rnd)
+    # min(1, 0.9) − 0.2, min(1, 0.6) − 0.5, min(1, 0.7) − 0.8
+    assert ex.values == pytest.approx((0.7, 0.1, -0.1))
+
+
+def test_deterministic_noise_broadcasts_and_excess_rejects_bad_input():
+    adv = Estimate([0.3, 0.3, 0.3], SEEDS)
+    assert excess("flip_rate", adv, NOISELESS["flip_rate"]).values == (0.3, 0.3, 0.3)
+    with pytest.raises(ValueError, match="metric"):
+        excess("flips", adv, 0.0)
+    with pytest.raises(ValueError, match="controls"):
+        excess("flip_rate", adv)
+
+
+def test_verdict_rules():
+    def constant(v):  # an interval of zero width: (v, v)
+        return Estimate([v] * 3, SEEDS)
+
+    assert verdict(constant(0.2)) == MALLEABLE
+    assert verdict(constant(0.0)) == NOT_MALLEABLE  # [0, 0] lies below the 0.05 margin
+    assert verdict(constant(-0.3)) == NOT_MALLEABLE
+    assert verdict(constant(0.04), margin=0.05) == MALLEABLE  # above 0 wins
+    spread = Estimate([-0.3, 0.0, 0.3], SEEDS)  # interval contains 0 and exceeds the margin
+    assert spread.interval[0] < 0 < 0.05 < spread.interval[1]
+    assert verdict(spread) == NOISE
+    assert verdict(Estimate([0.5], (0,))) == UNDECIDED  # one seed: no interval
+    assert verdict(0.5) == UNDECIDED
+    with pytest.raises(ValueError, match="margin"):
+        verdict(constant(0.1), margin=-1)
+
+
+def test_against_controls_and_summary():
+    adv = {"flip_rate": Estimate([0.5] * 3, SEEDS), "spearman": Estimate([0.9] * 3, SEEDS),
+           "top_k_overlap": Estimate([0.2] * 3, SEEDS)}
+    rnd = {"flip_rate": Estimate([0.1] * 3, SEEDS), "spearman": Estimate([0.95] * 3, SEEDS),
+           "top_k_overlap": Estimate([0.9] * 3, SEEDS)}
+    out = against_controls({"adversarial": adv, "random": rnd, "noise": dict(NOISELESS)})
+    assert float(out["flip_rate"]["excess"]) == pytest.approx(0.4)
+    assert float(out["spearman"]["excess"]) == pytest.approx(0.05)
+    assert float(out["top_k_overlap"]["excess"]) == pytest.approx(0.7)
+    verdicts = {k: v["verdict"] for k, v in out.items()}
+    assert verdicts == {"flip_rate": MALLEABLE, "spearman": MALLEABLE,
+                        "top_k_overlap": MALLEABLE}
+    assert summary_verdict(verdicts) == MALLEABLE
+    assert summary_verdict({**verdicts, "spearman": NOISE}) == (
+        f"{MALLEABLE} (by ρ or top-K overlap: {NOISE})")
+
+
+def test_metrics_of_identical_scores_are_noiseless():
+    s = torch.tensor([3.0, -1.0, 2.0, 0.5, -2.0])
+    assert metrics(s, s.clone(), 0.4) == pytest.approx(NOISELESS)
+    flipped = torch.tensor([-3.0, -1.0, 2.0, 0.5, -2.0])  # top 2 = {0, 2}: point 0 flips
+    assert metrics(s, flipped, 0.4)["flip_rate"] == 0.5
+
+
+def test_hessian_top_eigenvalue_matches_the_explicit_hessian():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    x, y = torch.randn(20, 3, dtype=torch.float64), torch.arange(20) % 3
+    params = dict(model.named_parameters())
+    names = list(params)
+    flat = torch.cat([p.reshape(-1) for p in params.values()])
+
+    def loss(vec):
+        chunks, i = {}, 0
+        for k in names:
+            n = params[k].numel()
+            chunks[k] = vec[i:i + n].reshape(params[k].shape)
+            i += n
+        out = torch.func.functional_call(model, chunks, (x,))
+        return training_loss(out, y).mean()
+
+    h = torch.autograd.functional.hessian(loss, flat)
+    exact = float(torch.linalg.eigvalsh(h).abs().max())
+    assert hessian_top_eigenvalue(model, x, y, iterations=300) == pytest.approx(exact, rel=1e-4)
+    # restricted to the last layer: that block's own top eigenvalue
+    last = slice(flat.numel() - 15, flat.numel())
+    exact_last = float(torch.linalg.eigvalsh(h[last, last]).abs().max())
+    assert hessian_top_eigenvalue(model, x, y, ["2"], iterations=300) == pytest.approx(
+        exact_last, rel=1e-4)
+
+
+def test_degenerate_settings():
+    assert len(degenerate_settings("trak", 500, 1, projection_dim=512)) == 2
+    assert degenerate_settings("trak", 2000, 3, projection_dim=512) == []
+    warn = degenerate_settings("if-explicit", 100, damping=1.0, hessian_top=0.5)
+    assert len(warn) == 1 and "damping 1" in warn[0]
+    assert degenerate_settings("if-explicit", 100, damping=1e-3, hessian_top=0.5) == []
+    assert degenerate_settings("tracin", 10, 1, damping=1.0, hessian_top=0.0) == []
+    assert not math.isnan(hessian_top_eigenvalue(nn.Linear(2, 2), torch.rand(4, 2),
+                                                  torch.tensor([0, 1, 0, 1])))
