@@ -27,7 +27,7 @@ from torch.nn import functional as F
 
 from malleability.auditing import audit, load_split
 from malleability.data import load_dataset
-from malleability.jsonsafe import to_strict_json
+from malleability.jsonsafe import loads_strict, to_strict_json
 from malleability.model_outputs import as_classifier
 
 RESULTS = Path(__file__).with_name("audit_realistic.json")
@@ -99,7 +99,7 @@ def write_atomic(path: Path, payload: dict) -> None:
 
 
 def run(n: int, estimators: tuple[str, ...], path: Path = RESULTS) -> None:
-    results = json.loads(path.read_text()) if path.exists() else {"cells": {}}
+    results = loads_strict(path.read_text()) if path.exists() else {"cells": {}}
     if results.get("settings", {}).get("n_train", n) != n:
         results = {"cells": {}}
     results["settings"] = {"n_train": n, "n_test": N_TEST, "epochs": EPOCHS,
@@ -139,7 +139,7 @@ def run(n: int, estimators: tuple[str, ...], path: Path = RESULTS) -> None:
 
 def table(path: Path = RESULTS) -> str:
     """The markdown table of docs/audit.md from the results file."""
-    results = json.loads(path.read_text())
+    results = loads_strict(path.read_text())
     rows = ["| model | parameters | test acc. | estimator | κ (layer) | flip rate | Spearman ρ | "
             "top-K overlap | s |", "|---|---|---|---|---|---|---|---|---|"]
 
