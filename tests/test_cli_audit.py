@@ -144,7 +144,10 @@ def test_meaningless_statistics_and_ignored_options_are_refused_before_any_work(
 def test_parameters_the_forward_pass_does_not_use_are_named(small_classifier):
     from malleability.auditing import audit
 
+    import copy
+
     model, (x, y, xt, yt) = small_classifier
+    model = copy.deepcopy(model)  # the fixture is shared by the session: leave it as it is
     model.unused = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="^parameters: unused do not affect the model's output"):
         audit(model, x, y, xt, yt, parameters=("unused",))
