@@ -142,9 +142,9 @@ def test_meaningless_statistics_and_ignored_options_are_refused_before_any_work(
 
 
 def test_parameters_the_forward_pass_does_not_use_are_named(small_classifier):
-    from malleability.auditing import audit
-
     import copy
+
+    from malleability.auditing import audit
 
     model, (x, y, xt, yt) = small_classifier
     model = copy.deepcopy(model)  # the fixture is shared by the session: leave it as it is
