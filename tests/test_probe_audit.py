@@ -557,3 +557,10 @@ def test_cli_bad_models_and_out_fail_in_one_line(cli_files, builder, out, messag
     assert result.exit_code != 0 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
     assert _tree(cli_files) == before
+
+
+def test_a_missing_model_file_is_named_once(tmp_path):
+    from malleability.model_io import load_model
+
+    with pytest.raises(ValueError, match=r"^model: no such file \S+/none\.py$"):
+        load_model(f"{tmp_path / 'none.py'}:build")
