@@ -208,11 +208,12 @@ def test_audit_folder_refuses_a_string_or_repeated_estimators(tmp_path, estimato
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="auditing.py (WIRE's file): a checkpoint of another "
-                                       "architecture raises torch's multi-line RuntimeError "
-                                       "from load_state_dict")
+@pytest.mark.xfail("perturb" not in __import__("inspect").signature(prepare).parameters,
+                   strict=True, reason="auditing.py before issue 30's wiring: a checkpoint of "
+                                       "another architecture raises torch's multi-line "
+                                       "RuntimeError from load_state_dict")
 def test_a_checkpoint_of_another_model_is_refused_in_one_line():
-    with pytest.raises(ValueError, match=r"^checkpoints?: [^\n]*$"):
+    with pytest.raises(ValueError, match=r"^checkpoints(\[0\])?: [^\n]*$"):
         prepare(_model(), *_data(), estimator="ntk-loo", checkpoints=[nn.Linear(5, 3).state_dict()],
                 **OPTIONS)
 
@@ -538,7 +539,7 @@ def cli_files(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("builder, out, message", [
-    ("as_dict", None, "model: expected outputs of shape"),
+    ("as_dict", None, "model: expected "),
     ("three_d", None, "model: expected outputs of shape (n, C) or (n,), got (2, 1, 3)"),
     ("exits", None, "model: "),
     ("plain", "repro", "holds a run of other settings (differing: "),
@@ -564,3 +565,39 @@ def test_a_missing_model_file_is_named_once(tmp_path):
 
     with pytest.raises(ValueError, match=r"^model: no such file \S+/none\.py$"):
         load_model(f"{tmp_path / 'none.py'}:build")
+
+
+# --- the audit with --perturb (after the wiring of issue 30) ----------------------------------
+
+WIRED = "perturb" in __import__("inspect").signature(prepare).parameters
+wired = pytest.mark.skipif(not WIRED, reason="prepare takes perturb once issue 30 is wired")
+TOKENS = (torch.randint(0, 10, (16, 7), generator=torch.Generator().manual_seed(1)),
+          _data()[1], IDS, LABELS)
+
+
+@wired
+@pytest.mark.parametrize("model, perturb, message", [
+    (Tokens(), None, r"^x_train: torch.int64 inputs \(token ids\) cannot be perturbed"),
+    (Tokens(), "nope", r"^perturb: 'nope' names no submodule of Tokens$"),
+    (Tokens(lstm=True), "lstm", r"^perturb: 'lstm' returns tuple, not a tensor"),
+])
+def test_audit_perturb_refuses_in_one_line(model, perturb, message):
+    with pytest.raises(ValueError, match=message):
+        prepare(model, *TOKENS, estimator="ntk-loo", perturb=perturb, **OPTIONS)
+
+
+AUDIT_PERTURB_BAD = [
+    (Tokens(), "head", TOKENS, "a submodule after the pooling: a shape RuntimeError"),
+    (Tokens(), "lstm", TOKENS, "a submodule forward never calls: IndexError"),
+    (_model(), "0", _data(), "perturb on float inputs: SubmoduleInput feeds integer ids, a "
+                             "dtype RuntimeError"),
+    (Tokens(), "emb", (TOKENS[0] + 20, *TOKENS[1:]), "token ids beyond the embedding: "
+                                                     "IndexError"),
+]
+
+
+@wired
+@pytest.mark.parametrize("model, perturb, data", _still_bad(AUDIT_PERTURB_BAD, "auditing.py"))
+def test_audit_perturb_bad_inputs_are_refused_in_one_line(model, perturb, data):
+    with pytest.raises(ValueError, match=r"^(perturb|x_train): [^\n]*$"):
+        prepare(model, *data, estimator="ntk-loo", perturb=perturb, **OPTIONS)
