@@ -49,6 +49,7 @@ from ._validation import (
 from .attacks import ATTACKS, AttackLoss, RandomSign, check_attack, make_attack
 from .controls import MARGIN, METRICS, NOISELESS, against_controls, metrics, summary_verdict
 from .data import Dataset
+from .embedding_attack import SubmoduleInput, check_perturb
 from .estimator_checks import DAMPED, degenerate_settings, hessian_top_eigenvalue
 from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
 from .intervals import CI_METHOD, Estimate
@@ -56,7 +57,7 @@ from .jacobian_ntk import output_size, select_parameters
 from .jsonsafe import dumps_strict
 from .measure import attribute, measure
 from .metrics import spearman, top_k_overlap
-from .model_outputs import logits_of
+from .model_outputs import as_classifier, logits_of
 from .settings import Settings, setting
 from .spectral import effective_condition_number, width_threshold
 
@@ -271,13 +272,71 @@ def _check_in_bounds(x: torch.Tensor, bounds: Sequence[float], name: str) -> Non
                          f"got values in [{a:g}, {b:g}]")
 
 
-def _as_model(model: nn.Module, checkpoint: nn.Module | Mapping[str, torch.Tensor]
-              ) -> nn.Module:
-    if isinstance(checkpoint, nn.Module):
-        return checkpoint.eval()
+def _as_model(model: nn.Module, checkpoint: nn.Module | Mapping[str, torch.Tensor],
+              name: str = "checkpoints") -> nn.Module:
+    """``model`` with the weights of ``checkpoint`` (a module of the same architecture or its
+    state dict); a one-line error when they do not fit."""
+    state = checkpoint.state_dict() if isinstance(checkpoint, nn.Module) else checkpoint
     new = copy.deepcopy(model)
-    new.load_state_dict(checkpoint)
+    try:
+        new.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"{name}: does not fit {type(model).__name__} "
+                         f"({' '.join(str(err).split())[:200]})") from None
     return new.eval()
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """What the audit runs on: the module whose output is the logits (the user's model, or
+    it wrapped), its training and test inputs, its checkpoints, and the settings with the
+    user's layer and parameter names in its own names."""
+
+    model: nn.Module
+    x: torch.Tensor
+    x_test: torch.Tensor
+    checkpoints: list[nn.Module]
+    settings: AuditSettings
+
+
+def prepare_model(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
+            checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None,
+            settings: AuditSettings, perturb: str | None = None) -> PreparedModel:
+    """The audited module and inputs, after one-line checks of the model's output, ``layer``,
+    ``perturb`` and each checkpoint, named on the user's model.
+
+    - A model returning a tensor is audited as it is. One returning ``.logits`` or a tuple
+      is wrapped (:func:`~malleability.model_outputs.as_classifier`).
+    - ``perturb`` names a submodule whose output h(x) the attack moves: the audit runs on
+      h, the model as a function of it (:class:`~malleability.embedding_attack.SubmoduleInput`),
+      so ε is in that layer's units, there are no box bounds, α defaults to 2.5·ε/steps
+      (Madry et al. 2018), and κ with ``layer=None`` is that of h.
+    - Integer inputs (token ids) without ``perturb`` are refused.
+    """
+    check_perturb(model, x, perturb)
+    if settings.layer is not None:
+        _submodule(model, settings.layer)
+    ckpts = [_as_model(model, c, f"checkpoints[{i}]") for i, c in enumerate(checkpoints or [])]
+    if perturb is None:
+        with torch.no_grad():
+            out = model(x[:2])
+        logits_of(out)
+        if isinstance(out, torch.Tensor):
+            return PreparedModel(model, x, x_test, ckpts, settings)
+        wrap = as_classifier
+    else:
+        def wrap(m: nn.Module) -> nn.Module:
+            return SubmoduleInput(m, perturb)
+
+        wrapped = wrap(model)
+        x, x_test = wrapped.check(x), wrapped.check(x_test)
+        steps = settings.steps
+        settings = settings.replace(bounds=(-math.inf, math.inf), alpha=(
+            2.5 * settings.eps / steps if settings.alpha is None else settings.alpha))
+    settings = settings.replace(
+        layer=None if settings.layer is None else f"model.{settings.layer}",
+        parameters=tuple(f"model.{p}" for p in settings.parameters))
+    return PreparedModel(wrap(model), x, x_test, [wrap(c) for c in ckpts], settings)
 
 
 #: A randomized estimator's noise control compares its scores at seed s with those at
@@ -433,13 +492,17 @@ def _check_parameters_used(model: nn.Module, x: torch.Tensor, parameters: Sequen
 
 
 def prepare(model: nn.Module, x_train: Any, y_train: Any = None, x_test: Any = None,
-            y_test: Any = None, *, estimator: str = "ntk-loo",
+            y_test: Any = None, *, estimator: str | InfluenceEstimator = "ntk-loo",
             checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
-            settings: AuditSettings | None = None, **options: Any) -> AuditProblem:
-    """Check and load an audit's inputs (see :func:`audit`) before any computation."""
+            settings: AuditSettings | None = None, perturb: str | None = None,
+            **options: Any) -> AuditProblem:
+    """Check and load an audit's inputs (see :func:`audit`) before any computation; the
+    model, inputs and settings as the audit runs them (:func:`prepare_model`)."""
     settings = (settings or AuditSettings()).replace(**options)
     check_estimator(estimator, "estimator")
     est = make_estimator(estimator, ridge=settings.ridge, damping=settings.damping)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     model = copy.deepcopy(model).eval()
     first = next(model.parameters(), None)
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -448,11 +511,12 @@ def prepare(model: nn.Module, x_train: Any, y_train: Any = None, x_test: Any = N
     xt, yt = load_split(x_test if x_test is not None else x_train, y_test, "x_test")
     x, xt = (a.to(device, dtype) if a.is_floating_point() else a.to(device) for a in (x, xt))
     y, yt = y.to(device), yt.to(device)
+    asked, ready = settings, prepare_model(model, x, xt, checkpoints, settings, perturb)
+    model, x, xt, settings = ready.model, ready.x, ready.x_test, ready.settings
     _check_in_bounds(x, settings.bounds, "x_train")
     _check_in_bounds(xt, settings.bounds, "x_test")
     _check_sample_size(x.shape[0], settings.fraction)
-    if settings.layer is not None:
-        _submodule(model, settings.layer)
+    est.check(model, x, settings.parameters or None)
     classes = output_size(model, x)
     if settings.parameters:
         _check_parameters_used(model, x, settings.parameters)
@@ -461,10 +525,12 @@ def prepare(model: nn.Module, x_train: Any, y_train: Any = None, x_test: Any = N
         if int(labels.min()) < 0 or int(labels.max()) >= top:
             raise ValueError(f"{name}: expected labels in 0..{top - 1} for a model with "
                              f"{classes} output(s), got {int(labels.min())}..{int(labels.max())}")
-    models = None if not checkpoints else [_as_model(model, c) for c in checkpoints]
-    record = {"estimator": {"estimator": est.name, **est.to_dict()}, **settings.to_dict(),
-              "alpha": settings.step(), "n_train": int(x.shape[0]), "n_test": int(xt.shape[0]),
-              "outputs": classes, "control": {"attack": RandomSign.name, "eps": settings.eps},
+    models = ready.checkpoints or None
+    record = {"estimator": {"estimator": est.name, **est.to_dict()}, **asked.to_dict(),
+              "alpha": settings.step(), "bounds": list(settings.bounds),
+              "n_train": int(x.shape[0]), "n_test": int(xt.shape[0]), "outputs": classes,
+              "perturb": perturb,
+              "control": {"attack": RandomSign.name, "eps": settings.eps},
               "noise_partner": NOISE_PARTNER}
     return AuditProblem(settings, est, model, models, (x, y, xt, yt), record)
 
@@ -476,13 +542,21 @@ def audit(
     x_test: Any = None,
     y_test: Any = None,
     *,
-    estimator: str = "ntk-loo",
+    estimator: str | InfluenceEstimator = "ntk-loo",
     checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
     settings: AuditSettings | None = None,
+    perturb: str | None = None,
     **options: Any,
 ) -> AuditReport:
-    """Audit ``model`` (any module mapping a batch to (n, C) logits or (n,) scores) with the
-    registered ``estimator``.
+    """Audit ``model`` with the registered ``estimator`` (a name, or an estimator instance
+    with its own settings, e.g. ``TRAK(proj_dim=64)``).
+
+    The model: any ``nn.Module`` whose output is (n, C) logits or (n,) scores, as a tensor,
+    an object's ``.logits`` (Hugging Face) or a tuple's first element
+    (:mod:`~malleability.model_outputs`). ``perturb`` names a submodule (e.g. the word
+    embeddings of a token model) whose output the attack moves instead of the input
+    (:func:`prepare_model`); ``layer``, ``parameters``, ``perturb`` and checkpoints are named on
+    ``model`` itself.
 
     Data: tensors/arrays with integer labels, package Datasets or .npz/.pt files (then the
     ``y`` arguments may be None), moved to the model's device and dtype. ``settings`` (or its
@@ -490,10 +564,10 @@ def audit(
     Inputs are checked before any computation.
     """
     p = prepare(model, x_train, y_train, x_test, y_test, estimator=estimator,
-                checkpoints=checkpoints, settings=settings, **options)
+                checkpoints=checkpoints, settings=settings, perturb=perturb, **options)
     s, est = p.settings, p.estimator
     spectrum = spectral_step(representation(p.model, p.data[0], s.layer))
-    spectrum["layer"] = s.layer or "input"
+    spectrum["layer"] = p.record["layer"] or perturb or "input"  # named on the user's model
     main = spectrum["per_example"]
     clean = {seed: attribute(est, [p.model], *p.data, seed, s.parameters or None)
              for seed in p.seeds_to_score()}

@@ -343,6 +343,8 @@ _audit_options, _audit_values = settings_options(AuditCommandSettings)
               help="A state_dict of the same model (repeatable): checkpoint agreement.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
+@click.option("--perturb", default=None, help="Submodule whose output the attack moves "
+              "instead of the input (token models: e.g. the word embeddings); ε in its units.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a summary.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="Run folder: one resumable cell per (estimator, checkpoint, seed), then "
@@ -351,8 +353,9 @@ _audit_options, _audit_values = settings_options(AuditCommandSettings)
 def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
                   test_path: Path | None, dataset: str | None, classes: str | None,
                   n_train: int | None, n_test: int | None,
-                  checkpoint_paths: tuple[Path, ...], data_root: Path | None, as_json: bool,
-                  out: Path | None, **options: Any) -> None:
+                  checkpoint_paths: tuple[Path, ...], data_root: Path | None,
+                  perturb: str | None, as_json: bool, out: Path | None,
+                  **options: Any) -> None:
     """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator
     against its controls (estimator noise, random ±ε) with intervals over seeds and a
     verdict, and checkpoint agreement (step 2b)."""
@@ -380,6 +383,9 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
         common = AuditSettings(**{f.name: getattr(settings, f.name)
                                   for f in dataclasses.fields(AuditSettings)})
         if out is not None:
+            if perturb is not None:
+                raise ValueError("perturb: --out does not take --perturb yet; audit without "
+                                 "--out")
             if as_json:
                 raise ValueError("json: --out writes a report folder; give --json or --out")
             from .audit_folder import audit_folder
@@ -396,7 +402,7 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
     for name in settings.estimators:  # a later estimator's failure keeps the earlier results
         try:
             reports.append(audit(model, train, None, test, None, estimator=name,
-                                 checkpoints=checkpoints, settings=common))
+                                 checkpoints=checkpoints, settings=common, perturb=perturb))
         except (ValueError, OSError) as err:
             failure = str(err)
             break

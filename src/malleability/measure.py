@@ -89,11 +89,15 @@ def compare(before: Attribution, after: Attribution, fraction: float,
 def attribute(estimator: InfluenceEstimator, models: Sequence[nn.Module], x: torch.Tensor,
               y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, seed: int,
               parameters: Sequence[str] | None = None) -> Attribution:
-    """The estimator's attribution on one model, or the mean of its scores over several
-    (checkpoints; no diagnostics)."""
+    """The estimator's attribution on one model, or over several (checkpoints; no
+    diagnostics): its own ensemble where it has one (``ensemble_scores``: TRAK), else the
+    mean of its scores."""
     if len(models) == 1:
         return estimator.attribute(models[0], x, y, x_test, y_test, seed=seed,
                                    parameters=parameters)
+    if hasattr(estimator, "ensemble_scores"):
+        return Attribution(estimator.ensemble_scores(models, x, y, x_test, y_test, seed=seed,
+                                                     parameters=parameters))
     scores = [estimator.scores(m, x, y, x_test, y_test, seed=seed, parameters=parameters)
               for m in models]
     return Attribution(sum(scores) / len(scores))

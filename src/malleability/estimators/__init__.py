@@ -18,22 +18,30 @@ from torch import nn
 
 from .base import Attribution, Estimator, InfluenceEstimator
 from .dattri import DATTRI_ESTIMATORS, DattriEstimator
+from .kronfluence import KRONFLUENCE_ESTIMATORS, KronfluenceEstimator
 from .ntk_loo import NTKLOO
+from .tracin import TracIn
 
 #: Every estimator class by its name.
-ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, *DATTRI_ESTIMATORS)}
+ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, TracIn, *DATTRI_ESTIMATORS,
+                                                  *KRONFLUENCE_ESTIMATORS)}
 
 
 def check_estimator(value: Any, name: str) -> str:
-    """The registry name of an estimator."""
+    """The registry name of an estimator (or of an estimator instance)."""
+    if isinstance(value, Estimator):
+        return value.name
     if value not in ESTIMATORS:
         raise ValueError(f"{name}: expected one of {', '.join(ESTIMATORS)}, got {value!r}")
     return str(value)
 
 
-def make_estimator(estimator: str, **settings: Any) -> InfluenceEstimator:
+def make_estimator(estimator: str | Estimator, **settings: Any) -> InfluenceEstimator:
     """The estimator named ``estimator`` with those of ``settings`` its class has (the others
-    are ignored: NTK-LOO has a ridge, the influence functions a damping)."""
+    are ignored: NTK-LOO has a ridge, the influence functions a damping); an estimator
+    instance is returned as it is (its own settings kept)."""
+    if isinstance(estimator, Estimator):
+        return estimator
     cls = ESTIMATORS[check_estimator(estimator, "estimator")]
     known = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in settings.items() if k in known})
@@ -56,6 +64,7 @@ __all__ = [
     "DattriEstimator",
     "Estimator",
     "InfluenceEstimator",
+    "KronfluenceEstimator",
     "check_estimator",
     "influence_scores",
     "make_estimator",

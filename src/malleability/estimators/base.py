@@ -46,6 +46,9 @@ class InfluenceEstimator(Protocol):
                   x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
                   parameters: Sequence[str] | None = None) -> Attribution: ...
 
+    def check(self, model: nn.Module, x: torch.Tensor,
+              parameters: Sequence[str] | None = None) -> None: ...
+
 
 class Estimator(Settings):
     """Base of the registered estimators (frozen settings dataclasses): subclasses set
@@ -60,6 +63,11 @@ class Estimator(Settings):
                x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
                parameters: Sequence[str] | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+    def check(self, model: nn.Module, x: torch.Tensor,
+              parameters: Sequence[str] | None = None) -> None:
+        """A one-line ValueError, before any computation, when this estimator cannot handle
+        ``model`` on training inputs ``x`` (saying which estimator and why); none by default."""
 
     def attribute(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                   x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,

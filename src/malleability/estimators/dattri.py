@@ -1,9 +1,12 @@
-"""The field's estimators through dattri 0.3.0: influence functions, TRAK and TracIn.
+"""The field's estimators through dattri 0.3.0: influence functions and TRAK (TracIn is the
+package's own, :mod:`.tracin`: batched per-example gradients).
 
 - Influence functions ∇L_t · (H + δI)⁻¹ ∇L_i with the Hessian H inverted explicitly, by CG,
   LiSSA, Arnoldi, DataInf or EK-FAC (damping δ = ``damping``, 1e-3 by default);
-- TRAK's projected-gradient score (projection seeded with ``seed``);
-- TracIn at the given checkpoint: exact ∇L_t · ∇L_i (Grad-Dot, no projection).
+- TRAK's projected-gradient score (projection seeded with ``seed``, to ``proj_dim`` < n
+  dimensions: :func:`~malleability.trak_projection.check_trak_projection`); several
+  checkpoints are its intended ensemble (:meth:`TRAK.ensemble_scores`, which
+  :func:`~malleability.measure.attribute` uses), not a mean of single-checkpoint scores.
 
 The loss is the model's training loss (:func:`~malleability.losses.training_loss`):
 cross-entropy on logits (C ≥ 2), the logistic loss on one score. dattri builds float32
@@ -21,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._validation import check_positive
+from .._validation import check_positive, check_positive_int
 from ..jacobian_ntk import select_parameters
 from ..losses import as_labels, training_loss
 from ..settings import setting
@@ -45,24 +48,35 @@ class DattriEstimator(Estimator):
     def scores(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
                parameters: Sequence[str] | None = None) -> torch.Tensor:
-        model = copy.deepcopy(model).eval()  # dattri may leave hooks behind
+        return self._guarded([model], x_train, y_train, x_test, y_test, seed, parameters)
+
+    def _guarded(self, models, x_train, y_train, x_test, y_test, seed, parameters):
+        """``_attribute`` on copies of ``models`` (dattri may leave hooks behind), seeded, its
+        failures and non-finite scores as one-line errors."""
+        models = [copy.deepcopy(m).eval() for m in models]
+        extra = {} if len(models) == 1 else {"models": models}
         y_train, y_test = as_labels(y_train), as_labels(y_test)
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                scores = self._attribute(model, x_train, y_train, x_test, y_test, parameters,
-                                         seed).detach()
+                scores = self._attribute(models[0], x_train, y_train, x_test, y_test,
+                                         parameters, seed, **extra).detach()
         except (RuntimeError, UnboundLocalError, TypeError, IndexError) as err:
             raise ValueError(f"estimator: {self.name} failed inside dattri "
                              f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
         if not bool(torch.isfinite(scores).all()):
             raise ValueError(f"estimator: {self.name} returned non-finite scores "
-                             "(dattri 0.3.0; see docs/audit.md)")
+                             f"({self.nonfinite_cause()})")
         return scores
 
+    def nonfinite_cause(self) -> str:
+        """Why this estimator's scores can be NaN, for the error message."""
+        return "dattri 0.3.0; see docs/audit.md"
+
     @staticmethod
-    def _task(model: nn.Module, x_train: torch.Tensor):
-        """dattri's task on ``model``'s training loss, and that loss (params, batch) → mean."""
+    def _task(model: nn.Module, x_train: torch.Tensor, checkpoints: list | None = None):
+        """dattri's task on ``model``'s training loss (at its weights, or at each of
+        ``checkpoints``' state dicts), and that loss (params, batch) → mean."""
         from dattri.task import AttributionTask
         from torch.func import functional_call
 
@@ -75,7 +89,7 @@ class DattriEstimator(Estimator):
             return training_loss(functional_call(model, params, (x,)), y).mean()
 
         return AttributionTask(loss_func=loss_fn, model=model,
-                               checkpoints=model.state_dict()), loss_fn
+                               checkpoints=checkpoints or model.state_dict()), loss_fn
 
     @staticmethod
     def _loaders(x_train, y_train, x_test, y_test):
@@ -135,9 +149,25 @@ class IFArnoldi(DattriEstimator):
     name: ClassVar[str] = "if-arnoldi"
     randomized: ClassVar[bool] = True
     attributor: ClassVar[str] = "IFAttributorArnoldi"
+    proj_dim: int = setting(100, "Eigenpairs Arnoldi keeps (dattri's 100); below the number "
+                            "of parameters.", check_positive_int)
 
     def options(self, seed: int) -> dict[str, Any]:
-        return {"regularization": self.damping, "seed": seed}
+        return {"regularization": self.damping, "seed": seed, "proj_dim": self.proj_dim}
+
+    def check(self, model: nn.Module, x: torch.Tensor,
+              parameters: Sequence[str] | None = None) -> None:
+        names = select_parameters(model, parameters)
+        count = sum(p.numel() for k, p in model.named_parameters() if k in names)
+        if self.proj_dim >= count:
+            raise ValueError(f"proj_dim: if-arnoldi keeps {self.proj_dim} eigenpairs of a "
+                             f"Hessian of {count} parameters, where Arnoldi meets spurious "
+                             f"Ritz values; use fewer than {count}")
+
+    def nonfinite_cause(self) -> str:
+        return ("dattri keeps the top proj_dim Hessian eigenvalues by |λ| and scales by 1/√λ, "
+                "so a negative eigenvalue (a model not at a minimum) gives NaN; raise damping "
+                "above |λ_min(H)|, or use if-explicit, ekfac or kfac; tests/test_dattri_arnoldi.py")
 
 
 @dataclass(frozen=True)
@@ -156,6 +186,25 @@ class IFEKFAC(DattriEstimator):
     name: ClassVar[str] = "if-ekfac"
     attributor: ClassVar[str] = "IFAttributorEKFAC"
 
+    def check(self, model: nn.Module, x: torch.Tensor,
+              parameters: Sequence[str] | None = None) -> None:
+        """dattri 0.3.0's EK-FAC takes 2-d activations only (``UnboundLocalError: a_prev``
+        on token activations): refuse a model whose Linear modules see more dimensions."""
+        seen: list[tuple[str, tuple[int, ...]]] = []
+        hooks = [m.register_forward_pre_hook(
+            lambda _m, args, name=name: seen.append((name, tuple(args[0].shape))))
+            for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        try:
+            with torch.no_grad():
+                model(x[:1])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        deep = next(((n, s) for n, s in seen if len(s) > 2), None)
+        if deep is not None:
+            raise ValueError(f"estimator: if-ekfac (dattri) handles 2-d activations only, and "
+                             f"{deep[0]!r} gets {deep[1]} (tokens); use 'ekfac' (kronfluence)")
+
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import influence_function as dif
         task, _ = self._task(model, x_train)
@@ -173,40 +222,51 @@ class TRAK(DattriEstimator):
 
     name: ClassVar[str] = "trak"
     randomized: ClassVar[bool] = True
+    proj_dim: int | None = setting(None, "TRAK's projection dimension k < n (default: dattri's "
+                                   "512, or n // 2 below 1,024 points).", check_positive_int)
 
-    def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
+    def projection(self, n: int) -> int:
+        """k for ``n`` training points: ``proj_dim`` checked below n, or min(512, n // 2): at
+        k near n, ΦᵀΦ nearly interpolates the n gradients (:mod:`~malleability.trak_projection`)
+        and the scores follow round-off (docs/audit.md, the realistic audit)."""
+        from ..trak_projection import check_trak_projection
+        return check_trak_projection(max(1, min(512, n // 2)) if self.proj_dim is None
+                                     else self.proj_dim, n)
+
+    def check(self, model: nn.Module, x: torch.Tensor,
+              parameters: Sequence[str] | None = None) -> None:
+        self.projection(x.shape[0])
+
+    def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed,
+                   models=None):
         from dattri.algorithm.trak import DEFAULT_PROJECTOR_KWARGS, TRAKAttributor
-        task, loss_fn = self._task(model, x_train)
+        checkpoints = None if models is None else [  # copies: dattri loads each in place
+            {k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
+        task, loss_fn = self._task(model, x_train, checkpoints)
         train, test = self._loaders(x_train, y_train, x_test, y_test)
         device = str(x_train.device)
 
-        def correct_probability(params, data):
+        def correct_probability(params, data):  # dattri vmaps it over single samples
             return torch.exp(-loss_fn(params, data))
 
         names = None if parameters is None else select_parameters(model, parameters)
         attributor = TRAKAttributor(task, correct_probability, layer_name=names, device=device)
-        attributor.projector_kwargs = {**DEFAULT_PROJECTOR_KWARGS, "proj_seed": seed,
-                                       "device": device}  # a copy: dattri's default stays
+        attributor.projector_kwargs = {  # a copy: dattri's default stays
+            **DEFAULT_PROJECTOR_KWARGS, "proj_seed": seed, "device": device,
+            "proj_dim": self.projection(x_train.shape[0])}
         attributor.cache(train)
         return attributor.attribute(test).mean(1).to(torch.float64)
 
-
-@dataclass(frozen=True)
-class TracIn(DattriEstimator):
-    """TracIn at one checkpoint: exact gradient dot products (TracInAttributor, Grad-Dot)."""
-
-    name: ClassVar[str] = "tracin"
-
-    def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
-        from dattri.algorithm.tracin import TracInAttributor
-        task, _ = self._task(model, x_train)
-        train, test = self._loaders(x_train, y_train, x_test, y_test)
-        names = None if parameters is None else select_parameters(model, parameters)
-        attributor = TracInAttributor(task, torch.ones(1), normalized_grad=False,
-                                      layer_name=names, device=str(x_train.device))
-        attributor.projector_kwargs = None  # exact gradients, no random projection
-        return attributor.attribute(train, test).mean(1).to(torch.float64)
+    def ensemble_scores(self, models: Sequence[nn.Module], x_train: torch.Tensor,
+                        y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
+                        seed: int = 0, parameters: Sequence[str] | None = None
+                        ) -> torch.Tensor:
+        """TRAK's ensemble over checkpoints ``models`` (one architecture): the mean over
+        checkpoints of φ_t,k (Φ_kᵀΦ_k)⁻¹ Φ_kᵀ times the checkpoints' mean 1 − p(correct)
+        (:mod:`~malleability.trak_projection`)."""
+        return self._guarded(list(models), x_train, y_train, x_test, y_test, seed,
+                             parameters)
 
 
 #: dattri's estimators, in the order the audit lists them.
-DATTRI_ESTIMATORS = (TRAK, TracIn, IFExplicit, IFCG, IFLiSSA, IFDataInf, IFEKFAC, IFArnoldi)
+DATTRI_ESTIMATORS = (TRAK, IFExplicit, IFCG, IFLiSSA, IFDataInf, IFEKFAC, IFArnoldi)

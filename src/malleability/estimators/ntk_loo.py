@@ -7,7 +7,9 @@ for C ≥ 2 outputs, one ±1 column with ½(f − y)² for one output (class ind
 The kernel: :class:`~malleability.models.TwoLayerNet`'s closed-form empirical NTK of its
 weights (:func:`~malleability.influence.network_influence`), any other module's traced
 empirical NTK by Jacobian contraction (:func:`~malleability.jacobian_ntk.jacobian_ntk`,
-restricted to ``parameters``), float64.
+restricted to ``parameters``), float64: Θ(X, X) (lower triangle) and the cross kernel
+Θ(X_t, X), in blocks whose memory is bounded by the free memory, never the n × C × P
+Jacobian.
 """
 
 from __future__ import annotations
@@ -47,12 +49,11 @@ class NTKLOO(Estimator):
             return network_influence(model, x_train, as_targets_of(y_train, c, torch.float64),
                                      x_test, as_targets_of(y_test, c, torch.float64),
                                      self.ridge)
-        n = x_train.shape[0]
-        kernel = jacobian_ntk(model, torch.cat([x_train, x_test]), parameters=parameters)
+        kernel = jacobian_ntk(model, x_train, parameters=parameters)
+        cross = jacobian_ntk(model, x_test, x_train, parameters=parameters)
         classes = output_size(model, x_train[:1])
         y, y_t = (as_targets_of(t, classes, torch.float64) for t in (y_train, y_test))
-        return ntk_influence(kernel[:n, :n], kernel[n:, :n], y, y_t, self.ridge,
-                             loss_for_targets(y))
+        return ntk_influence(kernel, cross, y, y_t, self.ridge, loss_for_targets(y))
 
     def scores(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,

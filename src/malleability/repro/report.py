@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -224,10 +225,16 @@ def to_text(table: Table) -> str:
 
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;line-height:1.4}"
+         ".scroll{overflow-x:auto;max-width:100%}"
          "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
-         "th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+         "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
+         "td.num{text-align:right;white-space:nowrap}"
          "th{background:#f0f0f0}caption{font-style:italic;text-align:left}"
          "img{max-width:100%}figcaption{font-style:italic}")
+
+
+#: A cell that is a number (with its interval or unit): right-aligned, as numbers are read.
+NUMBER = re.compile(r"^[−+-]?[\d.,]+(e[−+-]?\d+)?( ?%)?( \[[^\]]*\])?$")
 
 
 def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.13085") -> str:
@@ -242,10 +249,11 @@ def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.1
             parts.append(f"<p>{esc(block.text)}</p>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
-            body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>"
-                           for row in block.rows)
-            parts.append(f"<table><caption>{esc(block.caption)}</caption><thead><tr>{head}"
-                         f"</tr></thead><tbody>{body}</tbody></table>")
+            body = "".join("<tr>" + "".join(
+                f'<td class="num">{esc(c)}</td>' if NUMBER.match(c) else f"<td>{esc(c)}</td>"
+                for c in row) + "</tr>" for row in block.rows)
+            parts.append(f'<div class="scroll"><table><caption>{esc(block.caption)}</caption>'
+                         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
         else:
             parts.append(f'<figure><img src="{esc(block.path)}" alt="{esc(block.caption)}">'
                          f"<figcaption>{esc(block.caption)}</figcaption></figure>")
