@@ -329,7 +329,7 @@ def prepare_model(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
             return SubmoduleInput(m, perturb)
 
         wrapped = wrap(model)
-        x, x_test = wrapped.check(x), wrapped.check(x_test)
+        x, x_test = wrapped.check(x, "x_train"), wrapped.check(x_test, "x_test")
         steps = settings.steps
         settings = settings.replace(bounds=(-math.inf, math.inf), alpha=(
             2.5 * settings.eps / steps if settings.alpha is None else settings.alpha))

@@ -75,6 +75,9 @@ def tracked_modules(model: nn.Module, modules: Sequence[str] | None) -> list[str
                              f"{type(model).__name__} has none")
         return list(found)
     names = [modules] if isinstance(modules, str) else list(modules)
+    if not names:
+        raise ValueError("modules: expected at least one module name (None: every nn.Linear "
+                         "and nn.Conv2d)")
     everything = dict(model.named_modules())
     for name in names:
         if name not in everything:
@@ -114,6 +117,11 @@ def kronfluence_scores(
     seed = check_seed(seed)
     check_rows_match(x_train, y_train, "x_train", "y_train")
     check_rows_match(x_test, y_test, "x_test", "y_test")
+    for t, name in ((x_train, "x_train"), (x_test, "x_test")):
+        if t.shape[0] == 0:
+            raise ValueError(f"{name}: expected at least one row")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or infinite values")
     names = tracked_modules(model, modules)
     model = copy.deepcopy(model).eval()
     if isinstance(model, TRACKED):  # kronfluence cannot wrap the root: give it a parent
