@@ -156,7 +156,7 @@ def test_python_api_refuses_types_it_used_to_coerce(small_classifier):
     for options, message in ((dict(seeds=[0.5, 1.9]), "seeds[0]: expected an integer"),
                              (dict(seeds=(True,)), "seeds[0]: expected an integer"),
                              (dict(eps=True), "eps: expected a number"),
-                             (dict(bounds=(0, float("inf"))), "bounds[1]: expected a finite")):
+                             (dict(bounds=(0, float("inf"))), "alpha: expected a step size")):
         with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
             AuditSettings(**options)
     assert AuditSettings(parameters="head").parameters == ("head",)  # one name, not letters

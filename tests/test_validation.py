@@ -96,6 +96,7 @@ def test_parse_bounds_names_the_option(text: str, expected: str) -> None:
 
 def test_check_bounds() -> None:
     assert check_bounds((0, 1)) == (0.0, 1.0)
-    for bad in ("01", (0,), (0, True), (0, float("inf")), (1, 1)):
+    assert check_bounds((-float("inf"), float("inf"))) == (-float("inf"), float("inf"))
+    for bad in ("01", (0,), (0, True), (0, float("nan")), (float("inf"), 0), (1, 1)):
         with pytest.raises(ValueError, match="^bounds"):
             check_bounds(bad)

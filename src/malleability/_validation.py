@@ -149,10 +149,12 @@ def check_real(value: Any, name: str) -> float:
 
 
 def check_bounds(value: Any, name: str = "bounds") -> tuple[float, float]:
-    """An input domain (low, high): two finite numbers, low < high."""
+    """An input domain (low, high): two numbers, low < high; ±inf only as an unbounded side
+    (a perturbed layer's output has no box)."""
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
         raise ValueError(f"{name}: expected (low, high), got {value!r}")
-    low, high = (check_real(v, f"{name}[{i}]") for i, v in enumerate(value))
+    low, high = (v if isinstance(v, float) and math.isinf(v) else check_real(v, f"{name}[{i}]")
+                 for i, v in enumerate(value))
     if not low < high:
         raise ValueError(f"{name}: expected low < high, got ({low:g}, {high:g})")
     return low, high
