@@ -187,6 +187,8 @@ def check_in_bounds(x: torch.Tensor, bounds: Sequence[float], name: str) -> None
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected floating-point inputs the attacks can perturb, "
                          f"got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
     a, b = float(x.min()), float(x.max())
     if a < lo or b > hi:
         raise ValueError(f"{name}: expected values in bounds [{lo:g}, {hi:g}], "
