@@ -145,6 +145,7 @@ def test_parameters_the_forward_pass_does_not_use_are_named(small_classifier):
     from malleability.auditing import audit
 
     model, (x, y, xt, yt) = small_classifier
+    model = __import__("copy").deepcopy(model)  # the fixture is shared by later tests
     model.unused = torch.nn.Linear(2, 2)
     with pytest.raises(ValueError, match="^parameters: unused do not affect the model's output"):
         audit(model, x, y, xt, yt, parameters=("unused",))

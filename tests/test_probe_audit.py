@@ -354,6 +354,24 @@ def test_kronfluence_refuses_in_one_line(model, options, message):
         _kf(model, **options)
 
 
+class WithUnused(nn.Module):
+    """_model()'s layers, and a Linear that forward never calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.unused = _model(), nn.Linear(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_kronfluence_skips_a_linear_module_forward_never_calls():
+    """Was: KeyError 'unused' from kronfluence's eigendecomposition."""
+    assert torch.allclose(_kf(WithUnused()), _kf(_model()), rtol=1e-9, atol=0)
+    with pytest.raises(ValueError, match=r"^modules: 'unused' is not called by WithUnused"):
+        _kf(WithUnused(), modules=["net.0", "unused"])
+
+
 def test_kronfluence_on_one_training_point_is_finite_and_removes_its_folder():
     before = set(Path(tempfile.gettempdir()).glob("kronfluence-*"))
     scores = _kf(n=1)

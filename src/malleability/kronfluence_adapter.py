@@ -88,6 +88,29 @@ def tracked_modules(model: nn.Module, modules: Sequence[str] | None) -> list[str
     return names
 
 
+def called_modules(model: nn.Module, names: list[str], x: torch.Tensor, named: bool
+                   ) -> list[str]:
+    """Those of ``names`` that ``model``'s forward on ``x`` calls (kronfluence fails on a
+    tracked module it never sees); one the user ``named`` that is not called is a ValueError."""
+    seen: set[str] = set()
+    handles = [model.get_submodule(n).register_forward_hook(
+        lambda *_, n=n: seen.add(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    unused = [n for n in names if n not in seen]
+    if named and unused:
+        raise ValueError(f"modules: {unused[0]!r} is not called by {type(model).__name__}'s "
+                         "forward")
+    if len(unused) == len(names):
+        raise ValueError(f"model: {type(model).__name__}'s forward calls none of its nn.Linear "
+                         "and nn.Conv2d modules")
+    return [n for n in names if n in seen]
+
+
 def kronfluence_scores(
     model: nn.Module,
     x_train: torch.Tensor,
@@ -122,7 +145,8 @@ def kronfluence_scores(
             raise ValueError(f"{name}: expected at least one row")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or infinite values")
-    names = tracked_modules(model, modules)
+    names = called_modules(model, tracked_modules(model, modules), x_train[:1],
+                           modules is not None)
     model = copy.deepcopy(model).eval()
     if isinstance(model, TRACKED):  # kronfluence cannot wrap the root: give it a parent
         model, names = nn.Sequential(model), ["0"]
