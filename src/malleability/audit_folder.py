@@ -270,8 +270,11 @@ def audit_folder(out: Path, model: nn.Module, x_train: Any, y_train: Any = None,
     """:func:`~malleability.auditing.audit` for each of ``estimators`` as run folder ``out``
     (module docstring), then its report; returns report.md's path. Every input is checked
     before any file is written."""
-    if not estimators:
-        raise ValueError("estimators: expected at least one estimator")
+    if isinstance(estimators, str) or not estimators:
+        raise ValueError(f"estimators: expected a list of estimator names, got {estimators!r}")
+    twice = sorted({e for e in estimators if list(estimators).count(e) > 1})
+    if twice:
+        raise ValueError(f"estimators: {', '.join(map(str, twice))} given more than once")
     problems = [prepare(model, x_train, y_train, x_test, y_test, estimator=name,
                         checkpoints=checkpoints, settings=settings, **options)
                 for name in estimators]

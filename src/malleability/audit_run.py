@@ -32,6 +32,7 @@ from .auditing import (
     representation,
     spectral_step,
 )
+from .controls import METRICS
 from .estimators import Attribution
 from .repro.jobs import versions
 from .repro.store import (
@@ -117,6 +118,31 @@ def estimator_cell(p: AuditProblem, label: str, seed: int,
     return out
 
 
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+def check_result(folder: str, result: dict[str, Any]) -> None:
+    """:class:`CorruptFile` unless ``result`` has the layout the report reads: a spectrum
+    cell's eigenvalues and Grams, an estimator cell's metrics per perturbation and scores (a
+    cell of another version, or edited with its checksum recomputed, is recomputed instead of
+    breaking the report)."""
+    if folder == SPECTRUM:
+        if not (_numbers(result.get("eigenvalues")) and isinstance(result.get("layer"), str)
+                and isinstance(result.get("per_example"), dict)):
+            raise CorruptFile("result: expected a spectrum's eigenvalues, layer and per_example")
+        return
+    for kind in ("adversarial", "random", "noise"):
+        metrics = result.get(kind, {})
+        if not (kind == "noise" and metrics is None) and not (
+                isinstance(metrics, dict) and _numbers([metrics.get(m) for m in METRICS])):
+            raise CorruptFile(f"result.{kind}: expected the numbers {', '.join(METRICS)}")
+    for key in ("scores", "selected", "adversarial_scores", "random_scores"):
+        if not _numbers(result.get(key)):
+            raise CorruptFile(f"result.{key}: expected a list of numbers")
+
+
 def plan(problems: Sequence[AuditProblem]) -> list[tuple[str, dict[str, Any]]]:
     """Every (folder, cell) of the audit, in run order: the spectrum, then per estimator its
     checkpoints × seeds."""
@@ -163,7 +189,9 @@ def run_audit(out: Path, problems: Sequence[AuditProblem], device: str = "cpu",
             record = None
             if path.exists():
                 try:
-                    record = read_cell(path, folder, cell, digest_)
+                    found = read_cell(path, folder, cell, digest_)
+                    check_result(folder, found["result"])
+                    record = found
                 except CorruptFile as err:
                     move_aside(path, out, str(err))
             if record is None:

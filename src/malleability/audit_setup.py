@@ -187,6 +187,8 @@ def check_in_bounds(x: torch.Tensor, bounds: Sequence[float], name: str) -> None
     if not x.is_floating_point():
         raise ValueError(f"{name}: expected floating-point inputs the attacks can perturb, "
                          f"got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or infinite values")
     a, b = float(x.min()), float(x.max())
     if a < lo or b > hi:
         raise ValueError(f"{name}: expected values in bounds [{lo:g}, {hi:g}], "
@@ -250,7 +252,7 @@ def prepare_model(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
             return SubmoduleInput(m, perturb)
 
         wrapped = wrap(model)
-        x, x_test = wrapped.check(x), wrapped.check(x_test)
+        x, x_test = wrapped.check(x, "x_train"), wrapped.check(x_test, "x_test")
         steps = settings.steps
         settings = settings.replace(bounds=(-math.inf, math.inf), alpha=(
             2.5 * settings.eps / steps if settings.alpha is None else settings.alpha))

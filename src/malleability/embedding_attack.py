@@ -88,6 +88,9 @@ def submodule_output(model: nn.Module, submodule: str, x: torch.Tensor) -> torch
             model(x)
     finally:
         handle.remove()
+    if not seen:
+        raise ValueError(f"perturb: {submodule!r} is not called by {type(model).__name__}'s "
+                         "forward; name a submodule that it uses")
     if not isinstance(seen[0], torch.Tensor):
         raise ValueError(f"perturb: {submodule!r} returns {type(seen[0]).__name__}, not a "
                          "tensor; name a submodule whose output is one")
@@ -117,13 +120,28 @@ class SubmoduleInput(nn.Module):
         finally:
             handle.remove()
 
-    def check(self, x: torch.Tensor) -> torch.Tensor:
+    def check(self, x: torch.Tensor, name: str = "x") -> torch.Tensor:
         """h(x), after checking that this module on h(x) gives ``model``'s logits on ``x``
-        (else a one-line ValueError: the model reads its ids elsewhere too)."""
+        (else a one-line ValueError: the model reads its ids elsewhere too), and that token
+        ids ``x`` (called ``name``) fit an embedding named by ``perturb``."""
+        module = self.model.get_submodule(self.submodule)
+        if isinstance(module, nn.Embedding) and not x.is_floating_point() and x.numel() and (
+                int(x.min()) < 0 or int(x.max()) >= module.num_embeddings):
+            raise ValueError(f"{name}: token ids in {int(x.min())}..{int(x.max())}, beyond the "
+                             f"{module.num_embeddings} rows of {self.submodule!r}")
         h = submodule_output(self.model, self.submodule, x)
         with torch.no_grad():
-            direct, through = logits_of(self.model(x)), self(h)
-        if not torch.allclose(direct, through, rtol=1e-5, atol=1e-6 * float(direct.abs().max())):
+            direct = logits_of(self.model(x))
+            try:
+                through = self(h)
+            except (RuntimeError, IndexError, TypeError) as err:  # it needs more than h
+                raise ValueError(f"perturb: {type(self.model).__name__} does not run on "
+                                 f"{self.submodule!r}'s output alone ({type(err).__name__}: "
+                                 f"{' '.join(str(err).split())[:120]}); name a submodule "
+                                 "that all of the input passes through, such as the token "
+                                 "embedding") from None
+        if through.shape != direct.shape or not torch.allclose(
+                direct, through, rtol=1e-5, atol=1e-6 * float(direct.abs().max())):
             raise ValueError(f"perturb: {type(self.model).__name__} reads its inputs beyond "
                              f"{self.submodule!r} (its logits change when only that output is "
                              "kept); name a submodule that all of the input passes through")

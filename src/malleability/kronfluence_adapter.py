@@ -75,6 +75,9 @@ def tracked_modules(model: nn.Module, modules: Sequence[str] | None) -> list[str
                              f"{type(model).__name__} has none")
         return list(found)
     names = [modules] if isinstance(modules, str) else list(modules)
+    if not names:
+        raise ValueError("modules: expected at least one module name (None: every nn.Linear "
+                         "and nn.Conv2d)")
     everything = dict(model.named_modules())
     for name in names:
         if name not in everything:
@@ -83,6 +86,29 @@ def tracked_modules(model: nn.Module, modules: Sequence[str] | None) -> list[str
             raise ValueError(f"modules: {name!r} is a {type(everything[name]).__name__}; "
                              "kronfluence tracks only nn.Linear and nn.Conv2d")
     return names
+
+
+def called_modules(model: nn.Module, names: list[str], x: torch.Tensor, named: bool
+                   ) -> list[str]:
+    """Those of ``names`` that ``model``'s forward on ``x`` calls (kronfluence fails on a
+    tracked module it never sees); one the user ``named`` that is not called is a ValueError."""
+    seen: set[str] = set()
+    handles = [model.get_submodule(n).register_forward_hook(
+        lambda *_, n=n: seen.add(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    unused = [n for n in names if n not in seen]
+    if named and unused:
+        raise ValueError(f"modules: {unused[0]!r} is not called by {type(model).__name__}'s "
+                         "forward")
+    if len(unused) == len(names):
+        raise ValueError(f"model: {type(model).__name__}'s forward calls none of its nn.Linear "
+                         "and nn.Conv2d modules")
+    return [n for n in names if n in seen]
 
 
 def kronfluence_scores(
@@ -114,7 +140,13 @@ def kronfluence_scores(
     seed = check_seed(seed)
     check_rows_match(x_train, y_train, "x_train", "y_train")
     check_rows_match(x_test, y_test, "x_test", "y_test")
-    names = tracked_modules(model, modules)
+    for t, name in ((x_train, "x_train"), (x_test, "x_test")):
+        if t.shape[0] == 0:
+            raise ValueError(f"{name}: expected at least one row")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: contains NaN or infinite values")
+    names = called_modules(model, tracked_modules(model, modules), x_train[:1],
+                           modules is not None)
     model = copy.deepcopy(model).eval()
     if isinstance(model, TRACKED):  # kronfluence cannot wrap the root: give it a parent
         model, names = nn.Sequential(model), ["0"]

@@ -50,11 +50,11 @@ def load_callable(spec: str, name: str = "model") -> object:
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"{name}: expected module:callable, got {spec!r}")
+    if module_name.endswith(".py") and not Path(module_name).is_file():
+        raise ValueError(f"{name}: no such file {module_name}")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
-            if not path.is_file():
-                raise ValueError(f"{name}: no such file {module_name}")
             loader = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(module)
