@@ -16,7 +16,8 @@ from pathlib import Path
 
 from malleability.repro.experiments.base import model_name, verdict
 from malleability.repro.loading import load_run
-from malleability.repro.report import Table, fmt, group, pct, to_markdown
+from malleability.repro.blocks import Table, fmt, group, pct
+from malleability.repro.report import to_markdown
 from malleability.repro.seeds import combine, merge_seeds
 
 DOCS = Path(__file__).parent

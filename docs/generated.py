@@ -25,7 +25,8 @@ from malleability.repro.claims import claims_section, section_records
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.collapse import KINDS
 from malleability.repro.loading import load_run
-from malleability.repro.report import Block, Table, fmt, group, to_markdown
+from malleability.repro.blocks import Block, Table, fmt, group
+from malleability.repro.report import to_markdown
 from malleability.repro.seeds import combine
 
 DOCS = Path(__file__).parent
