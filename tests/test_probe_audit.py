@@ -238,12 +238,12 @@ import os, signal, sys
 sys.path.insert(0, {SRC!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_probe_audit import _run
 import malleability.audit_run as ar
-compute = ar._compute
-def dying(folder, cell, *a):
-    if cell.get("seed") == 1:
+compute = ar.compute_audit_cell
+def dying(job, ctx):
+    if job.cell.get("seed") == 1:
         os.kill(os.getpid(), signal.SIGKILL)
-    return compute(folder, cell, *a)
-ar._compute = dying
+    return compute(job, ctx)
+ar.compute_audit_cell = dying
 _run(__import__("pathlib").Path({str(out)!r}))
 """
     rc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode

@@ -41,8 +41,8 @@ from .audit_setup import (
     check_sample_size,
     load_split,
     prepare_model,
-    representation,
-    spectral_step,
+    representation,  # noqa: F401 (step 1, re-exported)
+    spectral_step,  # noqa: F401
 )
 from .controls import METRICS, NOISELESS, against_controls, metrics, summary_verdict
 from .estimator_checks import DAMPED, degenerate_settings, hessian_top_eigenvalue
@@ -169,17 +169,6 @@ def assemble(per_seed: Mapping[int, Mapping[str, Any]], margin: float) -> dict[s
             "verdict": summary_verdict(verdicts), "rank_stability": values["noise"]["spearman"]}
 
 
-def _malleability(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
-                  settings: AuditSettings, clean: dict[int, Any]) -> dict[str, Any]:
-    """:func:`assemble` over the seeds, from the clean attributions ``clean`` by estimator
-    seed."""
-    per_seed = {}
-    for seed in settings.seeds:
-        est_seed = seed if estimator.randomized else settings.seeds[0]
-        per_seed[seed] = audit_seed(models, data, estimator, settings, seed, clean[est_seed])
-    return assemble(per_seed, settings.margin)
-
-
 def agreement_matrices(scores: Sequence[torch.Tensor], fraction: float) -> dict[str, Any]:
     """Pairwise Spearman ρ and top-K overlap between checkpoints' scores, and their means
     over the pairs (None with one checkpoint)."""
@@ -193,19 +182,6 @@ def agreement_matrices(scores: Sequence[torch.Tensor], fraction: float) -> dict[
                                        if pairs else None),
             "mean_pairwise_top_k_overlap": (float(np.mean([overlap[i][j] for i, j in pairs]))
                                             if pairs else None)}
-
-
-def _agreement(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
-               settings: AuditSettings, run_seeds: Sequence[int]) -> dict[str, Any]:
-    """Step 2b: per-checkpoint scores, their pairwise ρ and top-K overlap (first seed), and
-    the malleability of the ensembled scores against its controls."""
-    parameters = settings.parameters or None
-    per_ckpt = {s: [attribute(estimator, [m], *data, s, parameters).scores for m in models]
-                for s in run_seeds}
-    k = len(models)
-    ensemble = {s: Attribution(sum(v) / k) for s, v in per_ckpt.items()}
-    return {**agreement_matrices(per_ckpt[run_seeds[0]], settings.fraction),
-            "ensemble": _malleability(models, data, estimator, settings, ensemble)}
 
 
 def estimator_warnings(estimator: InfluenceEstimator, model: nn.Module, x: torch.Tensor,
@@ -298,6 +274,9 @@ def audit(
     checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
     settings: AuditSettings | None = None,
     perturb: str | None = None,
+    jobs: int = 1,
+    cluster: str | None = None,
+    threads: int | None = None,
     **options: Any,
 ) -> AuditReport:
     """Audit ``model`` with the registered ``estimator`` (a name, or an estimator instance
@@ -314,22 +293,42 @@ def audit(
     ``y`` arguments may be None), moved to the model's device and dtype. ``settings`` (or its
     fields as keyword ``options``, e.g. ``eps=0.1, seeds=(0, 1)``): :class:`AuditSettings`.
     Inputs are checked before any computation.
+
+    The audit's cells (:func:`~malleability.audit_run.audit_cells`: the spectrum, each seed
+    on the model, each checkpoint's clean scores, each seed on the ensemble) run in this
+    process, on ``jobs`` local Dask workers, or on the scheduler at ``cluster`` (``threads``
+    torch threads per cell); the report is the same for equal threads per cell.
     """
+    from .audit_run import audit_cells
+
     p = prepare(model, x_train, y_train, x_test, y_test, estimator=estimator,
                 checkpoints=checkpoints, settings=settings, perturb=perturb, **options)
-    s, est = p.settings, p.estimator
-    spectrum = spectral_step(representation(p.model, p.data[0], s.layer))
-    spectrum["layer"] = p.record["layer"] or perturb or "input"  # named on the user's model
+    return report_from_cells(p, audit_cells([p], jobs, cluster, threads))
+
+
+def report_from_cells(p: AuditProblem, results: Mapping[tuple[str, str], Mapping[int, Any]]
+                      ) -> AuditReport:
+    """The :class:`AuditReport` of ``p`` from the results of its cells
+    (:func:`~malleability.audit_run.audit_cells`): the spectrum, the model's cells over the
+    seeds (:func:`assemble`), the checkpoints' clean scores at the first seed (agreement) and
+    the ensemble's cells."""
+    from .audit_run import ENSEMBLE, MODEL, SPECTRUM, spectrum_layer
+
+    s, name = p.settings, p.estimator.name
+    spectrum = {k: v for k, v in results[(SPECTRUM, spectrum_layer(p))][0].items()
+                if k != "eigenvalues"}
+    spectrum["layer"] = p.record["layer"] or p.record["perturb"] or "input"
     main = spectrum["per_example"]
-    clean = {seed: attribute(est, [p.model], *p.data, seed, s.parameters or None)
-             for seed in p.seeds_to_score()}
-    result = _malleability([p.model], p.data, est, s, clean)
-    agreement = (_agreement(p.checkpoints, p.data, est, s, p.seeds_to_score())
-                 if p.checkpoints else None)
-    warnings, top = estimator_warnings(est, p.model, p.data[0], p.data[1],
-                                       len(p.checkpoints or [p.model]), s)
+    result = assemble(results[(name, MODEL)], s.margin)
+    first = results[(name, MODEL)][s.seeds[0]]
+    agreement = None
+    if p.checkpoints:
+        scores = [torch.tensor(results[(name, f"ckpt{j}")][s.seeds[0]]["scores"],
+                               dtype=torch.float64) for j in range(len(p.checkpoints))]
+        agreement = {**agreement_matrices(scores, s.fraction),
+                     "ensemble": assemble(results[(name, ENSEMBLE)], s.margin)}
     return AuditReport(
-        estimator=est.name, kappa=main["kappa"], rank=main["rank"],
+        estimator=name, kappa=main["kappa"], rank=main["rank"],
         kappa_cubed=main["kappa_cubed"], width_threshold=main["width_threshold"],
         representation=spectrum, flip_rate=result["adversarial"]["flip_rate"],
         spearman=result["adversarial"]["spearman"],
@@ -337,5 +336,6 @@ def audit(
         checkpoint_agreement=agreement, settings=p.record,
         controls={"noise": result["noise"], "random": result["random"]},
         excess=result["excess"], verdicts=result["verdicts"], verdict=result["verdict"],
-        diagnostics={"rank_stability": result["rank_stability"], "warnings": warnings,
-                     "hessian_top_eigenvalue": top})
+        diagnostics={"rank_stability": result["rank_stability"],
+                     "warnings": first["warnings"],
+                     "hessian_top_eigenvalue": first["hessian_top_eigenvalue"]})
