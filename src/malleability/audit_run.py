@@ -219,6 +219,16 @@ def _key(job: AuditJob) -> tuple[tuple[str, str], int]:
         job.cell.get("seed", 0)
 
 
+def _in_order(results: Results, cells: Sequence[tuple[str, dict[str, Any]]]) -> Results:
+    """``results`` with keys and seeds in the order of ``cells`` (the plan's), whatever
+    order the cells finished in."""
+    out: Results = {}
+    for folder, cell in cells:
+        key, seed = _key(AuditJob(folder, cell))
+        out.setdefault(key, {})[seed] = results[key][seed]
+    return out
+
+
 def _first_seed(job: AuditJob, ctx: AuditContext) -> int | None:
     """The seed whose clean scores ``job`` reuses (a deterministic estimator's later seeds);
     None if it computes its own."""
@@ -358,7 +368,7 @@ def run_audit(out: Path, problems: Sequence[AuditProblem], device: str = "cpu",
             results.setdefault(key, {})[seed] = record["result"]
             seconds += record["timing"]["seconds"]
             count += 1
-    return AuditRun(results, count, seconds)
+    return AuditRun(_in_order(results, plan(problems)), count, seconds)
 
 
 def audit_cells(problems: Sequence[AuditProblem], jobs: int = 1, cluster: str | None = None,
@@ -370,11 +380,12 @@ def audit_cells(problems: Sequence[AuditProblem], jobs: int = 1, cluster: str | 
     device = str(problems[0].data[0].device)
     ctx = _context(problems, document(problems), device, None)
     results: Results = {}
+    cells = plan(problems, in_memory=True)
     with cell_client(jobs, cluster, device) as client:
         if client is not None and cluster is None:
             threads = local_threads(jobs, threads)
-        for job, record in compute_cells([AuditJob(f, c) for f, c in plan(problems, True)],
-                                         ctx, results, client, threads):
+        for job, record in compute_cells([AuditJob(f, c) for f, c in cells], ctx, results,
+                                         client, threads):
             key, seed = _key(job)
             results.setdefault(key, {})[seed] = record["result"]
-    return results
+    return _in_order(results, cells)

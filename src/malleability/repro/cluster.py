@@ -114,7 +114,17 @@ def check_parallel(jobs: int, cluster: str | None, threads: int | None
         threads = check_positive_int(threads, "threads")
     if jobs > 1 and cluster is not None:
         raise ValueError("jobs: --jobs runs a local cluster; give either --jobs or --cluster")
+    if cluster is not None:
+        check_address(cluster)
     return jobs, threads
+
+
+def check_address(address: str) -> str:
+    """A scheduler address like ``tcp://HOST:PORT``."""
+    if not isinstance(address, str) or not _ADDRESS.match(address):
+        raise ValueError(f"cluster: expected a scheduler address like tcp://HOST:PORT, "
+                         f"got {address!r}")
+    return address
 
 
 def local_threads(jobs: int, threads: int | None) -> int:
@@ -157,9 +167,7 @@ def local_cluster(jobs: int, device: str = "cpu") -> Iterator[Any]:
 def connect(address: str) -> Iterator[Any]:
     """A client of the Dask scheduler at ``address`` (``tcp://HOST:PORT``), after checking
     that its workers run the same malleability, torch and numpy versions."""
-    if not _ADDRESS.match(address):
-        raise ValueError(f"cluster: expected a scheduler address like tcp://HOST:PORT, "
-                         f"got {address!r}")
+    check_address(address)
     from distributed import Client
 
     try:
