@@ -3,9 +3,10 @@
 mid-cell), models with odd outputs, kronfluence and ``--perturb`` on bad inputs.
 
 Each case expects the good outcome: a one-line ValueError naming the input before any work, or
-the right result (a damaged cell moved aside and recomputed to the reference's result). Cases
-still bad are ``xfail(strict=True)`` with the reason. Ground truth for the folder is a
-reference run's cells, computed once from scratch."""
+the right result (a damaged cell moved aside and recomputed to the reference's result); every
+case passes (the last two strict xfails, labels beyond the logits, now share ``prepare``'s
+label check). Ground truth for the folder is a reference run's cells, computed once from
+scratch."""
 
 from __future__ import annotations
 
@@ -379,20 +380,13 @@ def test_kronfluence_on_one_training_point_is_finite_and_removes_its_folder():
     assert set(Path(tempfile.gettempdir()).glob("kronfluence-*")) == before
 
 
-def _still_bad(cases: list, file: str) -> list:
-    """pytest.param per (..., reason): xfail(strict=True) naming WIRE's file."""
-    return [pytest.param(*c[:-1], marks=pytest.mark.xfail(strict=True,
-                                                          reason=f"{file}: {c[-1]}"),
-                         id=c[-1][:40]) for c in cases]
-
-
 KF_BAD = [  # were: kronfluence's multi-line error, RuntimeError, NaN scores, its own wording
     ({"modules": []}, r"^modules: expected at least one module name"),
     ({"data": "nan_train"}, r"^x_train: contains NaN"),
     ({"data": "nan_test"}, r"^x_test: contains NaN"),
     ({"data": "empty"}, r"^x_train: expected at least one row"),
-    *_still_bad([({"data": "labels"}, r"^y_train: ", "labels beyond the logits raise an "
-                                                    "IndexError")], "kronfluence_adapter.py"),
+    ({"data": "labels"}, r"^y_train: expected labels in 0\.\.2 for a model with 3 "
+                         r"output\(s\), got 5\.\.7$"),  # was: an IndexError
 ]
 
 
@@ -464,21 +458,22 @@ def test_attack_submodule_stays_in_the_ball_and_submodule_input_matches():
     assert torch.allclose(SubmoduleInput(Tokens(), "emb")(h), Tokens()(IDS))
 
 
-PERTURB_BAD = [  # were: IndexError, IndexError, a shape RuntimeError
-    "unused", "beyond",
-    *_still_bad([("labels", "labels beyond the logits raise an IndexError")],
-                "embedding_attack.py")]
+PERTURB_BAD = [  # were: IndexError, IndexError, a shape RuntimeError, an IndexError
+    ("unused", r"^perturb: 'lstm' is not called by Tokens's forward"),
+    ("beyond", r"^perturb: Tokens does not run on 'head'"),
+    ("labels", r"^y: expected labels in 0\.\.2 for a model with 3 output\(s\), got 7\.\.9$")]
 
 
-@pytest.mark.parametrize("case", PERTURB_BAD)
-def test_perturb_bad_inputs_are_refused_in_one_line(case):
-    with pytest.raises(ValueError, match=r"^(perturb|y_train|y): [^\n]*$"):
+@pytest.mark.parametrize("case, message", PERTURB_BAD)
+def test_perturb_bad_inputs_are_refused_in_one_line(case, message):
+    with pytest.raises(ValueError, match=message) as err:
         if case == "unused":
             attack_submodule(Tokens(), IDS, LABELS, "lstm", 0.1, steps=2)
         elif case == "labels":
             attack_submodule(Tokens(), IDS, LABELS + 7, "emb", 0.1, steps=2)
         else:
             SubmoduleInput(Tokens(lstm=True), "head").check(IDS)
+    assert "\n" not in str(err.value)
 
 
 # --- the CLI ---------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ from .jacobian_ntk import output_size
 from .jsonsafe import dumps_strict
 from .measure import attribute, measure
 from .metrics import spearman, top_k_overlap
+from .model_outputs import check_labels
 
 
 def estimate_dict(value: Estimate) -> dict[str, Any]:
@@ -248,11 +249,8 @@ def prepare(model: nn.Module, x_train: Any, y_train: Any = None, x_test: Any = N
     classes = output_size(model, x)
     if settings.parameters:
         check_parameters_used(model, x, settings.parameters)
-    for labels, name in ((y, "y_train"), (yt, "y_test")):
-        top = max(classes, 2)
-        if int(labels.min()) < 0 or int(labels.max()) >= top:
-            raise ValueError(f"{name}: expected labels in 0..{top - 1} for a model with "
-                             f"{classes} output(s), got {int(labels.min())}..{int(labels.max())}")
+    check_labels(y, classes, "y_train")
+    check_labels(yt, classes, "y_test")
     models = ready.checkpoints or None
     record = {"estimator": {"estimator": est.name, **est.to_dict()}, **asked.to_dict(),
               "alpha": settings.step(), "bounds": list(settings.bounds),
