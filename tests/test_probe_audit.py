@@ -586,3 +586,50 @@ def test_audit_perturb_bad_inputs_are_refused_in_one_line(model, perturb, data, 
     with pytest.raises(ValueError, match=message) as err:
         prepare(model, *data, estimator="ntk-loo", perturb=perturb, **OPTIONS)
     assert "\n" not in str(err.value)
+
+
+# --- issue 30, item 7: the remaining bad inputs, refused before any file or computation ------
+
+class WithExtra(nn.Module):
+    """_model() and a Linear that forward never calls (a layer to name by mistake)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.extra = _model(), nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class NoParameters(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x[:, :3]
+
+
+def _state(change) -> dict[str, torch.Tensor]:
+    return {k: change(v) for k, v in _model(1).state_dict().items()}
+
+
+@pytest.mark.parametrize("model, options, message", [
+    (WithExtra(), {"layer": "extra"},
+     r"^layer: 'extra' was not called with a tensor in the forward pass$"),
+    (NoParameters(), {}, r"^model: NoParameters has no floating-point parameters"),
+    (_model(), {"checkpoints": [_state(lambda v: v.fill_(float("nan")))]},
+     r"^checkpoints\[0\]: '0\.weight' holds NaN or infinite values$"),
+    (_model(), {"checkpoints": [_state(lambda v: v.long())]},
+     r"^checkpoints\[0\]: '0\.weight' is torch\.int64, where Sequential has torch\.float32 "),
+    (_model(), {"checkpoints": ["ckpt.pt"]}, r"^checkpoints\[0\]: does not fit Sequential "
+                                            r"\(Expected state_dict to be dict-like"),
+    (_model(), {"estimator": "if-explicit"},
+     r"^estimator: if-explicit's explicit Hessian of 39 parameters \(P × P, float32\) needs "
+     r"at least 5\.9 KiB, more than the 1000\.0 B of memory on cpu"),
+])
+def test_item_7_bad_inputs_are_refused_before_the_folder_is_touched(tmp_path, monkeypatch,
+                                                                     model, options, message):
+    monkeypatch.setattr("malleability.memory.memory_limit", lambda device=None: 1000)
+    options = dict(options)
+    estimator = options.pop("estimator", "ntk-loo")  # 39 parameters: 5·4 + 4 + 4·3 + 3
+    with pytest.raises(ValueError, match=message) as err:
+        audit_folder(tmp_path / "run", model, *_data(), estimators=(estimator,),
+                     **{**OPTIONS, **options})
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
