@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from distributed import LocalCluster
 from same_values import same
 from torch import nn
 
@@ -70,13 +69,6 @@ def serial(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("serial") / "run"
     assert len(_run(out)) == 17
     return out
-
-
-@pytest.fixture(scope="module")
-def cluster() -> str:
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as local:
-        yield local.scheduler_address
 
 
 def test_cluster_cells_equal_serial(serial, cluster, tmp_path):

@@ -240,6 +240,23 @@ def datasets_command(data_root: Path | None) -> None:
         click.echo(f"{row['name']:<14} {state:<15} {row['path']}")
 
 
+def _parallel_options(command: Any) -> Any:
+    """``--jobs``, ``--cluster`` and ``--threads``: where a run's cells compute."""
+    for option in reversed((
+            click.option("--jobs", type=int, default=1, show_default=True,
+                         help="Cells run in parallel on this machine (worker processes of a "
+                              "local Dask cluster); 1 runs them in this process."),
+            click.option("--cluster", default=None, metavar="ADDRESS",
+                         help="Run the cells on the Dask scheduler at ADDRESS "
+                              "(tcp://HOST:PORT)."),
+            click.option("--threads", type=int, default=None,
+                         help="Torch threads per cell (default: all cores; cores / N with "
+                              "--jobs N; the worker's with --cluster). Results are bitwise "
+                              "equal for equal threads."))):
+        command = option(command)
+    return command
+
+
 @main.command("reproduce")
 @click.option("--preset", default="quick", show_default=True,
               help="quick, paper, sensitivity, or a path to a preset .toml file.")
@@ -249,14 +266,7 @@ def datasets_command(data_root: Path | None) -> None:
 @click.option("--cells", multiple=True, metavar="PATTERN",
               help="Run only the cells whose file name matches this shell pattern, e.g. "
                    "'task=cifar10*' or '*seed=2' (repeatable; splits a run between machines).")
-@click.option("--jobs", type=int, default=1, show_default=True,
-              help="Cells run in parallel on this machine (worker processes of a local Dask "
-                   "cluster); 1 runs them in this process.")
-@click.option("--cluster", default=None, metavar="ADDRESS",
-              help="Run the cells on the Dask scheduler at ADDRESS (tcp://HOST:PORT).")
-@click.option("--threads", type=int, default=None,
-              help="Torch threads per cell (default: all cores; cores / N with --jobs N; the "
-                   "worker's with --cluster). Results are bitwise equal for equal threads.")
+@_parallel_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
@@ -350,14 +360,7 @@ _audit_options, _audit_values = settings_options(AuditCommandSettings)
               help="Run folder: one resumable cell per (estimator, checkpoint, seed), then "
                    "report.md, report.html and figures/ (new, empty, or an earlier audit's "
                    "folder of the same settings).")
-@click.option("--jobs", type=int, default=1, show_default=True,
-              help="Cells (estimator × checkpoint × seed) run in parallel on this machine "
-                   "(worker processes of a local Dask cluster); 1 runs them in this process.")
-@click.option("--cluster", default=None, metavar="ADDRESS",
-              help="Run the cells on the Dask scheduler at ADDRESS (tcp://HOST:PORT).")
-@click.option("--threads", type=int, default=None,
-              help="Torch threads per cell (default: all cores; cores / N with --jobs N; the "
-                   "worker's with --cluster). Results are equal for equal threads.")
+@_parallel_options
 def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
                   test_path: Path | None, dataset: str | None, classes: str | None,
                   n_train: int | None, n_test: int | None,
