@@ -10,6 +10,11 @@ checkpoint alone, ``ensemble`` for their mean scores), the representation's spec
 the folder's lock; a rerun skips every valid cell (resumes), moves an invalid one aside and
 recomputes it, and refuses a folder of other settings before writing anything. Adding an
 estimator to an earlier run's folder keeps its cells.
+
+The cells run in this process, on local Dask workers (``jobs``) or on a Dask scheduler
+(``cluster``), through the reproduction's :func:`~malleability.repro.cluster.run_on_cluster`:
+workers compute and return records, this process alone writes them. ``audit`` without a
+folder computes the same kind of cells in memory (:func:`audit_cells`).
 """
 
 from __future__ import annotations
