@@ -31,13 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .auditing import (
-    AuditProblem,
-    audit_seed,
-    estimator_warnings,
-    representation,
-    spectral_step,
-)
+from .audit_problem import AuditProblem, audit_seed, estimator_warnings
+from .audit_setup import representation, spectral_step
 from .controls import METRICS
 from .estimators import Attribution
 from .measure import attribute
