@@ -111,3 +111,14 @@ def small_classifier(digits_split):
     model = MLPClassifier(in_features=64, hidden=6, num_classes=3, seed=0)
     fit_classifier(model, data[0], data[1], epochs=5, seed=0)
     return model, data
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The address of a Dask LocalCluster of 2 worker processes (one thread each) on
+    127.0.0.1, for the tests of cells on Dask."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=":0") as local:
+        yield local.scheduler_address

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from malleability.audit_folder import audit_folder
 from malleability.audit_run import checkpoint_labels
@@ -89,3 +91,62 @@ def test_other_settings_and_a_held_lock_are_refused_before_writing(folder, tmp_p
     with pytest.raises(ValueError, match="estimators"):
         audit_folder(tmp_path / "new", model, *data, estimators=())
     assert not (tmp_path / "new").exists()
+
+
+class Tokens(nn.Module):
+    """Token ids → embedding → mean over tokens → linear head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(10, 4), nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(ids).mean(1))
+
+
+def test_out_with_perturb_records_the_submodule_and_equals_the_audit(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(0, 10, (16, 5), generator=g), torch.randint(0, 3, (16,),
+                                                                            generator=g)
+    options = {"attack": "pgd", "steps": 3, "eps": 0.1, "seeds": (0, 1)}
+    out = tmp_path / "run"
+    path = audit_folder(out, Tokens(), ids, labels, ids, labels, estimators=("tracin",),
+                        perturb="emb", **options)
+    settings = json.loads((out / "settings.json").read_text())["settings"]
+    assert settings["tracin"]["perturb"] == "emb" and settings["spectrum"]["perturb"] == "emb"
+    cell = json.loads((out / "tracin" / "checkpoint=model__seed=1.json").read_text())
+    assert cell["settings"]["perturb"] == "emb"
+    assert "Gram of the output of emb (perturbed)" in (out / "figures" /
+                                                         "audit_spectrum.svg").read_text()
+    report = audit(Tokens(), ids, labels, ids, labels, estimator="tracin", perturb="emb",
+                   **options)
+    assert cell["result"]["adversarial"]["flip_rate"] == report.flip_rate.values[1]
+    assert path.exists()
+    # without perturb, the token ids are refused before the folder is touched
+    with pytest.raises(ValueError, match=r"^x_train: torch.int64 inputs \(token ids\)"):
+        audit_folder(out, Tokens(), ids, labels, ids, labels, estimators=("tracin",), **options)
+
+
+def test_cli_out_takes_perturb(tmp_path):
+    from click.testing import CliRunner
+
+    from malleability.cli import main
+
+    g = torch.Generator().manual_seed(0)
+    data = {"x": torch.randint(0, 10, (16, 5), generator=g),
+            "y": torch.randint(0, 3, (16,), generator=g)}
+    torch.save(data, tmp_path / "d.pt")
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        torch.manual_seed(0)\n"
+        "        self.emb, self.head = nn.Embedding(10, 4), nn.Linear(4, 3)\n\n"
+        "    def forward(self, ids):\n        return self.head(self.emb(ids).mean(1))\n")
+    result = CliRunner().invoke(main, [
+        "audit", "--model", f"{tmp_path / 'net.py'}:Net", "--train", str(tmp_path / "d.pt"),
+        "--test", str(tmp_path / "d.pt"), "--perturb", "emb", "--eps", "0.1", "--steps", "2",
+        "--estimator", "tracin", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    cell = json.loads((tmp_path / "run" / "tracin" / "checkpoint=model__seed=0.json"
+                       ).read_text())
+    assert cell["settings"]["perturb"] == "emb"

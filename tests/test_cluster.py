@@ -18,7 +18,7 @@ import cloudpickle
 import pytest
 import torch
 from click.testing import CliRunner
-from distributed import Client, LocalCluster
+from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
 from same_values import same
 
@@ -66,13 +66,6 @@ def serial(preset_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("serial") / "run"
     reproduce(load_preset(str(preset_path)), RunContext(out, progress=False), threads=1)
     return out
-
-
-@pytest.fixture(scope="module")
-def cluster() -> str:
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=":0") as local:
-        yield local.scheduler_address
 
 
 

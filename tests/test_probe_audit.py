@@ -3,9 +3,10 @@
 mid-cell), models with odd outputs, kronfluence and ``--perturb`` on bad inputs.
 
 Each case expects the good outcome: a one-line ValueError naming the input before any work, or
-the right result (a damaged cell moved aside and recomputed to the reference's result). Cases
-still bad are ``xfail(strict=True)`` with the reason. Ground truth for the folder is a
-reference run's cells, computed once from scratch."""
+the right result (a damaged cell moved aside and recomputed to the reference's result); every
+case passes (the last two strict xfails, labels beyond the logits, now share ``prepare``'s
+label check). Ground truth for the folder is a reference run's cells, computed once from
+scratch."""
 
 from __future__ import annotations
 
@@ -238,12 +239,12 @@ import os, signal, sys
 sys.path.insert(0, {SRC!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_probe_audit import _run
 import malleability.audit_run as ar
-compute = ar._compute
-def dying(folder, cell, *a):
-    if cell.get("seed") == 1:
+compute = ar.compute_audit_cell
+def dying(job, ctx):
+    if job.cell.get("seed") == 1:
         os.kill(os.getpid(), signal.SIGKILL)
-    return compute(folder, cell, *a)
-ar._compute = dying
+    return compute(job, ctx)
+ar.compute_audit_cell = dying
 _run(__import__("pathlib").Path({str(out)!r}))
 """
     rc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120).returncode
@@ -379,20 +380,13 @@ def test_kronfluence_on_one_training_point_is_finite_and_removes_its_folder():
     assert set(Path(tempfile.gettempdir()).glob("kronfluence-*")) == before
 
 
-def _still_bad(cases: list, file: str) -> list:
-    """pytest.param per (..., reason): xfail(strict=True) naming WIRE's file."""
-    return [pytest.param(*c[:-1], marks=pytest.mark.xfail(strict=True,
-                                                          reason=f"{file}: {c[-1]}"),
-                         id=c[-1][:40]) for c in cases]
-
-
 KF_BAD = [  # were: kronfluence's multi-line error, RuntimeError, NaN scores, its own wording
     ({"modules": []}, r"^modules: expected at least one module name"),
     ({"data": "nan_train"}, r"^x_train: contains NaN"),
     ({"data": "nan_test"}, r"^x_test: contains NaN"),
     ({"data": "empty"}, r"^x_train: expected at least one row"),
-    *_still_bad([({"data": "labels"}, r"^y_train: ", "labels beyond the logits raise an "
-                                                    "IndexError")], "kronfluence_adapter.py"),
+    ({"data": "labels"}, r"^y_train: expected labels in 0\.\.2 for a model with 3 "
+                         r"output\(s\), got 5\.\.7$"),  # was: an IndexError
 ]
 
 
@@ -464,21 +458,22 @@ def test_attack_submodule_stays_in_the_ball_and_submodule_input_matches():
     assert torch.allclose(SubmoduleInput(Tokens(), "emb")(h), Tokens()(IDS))
 
 
-PERTURB_BAD = [  # were: IndexError, IndexError, a shape RuntimeError
-    "unused", "beyond",
-    *_still_bad([("labels", "labels beyond the logits raise an IndexError")],
-                "embedding_attack.py")]
+PERTURB_BAD = [  # were: IndexError, IndexError, a shape RuntimeError, an IndexError
+    ("unused", r"^perturb: 'lstm' is not called by Tokens's forward"),
+    ("beyond", r"^perturb: Tokens does not run on 'head'"),
+    ("labels", r"^y: expected labels in 0\.\.2 for a model with 3 output\(s\), got 7\.\.9$")]
 
 
-@pytest.mark.parametrize("case", PERTURB_BAD)
-def test_perturb_bad_inputs_are_refused_in_one_line(case):
-    with pytest.raises(ValueError, match=r"^(perturb|y_train|y): [^\n]*$"):
+@pytest.mark.parametrize("case, message", PERTURB_BAD)
+def test_perturb_bad_inputs_are_refused_in_one_line(case, message):
+    with pytest.raises(ValueError, match=message) as err:
         if case == "unused":
             attack_submodule(Tokens(), IDS, LABELS, "lstm", 0.1, steps=2)
         elif case == "labels":
             attack_submodule(Tokens(), IDS, LABELS + 7, "emb", 0.1, steps=2)
         else:
             SubmoduleInput(Tokens(lstm=True), "head").check(IDS)
+    assert "\n" not in str(err.value)
 
 
 # --- the CLI ---------------------------------------------------------------------------------
@@ -591,3 +586,50 @@ def test_audit_perturb_bad_inputs_are_refused_in_one_line(model, perturb, data, 
     with pytest.raises(ValueError, match=message) as err:
         prepare(model, *data, estimator="ntk-loo", perturb=perturb, **OPTIONS)
     assert "\n" not in str(err.value)
+
+
+# --- issue 30, item 7: the remaining bad inputs, refused before any file or computation ------
+
+class WithExtra(nn.Module):
+    """_model() and a Linear that forward never calls (a layer to name by mistake)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net, self.extra = _model(), nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class NoParameters(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * x[:, :3]
+
+
+def _state(change) -> dict[str, torch.Tensor]:
+    return {k: change(v) for k, v in _model(1).state_dict().items()}
+
+
+@pytest.mark.parametrize("model, options, message", [
+    (WithExtra(), {"layer": "extra"},
+     r"^layer: 'extra' was not called with a tensor in the forward pass$"),
+    (NoParameters(), {}, r"^model: NoParameters has no floating-point parameters"),
+    (_model(), {"checkpoints": [_state(lambda v: v.fill_(float("nan")))]},
+     r"^checkpoints\[0\]: '0\.weight' holds NaN or infinite values$"),
+    (_model(), {"checkpoints": [_state(lambda v: v.long())]},
+     r"^checkpoints\[0\]: '0\.weight' is torch\.int64, where Sequential has torch\.float32 "),
+    (_model(), {"checkpoints": ["ckpt.pt"]}, r"^checkpoints\[0\]: does not fit Sequential "
+                                            r"\(Expected state_dict to be dict-like"),
+    (_model(), {"estimator": "if-explicit"},
+     r"^estimator: if-explicit's explicit Hessian of 39 parameters \(P × P, float32\) needs "
+     r"at least 5\.9 KiB, more than the 1000\.0 B of memory on cpu"),
+])
+def test_item_7_bad_inputs_are_refused_before_the_folder_is_touched(tmp_path, monkeypatch,
+                                                                     model, options, message):
+    monkeypatch.setattr("malleability.memory.memory_limit", lambda device=None: 1000)
+    options = dict(options)
+    estimator = options.pop("estimator", "ntk-loo")  # 39 parameters: 5·4 + 4 + 4·3 + 3
+    with pytest.raises(ValueError, match=message) as err:
+        audit_folder(tmp_path / "run", model, *_data(), estimators=(estimator,),
+                     **{**OPTIONS, **options})
+    assert "\n" not in str(err.value) and not (tmp_path / "run").exists()

@@ -13,6 +13,7 @@ Data spaces: pixels x → network inputs z (``TwoLayerNet.inputs``) → hidden-l
 
 from . import _env  # noqa: F401  (must run before torch is imported)
 from ._validation import NonFiniteError
+from ._version import __version__ as __version__
 from .attacks import (
     ATTACKS,
     Attack,
@@ -68,8 +69,6 @@ from .spectral import (
     width_threshold,
 )
 from .training import TrainHistory, TrainSettings, evaluate, train
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES",

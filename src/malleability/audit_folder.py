@@ -133,7 +133,8 @@ def scores_section(results: Results, names: Sequence[str], seed: int, figs: Path
                               "have flipped.")]
 
 
-def spectrum_section(spectrum: Mapping[str, Any], figs: Path, out: Path) -> list[Block]:
+def spectrum_section(spectrum: Mapping[str, Any], figs: Path, out: Path,
+                     perturb: str | None = None) -> list[Block]:
     """The representation's κ figures per Gram and its eigenvalues on a log scale."""
     rows = []
     for gram in ("per_example", "per_token"):
@@ -146,8 +147,9 @@ def spectrum_section(spectrum: Mapping[str, Any], figs: Path, out: Path) -> list
                          fmt_number(g["width_threshold"]["relu"])])
     eig = spectrum["eigenvalues"]
     path = figures.line_panels(figs / "audit_spectrum.png", {
-        ("Gram of the model input" if spectrum["layer"] == "input" else
-         f"Gram of the input of {spectrum['layer']}"): [
+        (f"Gram of the input of {spectrum['layer']}" if spectrum["layer"] != "input" else
+         f"Gram of the output of {perturb} (perturbed)" if perturb else
+         "Gram of the model input"): [
             figures.Line("λ_i", list(range(1, len(eig) + 1)), eig, {"marker": ""})]},
         "i", "eigenvalue λ_i", logy=True)
     return [Table(["Gram", "size", "κ (effective)", "κ_d", "rank", "κ³",
@@ -240,7 +242,8 @@ def build_audit_report(out: Path, results: Results, problems: Sequence[AuditProb
     sections = [("Every metric against its controls", controls_section(summaries, figs, out)),
                 ("Scores before and after the attack",
                  scores_section(results, names, first.settings.seeds[0], figs, out)),
-                ("κ spectrum of the audited layer", spectrum_section(spectrum, figs, out)),
+                ("κ spectrum of the audited layer", spectrum_section(spectrum, figs, out,
+                                                                  first.record["perturb"])),
                 ("Checkpoint agreement",
                  agreement_section(results, first, names, by_label, figs, out)),
                 ("Settings", settings_section(first, cells, seconds))]
@@ -266,17 +269,22 @@ def audit_folder(out: Path, model: nn.Module, x_train: Any, y_train: Any = None,
                  estimators: Sequence[str] = ("ntk-loo",),
                  checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
                  settings: AuditSettings | None = None, title: str = "Influence audit",
-                 progress: Callable[[str], None] | None = None, **options: Any) -> Path:
+                 progress: Callable[[str], None] | None = None, perturb: str | None = None,
+                 jobs: int = 1, cluster: str | None = None, threads: int | None = None,
+                 **options: Any) -> Path:
     """:func:`~malleability.auditing.audit` for each of ``estimators`` as run folder ``out``
     (module docstring), then its report; returns report.md's path. Every input is checked
-    before any file is written."""
+    before any file is written. ``perturb``: as for ``audit`` (the cells' settings record
+    it). The cells run in this process, on ``jobs`` local Dask workers or on the scheduler
+    at ``cluster`` (:func:`~malleability.audit_run.run_audit`)."""
     if isinstance(estimators, str) or not estimators:
         raise ValueError(f"estimators: expected a list of estimator names, got {estimators!r}")
     twice = sorted({e for e in estimators if list(estimators).count(e) > 1})
     if twice:
         raise ValueError(f"estimators: {', '.join(map(str, twice))} given more than once")
     problems = [prepare(model, x_train, y_train, x_test, y_test, estimator=name,
-                        checkpoints=checkpoints, settings=settings, **options)
+                        checkpoints=checkpoints, settings=settings, perturb=perturb, **options)
                 for name in estimators]
-    run = run_audit(Path(out), problems, str(problems[0].data[0].device), progress)
+    run = run_audit(Path(out), problems, str(problems[0].data[0].device), progress, jobs,
+                    cluster, threads)
     return write_audit_report(Path(out), run.results, problems, title, run.cells, run.seconds)

@@ -200,6 +200,16 @@ def _as_model(model: nn.Module, checkpoint: nn.Module | Mapping[str, torch.Tenso
     """``model`` with the weights of ``checkpoint`` (a module of the same architecture or its
     state dict); a one-line error when they do not fit."""
     state = checkpoint.state_dict() if isinstance(checkpoint, nn.Module) else checkpoint
+    if isinstance(state, Mapping):
+        own = model.state_dict()
+        for key, value in state.items():
+            if not (isinstance(value, torch.Tensor) and key in own
+                    and own[key].is_floating_point()):
+                continue  # load_state_dict names what does not fit
+            if not value.is_floating_point():
+                raise ValueError(f"{name}: {key!r} is {value.dtype}, where "
+                                 f"{type(model).__name__} has {own[key].dtype} weights")
+            check_weights({key: value}, name)
     new = copy.deepcopy(model)
     try:
         new.load_state_dict(state)
@@ -207,6 +217,13 @@ def _as_model(model: nn.Module, checkpoint: nn.Module | Mapping[str, torch.Tenso
         raise ValueError(f"{name}: does not fit {type(model).__name__} "
                          f"({' '.join(str(err).split())[:200]})") from None
     return new.eval()
+
+
+def check_weights(state: Mapping[str, torch.Tensor], name: str) -> None:
+    """Refuse floating-point weights holding NaN or ±∞ (every score would be NaN)."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name}: {key!r} holds NaN or infinite values")
 
 
 @dataclass(frozen=True)
@@ -237,8 +254,12 @@ def prepare_model(model: nn.Module, x: torch.Tensor, x_test: torch.Tensor,
     - Integer inputs (token ids) without ``perturb`` are refused.
     """
     check_perturb(model, x, perturb)
+    if not any(p.is_floating_point() for p in model.parameters()):
+        raise ValueError(f"model: {type(model).__name__} has no floating-point parameters; "
+                         "the estimators differentiate the loss in them")
+    check_weights(dict(model.named_parameters()), "model")
     if settings.layer is not None:
-        _submodule(model, settings.layer)
+        representation(model, x[:2], settings.layer)  # named, and called with a tensor
     ckpts = [_as_model(model, c, f"checkpoints[{i}]") for i, c in enumerate(checkpoints or [])]
     if perturb is None:
         with torch.no_grad():

@@ -24,7 +24,6 @@ estimator's clean scores are computed once, at the first seed.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,24 +32,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attacks import RandomSign
-from .audit_setup import (
-    AuditSettings,
-    check_in_bounds,
-    check_parameters_used,
-    check_sample_size,
-    load_split,
-    prepare_model,
-    representation,
-    spectral_step,
-)
-from .controls import METRICS, NOISELESS, against_controls, metrics, summary_verdict
-from .estimator_checks import DAMPED, degenerate_settings, hessian_top_eigenvalue
-from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
+from .audit_problem import NOISE_PARTNER as NOISE_PARTNER
+from .audit_problem import AuditProblem, prepare
+from .audit_problem import audit_seed as audit_seed
+from .audit_problem import estimator_warnings as estimator_warnings
+from .audit_setup import AuditSettings
+from .audit_setup import load_split as load_split
+from .audit_setup import prepare_model as prepare_model
+from .audit_setup import representation as representation
+from .audit_setup import spectral_step as spectral_step
+from .controls import METRICS, NOISELESS, against_controls, summary_verdict
+from .estimators import InfluenceEstimator
 from .intervals import CI_METHOD, Estimate
-from .jacobian_ntk import output_size
 from .jsonsafe import dumps_strict
-from .measure import attribute, measure
 from .metrics import spearman, top_k_overlap
 
 
@@ -114,41 +108,6 @@ class AuditReport:
         return dumps_strict(self.to_dict(), indent=2)
 
 
-#: A randomized estimator's noise control compares its scores at seed s with those at
-#: s + NOISE_PARTNER (no perturbation).
-NOISE_PARTNER = 7919
-
-
-def audit_seed(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
-               settings: AuditSettings, seed: int, clean: Attribution | None = None
-               ) -> dict[str, Any]:
-    """The three measurements of :mod:`~malleability.controls` at one seed on ``models``
-    (one network, or checkpoints: scores averaged): the adversarial attack and the random-sign
-    control on the same top points from the same clean scores (``clean``, computed if None),
-    and for a randomized estimator its noise (clean scores at seed s and s + NOISE_PARTNER; None
-    for a deterministic one). Also the clean scores, S and the scores of S after each
-    perturbation, as lists (JSON-ready)."""
-    est_seed = seed if estimator.randomized else settings.seeds[0]
-    parameters = settings.parameters or None
-    if clean is None:
-        clean = attribute(estimator, models, *data, est_seed, parameters)
-    common = {"fraction": settings.fraction, "seed": est_seed, "bounds": settings.bounds,
-              "before": clean, "parameters": parameters}
-    adversarial = measure(models, *data, estimator, settings.attack_at(seed), **common)
-    random = measure(models, *data, estimator, settings.control_at(seed), **common)
-    noise = None
-    if estimator.randomized:
-        other = attribute(estimator, models, *data, est_seed + NOISE_PARTNER, parameters)
-        noise = metrics(clean.scores, other.scores, settings.fraction)
-    selected = adversarial.selected
-    return {"adversarial": {k: getattr(adversarial, k) for k in METRICS},
-            "random": {k: getattr(random, k) for k in METRICS}, "noise": noise,
-            "estimator_seed": est_seed, "scores": clean.scores.tolist(),
-            "selected": selected.tolist(),
-            "adversarial_scores": adversarial.perturbed_scores[selected].tolist(),
-            "random_scores": random.perturbed_scores[selected].tolist()}
-
-
 def assemble(per_seed: Mapping[int, Mapping[str, Any]], margin: float) -> dict[str, Any]:
     """Per-seed results of :func:`audit_seed` as Estimates over the seeds: the adversarial
     metrics, the controls (a deterministic estimator's noise: :data:`NOISELESS`, exact), the
@@ -169,17 +128,6 @@ def assemble(per_seed: Mapping[int, Mapping[str, Any]], margin: float) -> dict[s
             "verdict": summary_verdict(verdicts), "rank_stability": values["noise"]["spearman"]}
 
 
-def _malleability(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
-                  settings: AuditSettings, clean: dict[int, Any]) -> dict[str, Any]:
-    """:func:`assemble` over the seeds, from the clean attributions ``clean`` by estimator
-    seed."""
-    per_seed = {}
-    for seed in settings.seeds:
-        est_seed = seed if estimator.randomized else settings.seeds[0]
-        per_seed[seed] = audit_seed(models, data, estimator, settings, seed, clean[est_seed])
-    return assemble(per_seed, settings.margin)
-
-
 def agreement_matrices(scores: Sequence[torch.Tensor], fraction: float) -> dict[str, Any]:
     """Pairwise Spearman ρ and top-K overlap between checkpoints' scores, and their means
     over the pairs (None with one checkpoint)."""
@@ -195,98 +143,6 @@ def agreement_matrices(scores: Sequence[torch.Tensor], fraction: float) -> dict[
                                             if pairs else None)}
 
 
-def _agreement(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
-               settings: AuditSettings, run_seeds: Sequence[int]) -> dict[str, Any]:
-    """Step 2b: per-checkpoint scores, their pairwise ρ and top-K overlap (first seed), and
-    the malleability of the ensembled scores against its controls."""
-    parameters = settings.parameters or None
-    per_ckpt = {s: [attribute(estimator, [m], *data, s, parameters).scores for m in models]
-                for s in run_seeds}
-    k = len(models)
-    ensemble = {s: Attribution(sum(v) / k) for s, v in per_ckpt.items()}
-    return {**agreement_matrices(per_ckpt[run_seeds[0]], settings.fraction),
-            "ensemble": _malleability(models, data, estimator, settings, ensemble)}
-
-
-def estimator_warnings(estimator: InfluenceEstimator, model: nn.Module, x: torch.Tensor,
-                       y: torch.Tensor, n_checkpoints: int, settings: AuditSettings
-                       ) -> tuple[list[str], float | None]:
-    """:func:`~malleability.estimator_checks.degenerate_settings` for this audit, and the
-    Hessian's |λ|max where the estimator is damped (else None)."""
-    projection = None
-    if estimator.name == "trak":
-        from dattri.algorithm.trak import DEFAULT_PROJECTOR_KWARGS
-
-        projection = int(DEFAULT_PROJECTOR_KWARGS["proj_dim"])
-    top = (hessian_top_eigenvalue(model, x, y, settings.parameters or None)
-           if estimator.name in DAMPED else None)
-    return degenerate_settings(estimator.name, int(x.shape[0]), n_checkpoints, projection,
-                               getattr(estimator, "damping", None), top), top
-
-
-@dataclass(frozen=True)
-class AuditProblem:
-    """What an audit of one estimator works on, checked: the settings, the estimator, the
-    model (eval mode, a copy), its checkpoints (None: none given), the data (x, y, x_test,
-    y_test) on the model's device and dtype, and the record of settings a report prints."""
-
-    settings: AuditSettings
-    estimator: InfluenceEstimator
-    model: nn.Module
-    checkpoints: list[nn.Module] | None
-    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
-    record: dict[str, Any]
-
-    def seeds_to_score(self) -> tuple[int, ...]:
-        """The estimator seeds with distinct clean scores: all for a randomized estimator,
-        the first for a deterministic one."""
-        return self.settings.seeds if self.estimator.randomized else self.settings.seeds[:1]
-
-
-def prepare(model: nn.Module, x_train: Any, y_train: Any = None, x_test: Any = None,
-            y_test: Any = None, *, estimator: str | InfluenceEstimator = "ntk-loo",
-            checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
-            settings: AuditSettings | None = None, perturb: str | None = None,
-            **options: Any) -> AuditProblem:
-    """Check and load an audit's inputs (see :func:`audit`) before any computation; the
-    model, inputs and settings as the audit runs them (:func:`prepare_model`)."""
-    settings = (settings or AuditSettings()).replace(**options)
-    check_estimator(estimator, "estimator")
-    est = make_estimator(estimator, ridge=settings.ridge, damping=settings.damping)
-    if not isinstance(model, nn.Module):
-        raise ValueError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    model = copy.deepcopy(model).eval()
-    first = next(model.parameters(), None)
-    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    device = first.device if first is not None else torch.device("cpu")
-    x, y = load_split(x_train, y_train, "x_train")
-    xt, yt = load_split(x_test if x_test is not None else x_train, y_test, "x_test")
-    x, xt = (a.to(device, dtype) if a.is_floating_point() else a.to(device) for a in (x, xt))
-    y, yt = y.to(device), yt.to(device)
-    asked, ready = settings, prepare_model(model, x, xt, checkpoints, settings, perturb)
-    model, x, xt, settings = ready.model, ready.x, ready.x_test, ready.settings
-    check_in_bounds(x, settings.bounds, "x_train")
-    check_in_bounds(xt, settings.bounds, "x_test")
-    check_sample_size(x.shape[0], settings.fraction)
-    est.check(model, x, settings.parameters or None)
-    classes = output_size(model, x)
-    if settings.parameters:
-        check_parameters_used(model, x, settings.parameters)
-    for labels, name in ((y, "y_train"), (yt, "y_test")):
-        top = max(classes, 2)
-        if int(labels.min()) < 0 or int(labels.max()) >= top:
-            raise ValueError(f"{name}: expected labels in 0..{top - 1} for a model with "
-                             f"{classes} output(s), got {int(labels.min())}..{int(labels.max())}")
-    models = ready.checkpoints or None
-    record = {"estimator": {"estimator": est.name, **est.to_dict()}, **asked.to_dict(),
-              "alpha": settings.step(), "bounds": list(settings.bounds),
-              "n_train": int(x.shape[0]), "n_test": int(xt.shape[0]), "outputs": classes,
-              "perturb": perturb,
-              "control": {"attack": RandomSign.name, "eps": settings.eps},
-              "noise_partner": NOISE_PARTNER}
-    return AuditProblem(settings, est, model, models, (x, y, xt, yt), record)
-
-
 def audit(
     model: nn.Module,
     x_train: Any,
@@ -298,6 +154,9 @@ def audit(
     checkpoints: Sequence[nn.Module | Mapping[str, torch.Tensor]] | None = None,
     settings: AuditSettings | None = None,
     perturb: str | None = None,
+    jobs: int = 1,
+    cluster: str | None = None,
+    threads: int | None = None,
     **options: Any,
 ) -> AuditReport:
     """Audit ``model`` with the registered ``estimator`` (a name, or an estimator instance
@@ -314,22 +173,42 @@ def audit(
     ``y`` arguments may be None), moved to the model's device and dtype. ``settings`` (or its
     fields as keyword ``options``, e.g. ``eps=0.1, seeds=(0, 1)``): :class:`AuditSettings`.
     Inputs are checked before any computation.
+
+    The audit's cells (:func:`~malleability.audit_run.audit_cells`: the spectrum, each seed
+    on the model, each checkpoint's clean scores, each seed on the ensemble) run in this
+    process, on ``jobs`` local Dask workers, or on the scheduler at ``cluster`` (``threads``
+    torch threads per cell); the report is the same for equal threads per cell.
     """
+    from .audit_run import audit_cells
+
     p = prepare(model, x_train, y_train, x_test, y_test, estimator=estimator,
                 checkpoints=checkpoints, settings=settings, perturb=perturb, **options)
-    s, est = p.settings, p.estimator
-    spectrum = spectral_step(representation(p.model, p.data[0], s.layer))
-    spectrum["layer"] = p.record["layer"] or perturb or "input"  # named on the user's model
+    return report_from_cells(p, audit_cells([p], jobs, cluster, threads))
+
+
+def report_from_cells(p: AuditProblem, results: Mapping[tuple[str, str], Mapping[int, Any]]
+                      ) -> AuditReport:
+    """The :class:`AuditReport` of ``p`` from the results of its cells
+    (:func:`~malleability.audit_run.audit_cells`): the spectrum, the model's cells over the
+    seeds (:func:`assemble`), the checkpoints' clean scores at the first seed (agreement) and
+    the ensemble's cells."""
+    from .audit_run import ENSEMBLE, MODEL, SPECTRUM, spectrum_layer
+
+    s, name = p.settings, p.estimator.name
+    spectrum = {k: v for k, v in results[(SPECTRUM, spectrum_layer(p))][0].items()
+                if k != "eigenvalues"}
+    spectrum["layer"] = p.record["layer"] or p.record["perturb"] or "input"
     main = spectrum["per_example"]
-    clean = {seed: attribute(est, [p.model], *p.data, seed, s.parameters or None)
-             for seed in p.seeds_to_score()}
-    result = _malleability([p.model], p.data, est, s, clean)
-    agreement = (_agreement(p.checkpoints, p.data, est, s, p.seeds_to_score())
-                 if p.checkpoints else None)
-    warnings, top = estimator_warnings(est, p.model, p.data[0], p.data[1],
-                                       len(p.checkpoints or [p.model]), s)
+    result = assemble(results[(name, MODEL)], s.margin)
+    first = results[(name, MODEL)][s.seeds[0]]
+    agreement = None
+    if p.checkpoints:
+        scores = [torch.tensor(results[(name, f"ckpt{j}")][s.seeds[0]]["scores"],
+                               dtype=torch.float64) for j in range(len(p.checkpoints))]
+        agreement = {**agreement_matrices(scores, s.fraction),
+                     "ensemble": assemble(results[(name, ENSEMBLE)], s.margin)}
     return AuditReport(
-        estimator=est.name, kappa=main["kappa"], rank=main["rank"],
+        estimator=name, kappa=main["kappa"], rank=main["rank"],
         kappa_cubed=main["kappa_cubed"], width_threshold=main["width_threshold"],
         representation=spectrum, flip_rate=result["adversarial"]["flip_rate"],
         spearman=result["adversarial"]["spearman"],
@@ -337,5 +216,6 @@ def audit(
         checkpoint_agreement=agreement, settings=p.record,
         controls={"noise": result["noise"], "random": result["random"]},
         excess=result["excess"], verdicts=result["verdicts"], verdict=result["verdict"],
-        diagnostics={"rank_stability": result["rank_stability"], "warnings": warnings,
-                     "hessian_top_eigenvalue": top})
+        diagnostics={"rank_stability": result["rank_stability"],
+                     "warnings": first["warnings"],
+                     "hessian_top_eigenvalue": first["hessian_top_eigenvalue"]})

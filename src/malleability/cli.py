@@ -240,6 +240,23 @@ def datasets_command(data_root: Path | None) -> None:
         click.echo(f"{row['name']:<14} {state:<15} {row['path']}")
 
 
+def _parallel_options(command: Any) -> Any:
+    """``--jobs``, ``--cluster`` and ``--threads``: where a run's cells compute."""
+    for option in reversed((
+            click.option("--jobs", type=int, default=1, show_default=True,
+                         help="Cells run in parallel on this machine (worker processes of a "
+                              "local Dask cluster); 1 runs them in this process."),
+            click.option("--cluster", default=None, metavar="ADDRESS",
+                         help="Run the cells on the Dask scheduler at ADDRESS "
+                              "(tcp://HOST:PORT)."),
+            click.option("--threads", type=int, default=None,
+                         help="Torch threads per cell (default: all cores; cores / N with "
+                              "--jobs N; the worker's with --cluster). Results are bitwise "
+                              "equal for equal threads."))):
+        command = option(command)
+    return command
+
+
 @main.command("reproduce")
 @click.option("--preset", default="quick", show_default=True,
               help="quick, paper, sensitivity, or a path to a preset .toml file.")
@@ -249,14 +266,7 @@ def datasets_command(data_root: Path | None) -> None:
 @click.option("--cells", multiple=True, metavar="PATTERN",
               help="Run only the cells whose file name matches this shell pattern, e.g. "
                    "'task=cifar10*' or '*seed=2' (repeatable; splits a run between machines).")
-@click.option("--jobs", type=int, default=1, show_default=True,
-              help="Cells run in parallel on this machine (worker processes of a local Dask "
-                   "cluster); 1 runs them in this process.")
-@click.option("--cluster", default=None, metavar="ADDRESS",
-              help="Run the cells on the Dask scheduler at ADDRESS (tcp://HOST:PORT).")
-@click.option("--threads", type=int, default=None,
-              help="Torch threads per cell (default: all cores; cores / N with --jobs N; the "
-                   "worker's with --cluster). Results are bitwise equal for equal threads.")
+@_parallel_options
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None,
               help="Dataset folder (else $MALLEABILITY_DATA, else the user cache).")
@@ -350,20 +360,24 @@ _audit_options, _audit_values = settings_options(AuditCommandSettings)
               help="Run folder: one resumable cell per (estimator, checkpoint, seed), then "
                    "report.md, report.html and figures/ (new, empty, or an earlier audit's "
                    "folder of the same settings).")
+@_parallel_options
 def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
                   test_path: Path | None, dataset: str | None, classes: str | None,
                   n_train: int | None, n_test: int | None,
                   checkpoint_paths: tuple[Path, ...], data_root: Path | None,
-                  perturb: str | None, as_json: bool, out: Path | None,
-                  **options: Any) -> None:
+                  perturb: str | None, as_json: bool, out: Path | None, jobs: int,
+                  cluster: str | None, threads: int | None, **options: Any) -> None:
     """Audit your own classifier: κ (A.12 step 1), influence malleability per estimator
     against its controls (estimator noise, random ±ε) with intervals over seeds and a
     verdict, and checkpoint agreement (step 2b)."""
     from .auditing import audit
     from .model_io import load_checkpoint, load_model
+    from .repro.cluster import check_parallel
 
     try:
         settings = AuditCommandSettings.from_dict(_audit_values(options), "audit")
+        parallel = dict(zip(("jobs", "threads"), check_parallel(jobs, cluster, threads),
+                            strict=True), cluster=cluster)
         if dataset is not None:
             if train_path or test_path:
                 raise ValueError("dataset: give either --dataset or --train/--test, not both")
@@ -383,9 +397,6 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
         common = AuditSettings(**{f.name: getattr(settings, f.name)
                                   for f in dataclasses.fields(AuditSettings)})
         if out is not None:
-            if perturb is not None:
-                raise ValueError("perturb: --out does not take --perturb yet; audit without "
-                                 "--out")
             if as_json:
                 raise ValueError("json: --out writes a report folder; give --json or --out")
             from .audit_folder import audit_folder
@@ -393,17 +404,19 @@ def audit_command(model_spec: str, builder: str | None, train_path: Path | None,
             path = audit_folder(out, model, train, None, test, None,
                                 estimators=settings.estimators, checkpoints=checkpoints,
                                 settings=common, title=f"Influence audit: {model_spec}",
-                                progress=lambda label: click.echo(f"cell {label}", err=True))
+                                progress=lambda label: click.echo(f"cell {label}", err=True),
+                                perturb=perturb, **parallel)
             click.echo(f"report: {path}")
             return
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         _fail(str(err))
     reports, failure = [], None
     for name in settings.estimators:  # a later estimator's failure keeps the earlier results
         try:
             reports.append(audit(model, train, None, test, None, estimator=name,
-                                 checkpoints=checkpoints, settings=common, perturb=perturb))
-        except (ValueError, OSError) as err:
+                                 checkpoints=checkpoints, settings=common, perturb=perturb,
+                                 **parallel))
+        except (ValueError, OSError, RuntimeError) as err:
             failure = str(err)
             break
     if reports and as_json:

@@ -26,7 +26,7 @@ from torch import nn
 from ._validation import check_nonnegative, check_positive, check_positive_int, check_seed
 from .attacks import Attack, run_attack
 from .losses import training_loss
-from .model_outputs import logits_of
+from .model_outputs import check_labels, logit_count, logits_of
 
 
 def find_submodule(model: nn.Module, name: str, argument: str = "perturb") -> nn.Module:
@@ -172,6 +172,7 @@ def attack_submodule(
     alpha = 2.5 * eps / steps if alpha is None else check_positive(alpha, "alpha")
     seed = check_seed(seed)
     h = submodule_output(models[0], submodule, x)
+    check_labels(y, logit_count(models[0], x), "y")
     if eps == 0:
         return torch.zeros_like(h)
 

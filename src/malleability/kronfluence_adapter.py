@@ -50,7 +50,7 @@ from ._validation import (
     parse_enum,
 )
 from .losses import training_loss
-from .model_outputs import logits_of
+from .model_outputs import check_labels, logit_count, logits_of
 
 
 class Strategy(StrEnum):
@@ -145,6 +145,9 @@ def kronfluence_scores(
             raise ValueError(f"{name}: expected at least one row")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name}: contains NaN or infinite values")
+    outputs = logit_count(model, x_train)
+    check_labels(y_train, outputs, "y_train")
+    check_labels(y_test, outputs, "y_test")
     names = called_modules(model, tracked_modules(model, modules), x_train[:1],
                            modules is not None)
     model = copy.deepcopy(model).eval()

@@ -34,6 +34,22 @@ def logits_of(output: Any) -> torch.Tensor:
                      f"tuple whose first element is the logits, got {type(output).__name__}")
 
 
+def logit_count(model: nn.Module, x: torch.Tensor) -> int:
+    """C, the number of logits ``model`` gives per example (1 for (n,) scores), on ``x[:1]``."""
+    with torch.no_grad():
+        logits = logits_of(model(x[:1]))
+    return 1 if logits.ndim <= 1 else int(logits.shape[-1])
+
+
+def check_labels(labels: torch.Tensor, outputs: int, name: str) -> None:
+    """Class indices ``labels`` (called ``name``) in 0..C−1 for a model of C = ``outputs``
+    logits (0/1 for one output, its logistic loss); else a one-line ValueError."""
+    top = max(outputs, 2)
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= top):
+        raise ValueError(f"{name}: expected labels in 0..{top - 1} for a model with "
+                         f"{outputs} output(s), got {int(labels.min())}..{int(labels.max())}")
+
+
 class Classifier(nn.Module):
     """``model`` with its output replaced by :func:`logits_of` it.
 

@@ -19,12 +19,13 @@ from torch import nn
 from .base import Attribution, Estimator, InfluenceEstimator
 from .dattri import DATTRI_ESTIMATORS, DattriEstimator
 from .kronfluence import KRONFLUENCE_ESTIMATORS, KronfluenceEstimator
+from .logra import LoGra
 from .ntk_loo import NTKLOO
 from .tracin import TracIn
 
 #: Every estimator class by its name.
 ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, TracIn, *DATTRI_ESTIMATORS,
-                                                  *KRONFLUENCE_ESTIMATORS)}
+                                                  *KRONFLUENCE_ESTIMATORS, LoGra)}
 
 
 def check_estimator(value: Any, name: str) -> str:

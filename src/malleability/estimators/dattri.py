@@ -118,6 +118,16 @@ class IFExplicit(DattriEstimator):
     name: ClassVar[str] = "if-explicit"
     attributor: ClassVar[str] = "IFAttributorExplicit"
 
+    def check(self, model: nn.Module, x: torch.Tensor,
+              parameters: Sequence[str] | None = None) -> None:
+        """Refuse a Hessian (P × P, float32) larger than the device's memory."""
+        from ..memory import check_memory
+
+        names = set(select_parameters(model, parameters))
+        count = sum(p.numel() for k, p in model.named_parameters() if k in names)
+        check_memory(4 * count * count, "estimator", f"if-explicit's explicit Hessian of "
+                     f"{count} parameters (P × P, float32)", x.device)
+
 
 @dataclass(frozen=True)
 class IFCG(DattriEstimator):

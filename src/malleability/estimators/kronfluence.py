@@ -28,18 +28,20 @@ from .base import Estimator
 
 
 def tracked_modules_of(model: nn.Module, parameters: Sequence[str] | None,
-                       estimator: str) -> list[str] | None:
-    """The names of the ``nn.Linear``/``nn.Conv2d`` modules owning a selected parameter
-    (None: all of them, kronfluence's default)."""
+                       estimator: str, types: tuple[type, ...] = (nn.Linear, nn.Conv2d)
+                       ) -> list[str] | None:
+    """The names of the modules of ``types`` (default ``nn.Linear``/``nn.Conv2d``) owning a
+    selected parameter (None: all of them, kronfluence's default)."""
     if parameters is None:
         return None
     chosen = set(select_parameters(model, parameters))
     names = [name for name, module in model.named_modules()
-             if isinstance(module, (nn.Linear, nn.Conv2d))
+             if isinstance(module, types)
              and any((f"{name}.{k}" if name else k) in chosen
                      for k, _ in module.named_parameters(recurse=False))]
     if not names:
-        raise ValueError(f"parameters: {estimator} tracks nn.Linear and nn.Conv2d modules, and "
+        kinds = " and ".join(f"nn.{t.__name__}" for t in types)
+        raise ValueError(f"parameters: {estimator} tracks {kinds} modules, and "
                          f"{', '.join(parameters)} selects parameters of none")
     return names
 

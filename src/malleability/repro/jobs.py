@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..settings import reseeded
 from .cells import cell_name
 from .experiments import EXPERIMENTS

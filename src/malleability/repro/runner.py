@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
-import os
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,9 +20,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import check_positive_int, check_seeds
+from .._validation import check_seeds
 from ..settings import Settings, setting
-from .cluster import connect, local_cluster, run_on_cluster
+from .cluster import check_parallel, connect, local_cluster, local_threads, run_on_cluster
 from .experiments import EXPERIMENTS
 from .jobs import CellJob, compute_cell, versions
 from .problem import RunContext, build_model, load_problem
@@ -232,11 +231,7 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
     reductions depend on the thread count). ``cells``: only the cells whose names match these
     shell patterns (:func:`plan`), e.g. to split a preset between machines.
     """
-    jobs = check_positive_int(jobs, "jobs")
-    if threads is not None:
-        threads = check_positive_int(threads, "threads")
-    if jobs > 1 and cluster is not None:
-        raise ValueError("jobs: --jobs runs a local cluster; give either --jobs or --cluster")
+    jobs, threads = check_parallel(jobs, cluster, threads)
     todo_all = plan(preset, ctx.out, only, cells)
     if cells and not todo_all:
         raise ValueError(f"cells: no cell of this preset matches {list(cells)}; names look like "
@@ -257,7 +252,7 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
             results = run_on_cluster(client, todo, ctx, threads, local_cache=True)
         elif jobs > 1 and todo:
             client = stack.enter_context(local_cluster(jobs, ctx.device))
-            threads = threads or max(1, (os.cpu_count() or 1) // jobs)
+            threads = local_threads(jobs, threads)
             results = run_on_cluster(client, todo, ctx, threads)
         else:
             results = _serial(todo, ctx, bar, threads)
