@@ -16,6 +16,7 @@ from . import (
     ntk_distance,
     ntk_distance_gd,
     ntk_distance_variants,
+    qkv_projections,
     robust_evaluation,
     sensitivity,
     softmax_temperature,
@@ -28,7 +29,7 @@ from . import (
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
     for module in (spectrum, kappa_mechanism, collapse, flip_rates, flip_controls, ntk_distance,
-                   ntk_distance_gd, ntk_distance_variants, softmax_temperature,
+                   ntk_distance_gd, ntk_distance_variants, qkv_projections, softmax_temperature,
                    adversarial_training, robust_evaluation, interventions, complexity, landscape,
                    influential, theory, sensitivity, width_sensitivity)
 }
