@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,8 +159,9 @@ def _share_above(pairs: dict[str, dict], ten: float) -> float:
 
 
 def _median(pairs: dict[str, dict], key: str) -> float:
+    """The median of ``key`` over the control pairs, seed by seed."""
     values = [p[key] for p in pairs.values()]
-    return combine(lambda *vs: float(torch.tensor(vs).median()), *values)
+    return combine(lambda *vs: statistics.median(vs), *values)
 
 
 def section(records: list[dict], figs: Path) -> list[Block]:
