@@ -93,8 +93,9 @@ def run(s: QKVProjectionSettings, cell: dict, ctx: RunContext) -> dict:
     z = p.z.double()
     with torch.no_grad():
         h0 = initial.hidden_inputs(z).double()
-        out["kernel_distance_w_block"] = kernel_distance(w_block_ntk(trained, z),
-                                                         infinite_ntk(h0))
+        block = w_block_ntk(trained, z)  # zero for a dead network: no direction, stored null
+        out["kernel_distance_w_block"] = (kernel_distance(block, infinite_ntk(h0))
+                                          if bool(block.any()) else None)
         front0, front = initial.front, trained.front
         out["kappa_inputs"] = effective_condition_number(z).kappa_effective
         out["kappa_projected"] = {
