@@ -70,3 +70,15 @@ def test_near_zero_at_all_widths_is_decided_by_every_widths_interval():
     assert near_zero_at_all_widths([below, above]) is False
     assert near_zero_at_all_widths([below, straddles]) is None
     assert near_zero_at_all_widths([0.001]) is None  # one seed: no interval
+
+
+def test_row_normalised_softmax_and_exponential_attention_are_one_map():
+    """softmax(s)R = exp(s − max s)R / Σ exp(s − max s): a positive factor per row, which
+    rownorm removes, so Figure 6's two maps give the same features (and cells)."""
+    x, r = _unit_rows(7, 5, 3) * 4, _unit_rows(11, 5, 4) * 4
+    from malleability.attention import attention_features
+
+    for tau in (0.1, 1.0):
+        torch.testing.assert_close(attention_features(x, r, "softmax", temperature=tau),
+                                   attention_features(x, r, "exponential", temperature=tau),
+                                   rtol=1e-12, atol=1e-14)

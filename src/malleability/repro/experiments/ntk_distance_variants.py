@@ -38,7 +38,10 @@ INTRO = ("Figure 6's scale-free kernel distance 1 − cos(Θ_m, Θ_∞) across w
          "softmax and exponential attention exhibit near-zero distance at all widths\", an "
          "artifact of their collapse to a rank-1 kernel (A.13). \"Near zero\" is our reading: "
          f"below {NEAR_ZERO:g} (a cosine of at least 0.99), decided per width by the 95 % "
-         "interval.")
+         "interval. With the row normalisation both maps carry, softmax and exponential "
+         "attention are one map (softmax divides each row of exp(scores − max) by a positive "
+         "sum, which rownorm removes), so their rows agree to rounding; a kernel distance "
+         "shown as — belongs to a network whose hidden units are all inactive (zero NTK).")
 
 
 def _check_variants(value: tuple[str, ...], name: str) -> tuple[str, ...]:
