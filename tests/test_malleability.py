@@ -187,7 +187,8 @@ def test_attending_to_is_the_front_rebuilt_on_the_new_training_set(trained):
     assert relu.attending_to(x_new) is relu
 
 
-@pytest.mark.parametrize("architecture", ["relu", "attn", "attn-softmax", "attn-exponential"])
+@pytest.mark.parametrize("architecture", ["relu", "attn", "attn-softmax", "attn-exponential",
+                                          "attn-qkv"])
 def test_architecture_registry_builds_each_network(trained, architecture):
     tr, _, _ = trained
     net = TwoLayerNet.for_data(tr, ModelSettings(width=8, seed=0), architecture)

@@ -110,7 +110,7 @@ BAD = [
     ([], "[experiments.flip_rates]\nattacks = [\"cw\"]\n",
      "flip_rates.attacks[0]: expected one of fgsm, pgd, mim, random-sign, square, got 'cw'"),
     ([], "[experiments.flip_rates]\nmodels = [\"vit\"]\n",
-     "flip_rates.models[0]: expected one of relu, attn, attn-softmax, attn-exponential, "
+     "flip_rates.models[0]: expected one of relu, attn, attn-softmax, attn-exponential, attn-qkv, "
      "got 'vit'"),
 ]
 

@@ -247,3 +247,52 @@ class AttentionFeatures(nn.Module):
         return (f"kind={self.kind.value}, reference={tuple(self.reference.shape)}, "
                 f"normalize={self.normalize}, rank={self.rank}, layers={self.layers}, "
                 f"stacking={self.stacking.value}, temperature={self.temperature:g}")
+
+
+class TrainableProjections(nn.Module):
+    """Linearized attention with trainable QKV projections (Proposition 4.13):
+    φ(x) = rownorm((x W_Q)(R W_K)ᵀ(R W_V)) = rownorm(x W_Q W_Kᵀ (RᵀR) W_V), with W_Q, W_K,
+    W_V ∈ R^{d×d} parameters initialised as ``projections`` (e.g. He, N(0, 2/d):
+    :func:`projection_matrices`) and the reference R fixed (its d×d Gram RᵀR a buffer).
+
+    Evaluated as (((x W_Q) W_Kᵀ) RᵀR) W_V: four n×d×d products, differentiable in x and in
+    the projections. :meth:`parts` returns the intermediate rows the closed-form NTK needs.
+    """
+
+    kind = AttentionKind.LINEAR
+
+    def __init__(self, reference: torch.Tensor,
+                 projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        super().__init__()
+        reference = as_tensor(reference, "reference", ndim=2, dtype=None)
+        d = reference.shape[1]
+        mats = [as_tensor(w, "projections", ndim=2, dtype=reference.dtype) for w in projections]
+        for w in mats:
+            if w.shape != (d, d):
+                raise ValueError(f"projections: expected {d}×{d} matrices, got {tuple(w.shape)}")
+        self.w_q, self.w_k, self.w_v = (nn.Parameter(w.clone()) for w in mats)
+        self.register_buffer("reference", reference)
+        self.register_buffer("gram", reference.T @ reference)
+        self.in_features = d
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(q, p, s, u) = (x W_Q, q W_Kᵀ, p RᵀR, s W_V) for rows x; φ = rownorm(u)."""
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"x: expected shape (n, {self.in_features}), got {tuple(x.shape)}")
+        q = x @ self.w_q
+        p = q @ self.w_k.T
+        s = p @ self.gram
+        return q, p, s, s @ self.w_v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rownorm(self.parts(x)[3])
+
+    def attending_to(self, reference: torch.Tensor) -> TrainableProjections:
+        """A copy with the current projections (as new parameters) attending to
+        ``reference``."""
+        return TrainableProjections(reference.to(self.w_q.dtype),
+                                    (self.w_q.detach(), self.w_k.detach(), self.w_v.detach()))
+
+    def extra_repr(self) -> str:
+        return f"trainable QKV, reference={tuple(self.reference.shape)}"

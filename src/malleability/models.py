@@ -22,6 +22,7 @@ from .attention import (
     AttentionKind,
     Projection,
     Stacking,
+    TrainableProjections,
     projection_matrices,
 )
 from .data import Dataset
@@ -34,11 +35,15 @@ ARCHITECTURES: dict[str, AttentionKind | None] = {
     "attn": AttentionKind.LINEAR,
     "attn-softmax": AttentionKind.SOFTMAX,
     "attn-exponential": AttentionKind.EXPONENTIAL,
+    "attn-qkv": AttentionKind.LINEAR,
 }
+#: The architecture whose QKV projections train with W (Proposition 4.13): :class:`QKVNet`.
+TRAINABLE_QKV = "attn-qkv"
 
 #: The paper's names of the architectures.
 ARCHITECTURE_NAMES = {"relu": "2L-ReLU", "attn": "MLP-Attn", "attn-softmax": "MLP-Attn (softmax)",
-                      "attn-exponential": "MLP-Attn (exponential)"}
+                      "attn-exponential": "MLP-Attn (exponential)",
+                      "attn-qkv": "MLP-Attn (trainable QKV)"}
 
 
 def check_architecture(value: object, name: str) -> str:
@@ -144,9 +149,14 @@ class TwoLayerNet(nn.Module):
         inputs like ``z`` (n × d) with ``num_outputs`` outputs; MLP-Attn attends to
         ``reference`` (default ``z``), truncated to its top ``attention_rank`` singular
         directions when given (Remark 4.10), softmax/exponential at ``temperature``."""
-        attention = ARCHITECTURES[check_architecture(architecture, "model")]
+        name = check_architecture(architecture, "model")
+        attention = ARCHITECTURES[name]
         if attention is not None and reference is None:
             reference = z
+        if name == TRAINABLE_QKV:
+            return QKVNet(z.shape[1], width or settings.width, num_outputs, reference,
+                          settings.init_scale, settings.seed, getattr(torch, settings.dtype),
+                          preprocessing)
         return cls(z.shape[1], width or settings.width, num_outputs, attention,
                    reference if attention else None, settings.init_scale, settings.seed,
                    settings.projection, getattr(torch, settings.dtype), preprocessing,
@@ -250,3 +260,41 @@ class TwoLayerNet(nn.Module):
         return AttentionFeatures(reference, kind, mats, rank=self.attention_rank,
                                  layers=self.attention_layers, stacking=self.stacking,
                                  temperature=self.temperature)
+
+
+class QKVNet(TwoLayerNet):
+    """MLP-Attn with trainable QKV projections (Proposition 4.13): the linearized front
+    φ(z) = rownorm((z W_Q)(R W_K)ᵀ(R W_V)) (:class:`~malleability.attention.TrainableProjections`)
+    with W_Q, W_K, W_V ∈ R^{d×d} He-initialised, entries N(0, 2/d), drawn from ``seed + 1`` as
+    the fixed "he" projections of :class:`TwoLayerNet` are (``ModelSettings.projection`` does
+    not apply), then trained with W: ``train`` updates all four and ``empirical_ntk``
+    differentiates all four."""
+
+    def __init__(self, in_features: int, width: int, num_classes: int, reference: torch.Tensor,
+                 init_scale: float = 1.0, seed: int = 0, dtype: torch.dtype = torch.float64,
+                 preprocessing: nn.Module | None = None) -> None:
+        super().__init__(in_features, width, num_classes, AttentionKind.LINEAR, reference,
+                         init_scale, seed, Projection.HE, dtype, preprocessing)
+
+    def _attention_front(self, reference: torch.Tensor, kind: AttentionKind
+                         ) -> TrainableProjections:
+        """The front on ``reference``: this network's current projections when it has a front
+        already (:meth:`with_reference`), else fresh He draws from ``seed + 1``."""
+        current = getattr(self, "front", None)
+        if isinstance(current, TrainableProjections):
+            return current.attending_to(reference)
+        dtype = self.weight.dtype
+        reference = as_tensor(reference, "reference", ndim=2, dtype=dtype)
+        if reference.shape[1] != self.in_features:
+            raise ValueError(f"reference: expected {self.in_features} columns (in_features), "
+                             f"got {reference.shape[1]}")
+        mats = projection_matrices(self.in_features, Projection.HE, seed=self.seed + 1)
+        return TrainableProjections(reference, tuple(w.to(dtype) for w in mats))
+
+    def reinitialized(self, reference: torch.Tensor | None = None) -> QKVNet:
+        """A fresh network with the same construction (W₀, A and the He projections at their
+        initial draws), attending to ``reference`` (default: the current reference set)."""
+        reference = self.front.reference if reference is None else reference
+        return QKVNet(self.in_features, self.width, self.num_classes, reference,
+                      self.init_scale, self.seed, self.dtype,
+                      self.preprocessing).to(self.weight.device)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._validation import as_tensor, check_finite
+from .attention import TrainableProjections
 from .jacobian_ntk import cast_module, jacobian_ntk
 from .memory import check_memory, ntk_bytes
 from .models import TwoLayerNet
@@ -67,7 +68,42 @@ def empirical_ntk(model: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None = 
         kernel = (z1 @ z2.T) * (d1 @ d2.T) / model.width
     else:
         kernel = _gated_gram(z1, z2, d1, d2, model.width, block_bytes)
+    if isinstance(front, TrainableProjections):
+        kernel = kernel + projection_ntk(model, x1, x1 if x2 is x1 else x2)
     return _check_kernel(kernel, "the empirical NTK Θ_m", x1, x2)
+
+
+def projection_ntk(model: TwoLayerNet, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """The QKV block of the empirical NTK of a network with trainable projections
+    (Proposition 4.13), (1/C) Σ_c Σ_{P ∈ {W_Q, W_K, W_V}} ⟨∂f_c/∂P(x1), ∂f_c/∂P(x2)⟩ in closed
+    form. With (q, p, s, u) = (x W_Q, q W_Kᵀ, p RᵀR, s W_V), φ = u/‖u‖, the gradient in φ
+    g_c = (1[φWᵀ > 0] ⊙ a_c) W/√m, in u ĝ_c = (g_c − (g_c·φ)φ)/‖u‖, t_c = ĝ_c W_Vᵀ RᵀR and
+    r_c = t_c W_K: W_Q gives (x·x')(r_c·r'_c), W_K (q·q')(t_c·t'_c), W_V (s·s')(ĝ_c·ĝ'_c).
+    Float64, on the network inputs x (no preprocessing)."""
+    model = cast_module(model, _F64)
+    front, w, a = model.front, model.weight.detach(), model.readout
+    scale = model.width ** -0.5
+
+    def side(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        q, _, s, u = (t.detach() for t in front.parts(x))
+        norm = u.norm(dim=1, keepdim=True)
+        phi = u / norm
+        return x, q, s, phi, norm, (phi @ w.T > 0).to(_F64)
+
+    sides = [side(x1), side(x2)]
+    kernel = torch.zeros(x1.shape[0], x2.shape[0], dtype=_F64, device=w.device)
+    products = [sides[0][i] @ sides[1][i].T for i in range(3)]  # x·x', q·q', s·s'
+    w_v, w_k, gram = (t.detach() for t in (front.w_v, front.w_k, front.gram))
+    for c in range(a.shape[1]):
+        grads = []
+        for _, _, _, phi, norm, gate in sides:
+            g = (gate * a[:, c]) @ w * scale
+            g_hat = (g - (g * phi).sum(1, keepdim=True) * phi) / norm
+            t = g_hat @ w_v.T @ gram
+            grads.append((t @ w_k, t, g_hat))
+        for product, (left, right) in zip(products, zip(*grads, strict=True), strict=True):
+            kernel += product * (left @ right.T)
+    return kernel / a.shape[1]
 
 
 @torch.no_grad()

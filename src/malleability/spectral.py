@@ -183,3 +183,31 @@ def mean_pairwise_cosine(z: torch.Tensor) -> float:
     unit = z / z.norm(dim=1, keepdim=True).clamp_min(1e-300)
     total = unit.sum(0)
     return float(((total @ total) - (unit * unit).sum()) / (n * (n - 1)))
+
+
+def participation_ratio(eigenvalues: torch.Tensor) -> float:
+    """(Σλ)²/Σλ² of a Gram matrix's eigenvalues: its effective number of directions (1 for a
+    rank-1 Gram, r for r equal eigenvalues); the spread of the spectrum A.2 appeals to."""
+    eig = as_tensor(eigenvalues, "eigenvalues", ndim=1, dtype=_F64).clamp_min(0.0)
+    total = float(eig.sum())
+    if not total > 0:
+        raise ValueError("eigenvalues: expected a positive sum (a non-zero Gram matrix)")
+    return total**2 / float((eig * eig).sum())
+
+
+def between_class_share(z: torch.Tensor, labels: torch.Tensor) -> float:
+    """Σ_c n_c ‖μ_c − μ‖² / Σ_i ‖z_i − μ‖²: the share of the rows' scatter about their mean μ
+    that lies between the class means μ_c (total = within + between); the inter-class spread
+    of A.2, in [0, 1]."""
+    z = as_tensor(z, "z", ndim=2, dtype=_F64)
+    labels = torch.as_tensor(labels)
+    if labels.shape != (z.shape[0],):
+        raise ValueError(f"labels: expected shape ({z.shape[0]},) (one per row of z), got "
+                         f"{tuple(labels.shape)}")
+    centred = z - z.mean(0)
+    total = float(centred.square().sum())
+    if not total > 0:
+        raise ValueError("z: expected rows that are not all equal (zero scatter)")
+    between = sum(int((labels == c).sum()) * float(centred[labels == c].mean(0).square().sum())
+                  for c in labels.unique())
+    return between / total

@@ -150,6 +150,11 @@ def train(
         y_test = as_tensor(y_test, "y_test", ndim=2, dtype=model.weight.dtype,
                            device=model.weight.device)
         check_rows_match(as_tensor(x_test, "x_test", dtype=None), y_test, "x_test", "y_test")
+    if _trains_front(model):
+        if adversary is not None:
+            raise ValueError("adversary: adversarial training of trainable projections is not "
+                             "supported; expected adversary=None")
+        return _train_with_front(model, x, y, settings, x_test, y_test, loss)
     device = model.weight.device
     check_memory(network_bytes(model.in_features, model.width, model.num_classes,
                                itemsize=model.weight.element_size(),
@@ -208,6 +213,59 @@ def train(
             history.test_loss.append(test_loss)
             history.test_accuracy.append(test_acc)
             bar.set_postfix(loss=f"{total / n:.4f}", test_acc=f"{test_acc:.3f}")
+        if epoch in settings.checkpoints:
+            history.checkpoints[epoch] = model.weight.detach().cpu().clone()
+    return history
+
+
+def _trains_front(model: TwoLayerNet) -> bool:
+    """Whether the attention front has trainable parameters (trainable QKV, Prop. 4.13)."""
+    return model.front is not None and any(p.requires_grad for p in model.front.parameters())
+
+
+def _train_with_front(model: TwoLayerNet, x: torch.Tensor, y: torch.Tensor,
+                      settings: TrainSettings, x_test: torch.Tensor | None,
+                      y_test: torch.Tensor | None, loss: Loss) -> TrainHistory:
+    """:func:`train` for a network whose front trains too (trainable QKV): Adam on W and the
+    front's parameters together, gradients by autograd through φ, the same batches, loss and
+    λ_reg‖θ − θ₀‖² over every trained parameter; checkpoints keep W."""
+    device = model.weight.device
+    y = y.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        z = model.inputs(x.to(device)).to(model.weight.dtype)
+        z_test = None if x_test is None else model.inputs(x_test.to(device))
+    start = [p.detach().clone() for p in params]
+    l2 = l2_per_weight(settings.l2_to_init, settings.l2_convention,
+                       sum(p.numel() for p in params))
+    optimizer = torch.optim.Adam(params, lr=settings.lr)
+    gen = torch.Generator().manual_seed(settings.seed)
+    history = TrainHistory()
+    if 0 in settings.checkpoints:
+        history.checkpoints[0] = model.weight.detach().cpu().clone()
+    n = z.shape[0]
+    for epoch in tqdm(range(1, settings.epochs + 1), desc="train (W and QKV)",
+                      disable=not settings.progress, leave=False):
+        order = torch.randperm(n, generator=gen).to(device)
+        total = torch.zeros((), dtype=y.dtype, device=device)
+        for s in range(0, n, settings.batch_size):
+            rows = order[s:s + settings.batch_size]
+            value = per_example_loss(model.head(model.hidden_inputs(z[rows])), y[rows],
+                                     loss).mean()
+            if l2:
+                value = value + l2 * sum(((p - p0) ** 2).sum()
+                                         for p, p0 in zip(params, start, strict=True))
+            optimizer.zero_grad(set_to_none=False)
+            value.backward()
+            optimizer.step()
+            total += value.detach() * rows.numel()
+        history.train_loss.append(_finite_epoch_loss(float(total), epoch, settings) / n)
+        if z_test is not None:
+            with torch.no_grad():
+                test_loss, test_acc = _loss_and_accuracy(
+                    model.head(model.hidden_inputs(z_test)), y_test, loss)
+            history.test_loss.append(test_loss)
+            history.test_accuracy.append(test_acc)
         if epoch in settings.checkpoints:
             history.checkpoints[epoch] = model.weight.detach().cpu().clone()
     return history

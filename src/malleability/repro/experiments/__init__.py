@@ -11,9 +11,12 @@ from . import (
     flip_rates,
     influential,
     interventions,
+    kappa_mechanism,
     landscape,
     ntk_distance,
     ntk_distance_gd,
+    ntk_distance_variants,
+    qkv_projections,
     robust_evaluation,
     sensitivity,
     softmax_temperature,
@@ -25,9 +28,10 @@ from . import (
 #: Experiments by name, in the order a run executes them.
 EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
-    for module in (spectrum, collapse, flip_rates, flip_controls, ntk_distance, ntk_distance_gd,
-                   softmax_temperature, adversarial_training, robust_evaluation, interventions,
-                   complexity, landscape, influential, theory, sensitivity, width_sensitivity)
+    for module in (spectrum, kappa_mechanism, collapse, flip_rates, flip_controls, ntk_distance,
+                   ntk_distance_gd, ntk_distance_variants, qkv_projections, softmax_temperature,
+                   adversarial_training, robust_evaluation, interventions, complexity, landscape,
+                   influential, theory, sensitivity, width_sensitivity)
 }
 
 __all__ = ["EXPERIMENTS"]
