@@ -71,7 +71,7 @@ def test_verdict_rules():
     assert verdict(Estimate([0.2] * 3, SEEDS)) == UNDECIDED  # zero width: too few seeds
     assert verdict(Estimate([0.2, 0.3, 0.2], SEEDS)) == UNDECIDED  # 2 distinct values
     with pytest.raises(ValueError, match="margin"):
-        verdict(constant(0.1), margin=-1)
+        verdict(near(0.1), margin=-1)
 
 
 def test_against_controls_and_summary():
