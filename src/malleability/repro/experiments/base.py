@@ -208,6 +208,15 @@ def verdict(ours: float | None, band: tuple[float, float], paper_inside: bool = 
     return agreement(decide(ours, band), paper_inside)
 
 
+def conjunction(verdicts: list[str]) -> str:
+    """The verdict of a claim made of several parts that must all hold (e.g. on every task, or
+    at both ends): disagrees where any part disagrees, else the parts' common verdict, else
+    inconclusive."""
+    if "disagrees" in verdicts:
+        return "disagrees"
+    return verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
+
+
 def trend(values: list[float]) -> str:
     """Direction of a sequence decided step by step on the paired differences' 95 % CIs
     (plain numbers: strictly): decreasing, increasing, non-monotonic, or "undecided" when

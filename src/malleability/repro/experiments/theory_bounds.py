@@ -35,7 +35,7 @@ from ..blocks import Block, Claim, Table, Text, figure, fmt, group, pct, rank
 from ..figures import Line
 from ..problem import Problem, RunContext, trained_model
 from ..seeds import Estimate, combine, merge_seeds
-from .base import model_name, trend, verdict
+from .base import conjunction, model_name, trend, verdict
 
 
 def _gram(net: TwoLayerNet, p: Problem):
@@ -182,25 +182,17 @@ def ridge_changes(records: list[dict]) -> list[dict]:
     return out
 
 
-def c4_verdict(verdicts: list[str]) -> str:
-    """One verdict of C.4 over tasks: disagrees where any task's decided change rises (C.4 is
-    a statement for every data set), agrees where every task's falls, else the tasks' one
-    common verdict or inconclusive."""
-    if "disagrees" in verdicts:
-        return "disagrees"
-    return verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
-
-
 def c4_split(changes: list[dict]) -> dict[tuple[str, float], dict]:
     """:func:`ridge_changes` per (model, ε): its task rows, the verdict over them
-    (:func:`c4_verdict`) and the tally of the tasks' verdicts."""
+    (C.4 is a statement for every data set: :func:`~.base.conjunction`) and the tally of the
+    tasks' verdicts."""
     out: dict[tuple[str, float], dict] = {}
     for row in changes:
         entry = out.setdefault((row["model"], row["eps"]), {"rows": [], "tally": {}})
         entry["rows"].append(row)
         entry["tally"][row["verdict"]] = entry["tally"].get(row["verdict"], 0) + 1
     for entry in out.values():
-        entry["verdict"] = c4_verdict([r["verdict"] for r in entry["rows"]])
+        entry["verdict"] = conjunction([r["verdict"] for r in entry["rows"]])
     return dict(sorted(out.items(), key=lambda kv: (rank(kv[0][0]), kv[0][1])))
 
 
