@@ -7,11 +7,11 @@ import math
 
 import pytest
 
+from malleability.intervals import TOO_FEW_SEEDS
 from malleability.repro.blocks import fmt, pct
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import decide, trend, verdict
 from malleability.repro.runner import load_preset, plan
-from malleability.intervals import TOO_FEW_SEEDS
 from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values, metric_bounds
 from malleability.settings import reseeded
 

@@ -19,7 +19,7 @@ from .claims import experiment_cells, section_records, with_claims
 from .experiments import EXPERIMENTS
 from .files import atomic_write, clean_temp_files
 from .loading import Run, load_run, planned_seeds
-from .seeds import CI_METHOD
+from .seeds import CI_METHOD, CLIPPED
 from .store import SETTINGS_FILE, log
 
 #: Settings every network experiment has, shown in their own tables of the run summary.
@@ -135,7 +135,8 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
                      "Files left out of this report.")] if run.skipped else []),
             Text(f"Every measured number is the mean over seeds with a confidence interval: "
                  f"{CI_METHOD}; a run with one seed shows plain values. A verdict is agrees / "
-                 "disagrees only when that interval decides it, else inconclusive."),
+                 "disagrees only when that interval decides it, else inconclusive. "
+                 f"{CLIPPED}"),
             Table(["experiment", "seeds run", *CALIBRATED], calibrated,
                   "The training settings the paper does not state (λ_reg and its convention, "
                   "init scale, n_train, epochs) and the sizes measured on, per experiment "

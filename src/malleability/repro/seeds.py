@@ -9,13 +9,17 @@ from typing import Any
 
 from ..intervals import CI_METHOD, Estimate, combine, scale
 
-__all__ = ["CI_METHOD", "Estimate", "combine", "merge_seeds", "merge_values", "metric_bounds",
+__all__ = ["CI_METHOD", "CLIPPED", "Estimate", "combine", "merge_seeds", "merge_values", "metric_bounds",
            "scale"]
 
 #: Result fields with a bounded range, by name: rates and overlaps in [0, 1] (any field whose
 #: name holds "accuracy" too, e.g. ``accuracy_by_epoch.10``), correlations in [−1, 1].
 RATES = ("flip_rate", "top_k_overlap")
 CORRELATIONS = ("spearman", "cosine", "cosine_raw")
+#: What the report says once about the printed intervals (:func:`metric_bounds`).
+CLIPPED = ("The interval of a quantity with a bounded range (flip rates, top-K overlaps and "
+           "accuracies in [0, 100] %, Spearman ρ and cosines in [−1, 1]) is printed clipped "
+           "to that range; verdicts use the interval itself.")
 
 
 def metric_bounds(where: str) -> tuple[float, float] | None:
