@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from malleability.bounds import BOUNDS
 from malleability.repro import figures
 from malleability.repro.blocks import sweep_summary
 from malleability.repro.claims import HEADER, claims_table, run_claims
 from malleability.repro.experiments import EXPERIMENTS, collapse
 from malleability.repro.loading import Run, load_run
 from malleability.repro.report import write_report
-from malleability.bounds import BOUNDS
 from malleability.repro.seeds import Estimate, merge_seeds
 from malleability.repro.store import cell_name, settings_key, write_cell
 
@@ -130,7 +130,7 @@ def _merged(cells: list[tuple[dict, dict]]) -> list[dict]:
 def test_complexity_claim_needs_both_ends_above_the_middle() -> None:
     from malleability.repro.experiments import complexity
 
-    def shares(low: float, high: float) -> list[float]:  # ends, and 8 middle groups sharing the rest
+    def shares(low: float, high: float) -> list[float]:  # the ends, 8 middle groups the rest
         return [low, *[(1 - low - high) / 8] * 8, high]
 
     u = [shares(0.20, 0.22), shares(0.21, 0.20), shares(0.19, 0.23)]

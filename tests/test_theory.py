@@ -145,7 +145,7 @@ def test_monotonicity_counts_rises_of_the_flip_rate_with_ridge(tmp_path):
 
 def _bounds_record(task, model, eps, seed, flips, ridges=(1e-3, 1e-1, 1.0)):
     return _record({"part": "bounds", "task": task, "model": model, "eps": eps},
-                   {"ridges": [{"ridge": r, "flip_rate": f} for r, f in zip(ridges, flips)]},
+                   {"ridges": [{"ridge": r, "flip_rate": f} for r, f in zip(ridges, flips, strict=True)]},
                    seed)
 
 

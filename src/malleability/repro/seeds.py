@@ -9,8 +9,8 @@ from typing import Any
 
 from ..intervals import CI_METHOD, Estimate, combine, scale
 
-__all__ = ["CI_METHOD", "CLIPPED", "Estimate", "combine", "merge_seeds", "merge_values", "metric_bounds",
-           "scale"]
+__all__ = ["CI_METHOD", "CLIPPED", "Estimate", "combine", "merge_seeds", "merge_values",
+           "metric_bounds", "scale"]
 
 #: Result fields with a bounded range, by name: rates and overlaps in [0, 1] (any field whose
 #: name holds "accuracy" too, e.g. ``accuracy_by_epoch.10``), correlations in [−1, 1].
