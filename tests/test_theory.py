@@ -144,9 +144,9 @@ def test_monotonicity_counts_rises_of_the_flip_rate_with_ridge(tmp_path):
 
 
 def _bounds_record(task, model, eps, seed, flips, ridges=(1e-3, 1e-1, 1.0)):
+    ridges = [{"ridge": r, "flip_rate": f} for r, f in zip(ridges, flips, strict=True)]
     return _record({"part": "bounds", "task": task, "model": model, "eps": eps},
-                   {"ridges": [{"ridge": r, "flip_rate": f} for r, f in zip(ridges, flips, strict=True)]},
-                   seed)
+                   {"ridges": ridges}, seed)
 
 
 def test_c4_is_decided_per_model_and_eps_on_the_paired_change_over_seeds(tmp_path):
