@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..intervals import TOO_FEW_SEEDS
 from .blocks import Block, Heading, Table, Text, fmt
 from .claims import experiment_cells, section_records, with_claims
 from .experiments import EXPERIMENTS
@@ -229,13 +230,28 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;l
          ".scroll{overflow-x:auto;max-width:100%}"
          "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
          "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
-         "td.num{text-align:right;white-space:nowrap}"
+         "td{min-width:5em}td.num{text-align:right;white-space:nowrap}"
+         "td.agrees{background:#e6f4e6}td.disagrees{background:#fbe4e4}"
+         "td.undecided{background:#f3f3f3;color:#555}"
          "th{background:#f0f0f0}caption{font-style:italic;text-align:left}"
          "img{max-width:100%}figcaption{font-style:italic}")
 
 
 #: A cell that is a number (with its interval or unit): right-aligned, as numbers are read.
 NUMBER = re.compile(r"^[−+-]?[\d.,]+(e[−+-]?\d+)?( ?%)?( \[[^\]]*\])?$")
+#: A cell that is a verdict: shaded by it (green agrees, red disagrees, grey undecided).
+VERDICTS = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "undecided",
+            TOO_FEW_SEEDS: "undecided"}
+
+
+def _cell(text: str) -> str:
+    """One table cell: a number right-aligned, a verdict shaded."""
+    esc = html.escape(text)
+    if NUMBER.match(text):
+        return f'<td class="num">{esc}</td>'
+    if text in VERDICTS:
+        return f'<td class="{VERDICTS[text]}">{esc}</td>'
+    return f"<td>{esc}</td>"
 
 
 def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.13085") -> str:
@@ -250,9 +266,7 @@ def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.1
             parts.append(f"<p>{esc(block.text)}</p>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
-            body = "".join("<tr>" + "".join(
-                f'<td class="num">{esc(c)}</td>' if NUMBER.match(c) else f"<td>{esc(c)}</td>"
-                for c in row) + "</tr>" for row in block.rows)
+            body = "".join("<tr>" + "".join(map(_cell, row)) + "</tr>" for row in block.rows)
             parts.append(f'<div class="scroll"><table><caption>{esc(block.caption)}</caption>'
                          f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
         else:
