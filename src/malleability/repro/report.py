@@ -231,6 +231,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;l
          "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
          "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
          "td{min-width:5em}td.num{text-align:right;white-space:nowrap}"
+         "td.short{white-space:nowrap}"
          "td.agrees{background:#e6f4e6}td.disagrees{background:#fbe4e4}"
          "td.undecided{background:#f3f3f3;color:#555}"
          "th{background:#f0f0f0}caption{font-style:italic;text-align:left}"
@@ -244,14 +245,19 @@ VERDICTS = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "undec
             TOO_FEW_SEEDS: "undecided"}
 
 
+#: Text cells up to this many characters stay on one line (a wide table scrolls in its box
+#: instead of squeezing them into tall narrow columns); longer ones wrap.
+SHORT = 40
+
+
 def _cell(text: str) -> str:
-    """One table cell: a number right-aligned, a verdict shaded."""
+    """One table cell: a number right-aligned, a verdict shaded, short text on one line."""
     esc = html.escape(text)
     if NUMBER.match(text):
         return f'<td class="num">{esc}</td>'
     if text in VERDICTS:
-        return f'<td class="{VERDICTS[text]}">{esc}</td>'
-    return f"<td>{esc}</td>"
+        return f'<td class="{VERDICTS[text]} short">{esc}</td>'
+    return f'<td class="short">{esc}</td>' if len(text) <= SHORT else f"<td>{esc}</td>"
 
 
 def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.13085") -> str:

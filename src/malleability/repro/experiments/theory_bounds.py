@@ -301,26 +301,9 @@ def blocks(records: list[dict], rows: list[dict], figs: Path) -> list[Block]:
     fig_flip = figures.line_panels(figs / "theory_flip_vs_ridge.png", flip_panels, "ridge λ",
                                    "flip rate %", logx=True)
     head = ["task", "model", "ε", "λ", "flip %", "‖α′−α‖"]
+    # the verdicts first (C.4 per architecture and ε, the bounds, the ordering), then the
+    # figures, then the per-seed detail
     return [
-        Table(["task", "model", "ε", "L measured (per ℓ∞ ε)", "L measured (per ℓ2 pixel)",
-               "L analytic (per ℓ2 in z)", "attack z-radius ε_z", "points searched"],
-              lipschitz, "One-point kernel Lipschitz constants: measured max ‖K(X′) − K(X)‖₂ "
-                         "over the ε-box, and the paper's analytic constant (Prop. 4.6/C.13)."),
-        Table(["bound", "holds", "fails"], summary,
-              "Verdicts over all task × model × ε × λ rows (no tolerance)."),
-        Table([*head, "‖ΔK‖₂", *(BOUNDS[n][1] for n in ("upper_measured", "upper_analytic",
-                                                       "upper_resolvent"))], upper,
-              "Theorem C.11 upper bounds on the influence shift of the attacked set."),
-        Table([*head, "‖ΔK α̂‖", BOUNDS["lower_paper"][1], BOUNDS["lower_exact"][1]], lower,
-              "Theorem C.2 lower bounds on the influence shift of the attacked set."),
-        Table(["predictor", "agreements", "Spearman ρ(S, flip) over all rows"], order_rows,
-              "Does S_attn > S_ReLU predict flip(MLP-Attn) > flip(2L-ReLU) per task, seed, ε "
-              "and λ?"),
-        Table(["task", "seed", "ε", "λ", "S_attn > S_ReLU", "flip attn > ReLU", "verdict"],
-              pairs, "Per comparison, with the measured L."),
-        Table(["task", "model", "seed", "ε", "flip % by increasing λ", "violations", "trend"],
-              mono_rows, "Corollary C.4: flip rate against λ (a violation: the flip rate "
-                         "rises with λ)."),
         Text(f"Corollary C.4, per seed: {total} of {steps} λ step(s) raise the flip rate. "
              "One verdict over all of them would mix the architectures and budgets; the "
              "verdict is per architecture and ε (next tables"
@@ -328,9 +311,28 @@ def blocks(records: list[dict], rows: list[dict], figs: Path) -> list[Block]:
                  f"{model_name(m)} at ε = {fmt(e)} {entry['verdict']}"
                  for (m, e), entry in split.items())) + ")."),
         *c4_blocks(changes),
+        Table(["bound", "holds", "fails"], summary,
+              "Verdicts over all task × model × ε × λ rows (no tolerance)."),
+        Table(["predictor", "agreements", "Spearman ρ(S, flip) over all rows"], order_rows,
+              "Does S_attn > S_ReLU predict flip(MLP-Attn) > flip(2L-ReLU) per task, seed, ε "
+              "and λ?"),
         figure(fig_bounds, "Influence shift (black) against the C.11 upper bounds (solid) and "
                            "the C.2 lower bounds (dashed), by λ, at the largest ε."),
         figure(fig_flip, "Flip rate against the ridge λ (Corollary C.4)."),
+        Table(["task", "model", "ε", "L measured (per ℓ∞ ε)", "L measured (per ℓ2 pixel)",
+               "L analytic (per ℓ2 in z)", "attack z-radius ε_z", "points searched"],
+              lipschitz, "One-point kernel Lipschitz constants: measured max ‖K(X′) − K(X)‖₂ "
+                         "over the ε-box, and the paper's analytic constant (Prop. 4.6/C.13)."),
+        Table([*head, "‖ΔK‖₂", *(BOUNDS[n][1] for n in ("upper_measured", "upper_analytic",
+                                                       "upper_resolvent"))], upper,
+              "Theorem C.11 upper bounds on the influence shift of the attacked set."),
+        Table([*head, "‖ΔK α̂‖", BOUNDS["lower_paper"][1], BOUNDS["lower_exact"][1]], lower,
+              "Theorem C.2 lower bounds on the influence shift of the attacked set."),
+        Table(["task", "seed", "ε", "λ", "S_attn > S_ReLU", "flip attn > ReLU", "verdict"],
+              pairs, "Per comparison, with the measured L."),
+        Table(["task", "model", "seed", "ε", "flip % by increasing λ", "violations", "trend"],
+              mono_rows, "Corollary C.4: flip rate against λ (a violation: the flip rate "
+                         "rises with λ)."),
     ]
 
 
