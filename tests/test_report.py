@@ -172,8 +172,9 @@ def test_table5_claims_are_paired_by_seed_and_read_the_papers_differences() -> N
 
     raw = []
     for seed, (base, flip) in enumerate([(0.90, 0.2), (0.80, 0.0), (0.85, 0.4)]):
+        step = 0.01 * seed
         for model, shift, extra_flip, rho in (("relu", 0.0, 0.0, 0.9),
-                                              ("attn", -0.1 - 0.01 * seed, flip, 0.3 + 0.01 * seed)):
+                                              ("attn", -0.1 - step, flip, 0.3 + step)):
             for name, gain in (("curated", 0.0), ("transformed", (seed + 4) / 200)):
                 raw.append({"cell": {"task": "mnist", "model": model, "intervention": name,
                                      "seed": seed},
