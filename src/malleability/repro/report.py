@@ -228,13 +228,13 @@ def to_text(table: Table) -> str:
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;line-height:1.4}"
          ".scroll{overflow-x:auto;max-width:100%}"
-         "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+         "table{border-collapse:collapse;margin:0 0 1em;font-size:90%}"
          "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
          "td{min-width:5em}td.num{text-align:right;white-space:nowrap}"
          "td.short{white-space:nowrap}"
          "td.agrees{background:#e6f4e6}td.disagrees{background:#fbe4e4}"
          "td.undecided{background:#f3f3f3;color:#555}"
-         "th{background:#f0f0f0}caption{font-style:italic;text-align:left}"
+         "th{background:#f0f0f0}p.caption{font-style:italic;margin:1em 0 0.3em}"
          "img{max-width:100%}figcaption{font-style:italic}")
 
 
@@ -273,7 +273,9 @@ def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.1
         elif isinstance(block, Table):
             head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
             body = "".join("<tr>" + "".join(map(_cell, row)) + "</tr>" for row in block.rows)
-            parts.append(f'<div class="scroll"><table><caption>{esc(block.caption)}</caption>'
+            # the caption above the scroll box, so that it wraps at the page's width
+            caption = f'<p class="caption">{esc(block.caption)}</p>' if block.caption else ""
+            parts.append(f'{caption}<div class="scroll"><table>'
                          f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
         else:
             parts.append(f'<figure><img src="{esc(block.path)}" alt="{esc(block.caption)}">'
