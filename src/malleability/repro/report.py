@@ -230,8 +230,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;l
          ".scroll{overflow-x:auto;max-width:100%}"
          "table{border-collapse:collapse;margin:0 0 1em;font-size:90%}"
          "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
-         "td{min-width:5em}td.num{text-align:right;white-space:nowrap}"
-         "td.short{white-space:nowrap}"
+         "td{min-width:3em}td.num{text-align:right;white-space:nowrap}"
          "td.agrees{background:#e6f4e6}td.disagrees{background:#fbe4e4}"
          "td.undecided{background:#f3f3f3;color:#555}"
          "th{background:#f0f0f0}p.caption{font-style:italic;margin:1em 0 0.3em}"
@@ -245,19 +244,21 @@ VERDICTS = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "undec
             TOO_FEW_SEEDS: "undecided"}
 
 
-#: Text cells up to this many characters stay on one line (a wide table scrolls in its box
-#: instead of squeezing them into tall narrow columns); longer ones wrap.
-SHORT = 40
+#: A text cell is at least as wide as this many of its characters (0.6 em each), so
+#: that a wide table scrolls in its box instead of squeezing its text into tall narrow columns;
+#: longer text wraps.
+WIDE_CHARS = 26
 
 
 def _cell(text: str) -> str:
-    """One table cell: a number right-aligned, a verdict shaded, short text on one line."""
+    """One table cell: a number right-aligned on one line, a verdict shaded, text at least
+    min(its length, WIDE_CHARS) characters wide."""
     esc = html.escape(text)
     if NUMBER.match(text):
         return f'<td class="num">{esc}</td>'
-    if text in VERDICTS:
-        return f'<td class="{VERDICTS[text]} short">{esc}</td>'
-    return f'<td class="short">{esc}</td>' if len(text) <= SHORT else f"<td>{esc}</td>"
+    width = f' style="min-width:{0.6 * min(len(text), WIDE_CHARS):.1f}em"'
+    shade = f' class="{VERDICTS[text]}"' if text in VERDICTS else ""
+    return f"<td{shade}{width}>{esc}</td>"
 
 
 def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.13085") -> str:
