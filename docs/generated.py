@@ -6,33 +6,46 @@ number in them is typed by hand:
 - docs/spectrum_kappa.md: κ_eff and the width threshold per task and n (the seeds each mean
   is over listed);
 - docs/collapse.md: the mean pairwise cosine of Figure 7 per task and feature map;
+- docs/table1.md, table2.md, table3.md, table5.md, complexity.md, sensitivity_gap.md,
+  width_sensitivity.md: the sections' tables of the reports of docs/runs/paper and
+  docs/runs/sensitivity (Table 3 and the sensitivity gaps narrowed to the columns the doc
+  discusses);
+- docs/table2_controls.md: what the random-perturbation control changes in each Table 2
+  verdict (flip_controls' cells; "not yet run" where a task has none);
+- docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
 
-and docs/verdict_changes.md, docs/interval_coverage.md and docs/c4_split.md (written by
-docs/verdict_changes.py, docs/interval_coverage.py and docs/c4_split.py). Each is spliced into
-docs/reproduction.md between ``<!-- begin NAME -->`` and ``<!-- end NAME -->``;
-tests/test_claims.py checks that the doc carries the files verbatim.
+and docs/verdict_changes.md, docs/verdict_changes_seeds.md, docs/interval_coverage.md and
+docs/c4_split.md (written by docs/verdict_changes.py, docs/interval_coverage.py and
+docs/c4_split.py). Each is spliced into docs/reproduction.md between ``<!-- begin NAME -->``
+and ``<!-- end NAME -->``; tests/test_claims.py checks that the doc carries the files
+verbatim.
 
 Run from the repository root: ``PYTHONPATH=src python docs/generated.py`` (reads the runs,
-writes nothing under docs/runs; about a minute).
+writes nothing under docs/runs; a few minutes).
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 
-from malleability.repro.claims import claims_section, section_records
+from malleability.repro.blocks import Block, Table, Text, fmt, group
+from malleability.repro.claims import claims_section, experiment_cells, section_records
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.collapse import KINDS
-from malleability.repro.loading import load_run
-from malleability.repro.blocks import Block, Table, fmt, group
+from malleability.repro.experiments.flip_controls import NOT_RUN, changes_table
+from malleability.repro.experiments.numerics import A9_CAPTION, a9_table, top_k_table
+from malleability.repro.loading import Run, load_run
 from malleability.repro.report import to_markdown
 from malleability.repro.seeds import combine
 
 DOCS = Path(__file__).parent
 RUNS = DOCS / "runs"
 SPLICED = ("claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
-           "interval_coverage.md", "c4_split.md")
+           "verdict_changes_seeds.md", "interval_coverage.md", "c4_split.md", "table1.md",
+           "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
+           "table3.md", "table5.md", "complexity.md", "numerics.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:
@@ -57,6 +70,56 @@ def collapse_table(records: list[dict]) -> Table:
     return Table(["task", "n", "seeds", *KINDS], rows)
 
 
+def section_tables(run: Run, name: str) -> list[Table]:
+    """The tables of experiment ``name``'s report section (its figures drawn into a temporary
+    folder)."""
+    module = EXPERIMENTS[name]
+    records = section_records(module, experiment_cells(run, name))
+    with tempfile.TemporaryDirectory() as figures:
+        return [b for b in module.section(records, Path(figures)) if isinstance(b, Table)]
+
+
+def captioned(tables: list[Table], prefix: str) -> Table:
+    """The table whose caption starts with ``prefix``."""
+    return next(t for t in tables if t.caption.startswith(prefix))
+
+
+def columns(table: Table, names: list[str], caption: str) -> Table:
+    """``table`` narrowed to the columns ``names`` (in that order)."""
+    index = [table.header.index(n) for n in names]
+    return Table(names, [[row[i] for i in index] for row in table.rows], caption)
+
+
+def sensitivity_gap(table: Table) -> Table:
+    """The sensitivity section's per-point table as points × tasks: the PGD gap MLP-Attn −
+    2L-ReLU (points, paired by seed) and its verdict."""
+    h = table.header
+    at = {name: h.index(name) for name in ("task", "point", "gap (points)", "verdict")}
+    tasks = list(dict.fromkeys(row[at["task"]] for row in table.rows))
+    cells: dict[str, dict[str, str]] = {}
+    for row in table.rows:
+        cells.setdefault(row[at["point"]], {})[row[at["task"]]] = (
+            f"{row[at['gap (points)']]} ({row[at['verdict']]})")
+    return Table(["point", *tasks], [[point, *(by.get(t, "—") for t in tasks)]
+                                     for point, by in cells.items()],
+                 "PGD flip-rate gap MLP-Attn − 2L-ReLU (points, paired by seed, 95 % t interval) "
+                 "and its verdict against the paper's claim, per point of the sweep and task.")
+
+
+def controls_text(table: Table) -> Text:
+    """What the control changes, counted from :func:`changes_table`'s rows."""
+    change = table.header.index("what the control changes")
+    run = [row for row in table.rows if row[change] != NOT_RUN]
+    tasks = list(dict.fromkeys(row[0] for row in table.rows))
+    missing = list(dict.fromkeys(row[0] for row in table.rows if row[change] == NOT_RUN))
+    changed = [f"{row[0]} {row[1]} ({row[change]})" for row in run if row[change] != "unchanged"]
+    return Text(f"Control cells exist for {len(tasks) - len(missing)} of the {len(tasks)} tasks "
+                f"({len(run)} of {len(table.rows)} Table 2 verdicts); not yet run: "
+                f"{', '.join(missing) or 'none'}. Of the verdicts with a control, "
+                f"{len(run) - len(changed)} stay as they are and {len(changed)} change"
+                + (f": {'; '.join(changed)}." if changed else "."))
+
+
 def table_only(blocks: list[Block]) -> str:
     """The markdown of a section's tables (its heading and prose stay in the doc)."""
     return to_markdown([b for b in blocks if isinstance(b, Table)])
@@ -70,7 +133,7 @@ def splice(doc: str, name: str, text: str) -> str:
 
 
 def main() -> None:
-    paper = load_run(RUNS / "paper")
+    paper, sensitivity = load_run(RUNS / "paper"), load_run(RUNS / "sensitivity")
     records = {name: section_records(EXPERIMENTS[name], paper.cells[name])
                for name in ("spectrum", "collapse")}
     (DOCS / "claims.md").write_text(table_only(claims_section(paper)), encoding="utf-8")
@@ -78,6 +141,39 @@ def main() -> None:
         to_markdown([spectrum_table(records["spectrum"])]), encoding="utf-8")
     (DOCS / "collapse.md").write_text(to_markdown([collapse_table(records["collapse"])]),
                                       encoding="utf-8")
+    table2 = section_tables(paper, "flip_rates")
+    table3 = [captioned(section_tables(run, "adversarial_training"), "Table 3:")
+              for run in (paper, sensitivity)]
+    interventions = section_tables(paper, "interventions")
+    controls = changes_table(section_records(EXPERIMENTS["flip_controls"],
+                                             experiment_cells(paper, "flip_controls")))
+    flips = section_records(EXPERIMENTS["flip_rates"], paper.cells["flip_rates"])
+    changes = section_records(EXPERIMENTS["interventions"], paper.cells["interventions"])
+    generated = {
+        "table1.md": [captioned(section_tables(paper, "ntk_distance"), "Table 1:")],
+        "table2.md": [captioned(table2, "Table 2:"), captioned(table2, "Flip rate of MLP-Attn")],
+        "table2_controls.md": [controls_text(controls), controls],
+        "sensitivity_gap.md": [sensitivity_gap(captioned(
+            section_tables(sensitivity, "sensitivity"), "Flip rates and the"))],
+        "width_sensitivity.md": [captioned(section_tables(sensitivity, "width_sensitivity"),
+                                           "Per claim:")],
+        "table3.md": [columns(table, [h for h in table.header if not h.startswith(
+            ("test acc.", "PGD test acc.", "paper"))], f"{table.caption} Run {run}: the "
+            "columns discussed here (clean and PGD accuracies: the report).")
+            for run, table in zip(("paper", "sensitivity"), table3, strict=True)],
+        "table5.md": [captioned(interventions, "Table 5 (ours)"),
+                      captioned(interventions, "The paper's claims on Table 5")],
+        "complexity.md": section_tables(paper, "complexity"),
+        "numerics.md": [a9_table(flips, "attack", "Table 2's solves. " + A9_CAPTION),
+                        a9_table(changes, "intervention", "Table 5's solves. " + A9_CAPTION),
+                        top_k_table(flips, "attack", "Top-K stability (A.5.2) under each attack "
+                                    "of Table 2, beside the flip rate and Spearman ρ."),
+                        top_k_table(changes, "intervention", "Top-K stability (A.5.2) of the "
+                                    "retrained network's scores against the baseline's, per "
+                                    "intervention of Table 5.")],
+    }
+    for name, blocks in generated.items():
+        (DOCS / name).write_text(to_markdown(blocks), encoding="utf-8")
     doc = (DOCS / "reproduction.md").read_text(encoding="utf-8")
     for name in SPLICED:
         doc = splice(doc, name, (DOCS / name).read_text(encoding="utf-8"))

@@ -1,16 +1,21 @@
 """Every verdict that changed between two builds of the same runs' reports: the verdict
-columns of report.md built with the percentile bootstrap (the code before issue 32) and with
-the Student-t interval, compared table by table and row by row.
+columns of report.md built by two versions of the code, compared table by table and row by
+row. Two comparisons are recorded: the percentile bootstrap (the code before issue 32) against
+the Student-t interval (``--name verdict_changes``), and the t interval against the t interval
+with the rule that fewer than 3 distinct per-seed values never decide a verdict
+(``--name verdict_changes_seeds``).
 
 Run (from the repository root; never build a report inside docs/runs):
 
     cp -r docs/runs/paper /tmp/old/paper; cp -r docs/runs/paper /tmp/new/paper  # and sensitivity
     (old checkout) malleability report /tmp/old/paper   # ... and /tmp/old/sensitivity
     (this checkout) malleability report /tmp/new/paper  # ... and /tmp/new/sensitivity
-    python docs/verdict_changes.py /tmp/old /tmp/new paper sensitivity
+    python docs/verdict_changes.py /tmp/old /tmp/new paper sensitivity --name NAME
 
-Writes docs/verdict_changes.json (every changed verdict cell) and docs/verdict_changes.md (the
-same as a markdown table, which docs/reproduction.md includes).
+Writes docs/NAME.json (every changed verdict cell) and docs/NAME.md (the same as a markdown
+table, which docs/reproduction.md includes). Tables without a verdict column, tables only the
+new build has, and the claims table (its verdicts are copies of the sections' rows) are not
+compared; rows are matched by their identifying cells where the two builds differ in rows.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def tables(markdown: str) -> list[Table]:
     while i < len(lines):
         line = lines[i]
         if line.startswith("## "):
-            section = re.sub(r"^## \d+\. ", "", line)
+            section = re.sub(r"^## (\d+\. )?", "", line)
         elif line.startswith("*") and line.endswith("*"):
             caption = line.strip("*")
         elif line.startswith("| ") and i + 1 < len(lines) and lines[i + 1].startswith("|---"):
@@ -92,17 +97,41 @@ def _keyed(found: list[Table]) -> dict[tuple, Table]:
     return keyed
 
 
+def _row_key(header: list[str], row: list[str]) -> tuple[str, ...]:
+    """A row's identifying cells: the leading ones before the first verdict column or the
+    first cell holding an interval."""
+    key = []
+    for name, cell in zip(header, row, strict=True):
+        if "[" in cell or VERDICT.search(name):
+            break
+        key.append(cell)
+    return tuple(key)
+
+
+def _pairs(run: str, key: tuple, old: Table, new: Table) -> list[tuple[list[str], list[str]]]:
+    """The rows of the two builds of one table, paired: in order where the counts agree, else
+    by :func:`_row_key` (rows only one build has are left out)."""
+    if len(new.rows) == len(old.rows):
+        return list(zip(old.rows, new.rows, strict=True))
+    by_key = {_row_key(new.header, row): row for row in new.rows}
+    if len(by_key) != len(new.rows):
+        raise ValueError(f"{run}: table {key[:2]} differs in rows and its rows have no key")
+    return [(a, by_key[k]) for a in old.rows if (k := _row_key(old.header, a)) in by_key]
+
+
 def changes(old_md: str, new_md: str, run: str) -> list[dict]:
-    """Every verdict cell that differs between the two builds of one run's report (tables
-    only the new build has, such as its claims table, are not compared)."""
+    """Every verdict cell that differs between the two builds of one run's report (module
+    docstring: which tables are compared)."""
     old_tables, new_tables = _keyed(tables(old_md)), _keyed(tables(new_md))
     out = []
     for key, old in old_tables.items():
-        new = new_tables.get(key)
-        if new is None or len(new.rows) != len(old.rows):
-            raise ValueError(f"{run}: table {key[:2]} differs in layout between the builds")
         columns = [j for j, name in enumerate(old.header) if VERDICT.search(name)]
-        for a, b in zip(old.rows, new.rows, strict=True):
+        if not columns or old.section == "Claims":
+            continue
+        new = new_tables.get(key)
+        if new is None:
+            raise ValueError(f"{run}: table {key[:2]} differs in layout between the builds")
+        for a, b in _pairs(run, key, old, new):
             for j in columns:
                 if a[j] != b[j]:
                     out.append({"run": run, "section": old.section, "table": new.caption,
@@ -131,15 +160,17 @@ def main() -> None:
     parser.add_argument("old", type=Path, help="folder of the old code's built run copies")
     parser.add_argument("new", type=Path, help="folder of the new code's built run copies")
     parser.add_argument("runs", nargs="+", help="run folder names under both (paper, ...)")
+    parser.add_argument("--name", default="verdict_changes",
+                        help="the output files' name under docs/ (without .json / .md)")
     args = parser.parse_args()
     rows = [change for run in args.runs
             for change in changes((args.old / run / "report.md").read_text(encoding="utf-8"),
                                   (args.new / run / "report.md").read_text(encoding="utf-8"),
                                   run)]
-    (HERE / "verdict_changes.json").write_text(
+    (HERE / f"{args.name}.json").write_text(
         json.dumps({"changed": len(rows), "changes": rows}, indent=1, ensure_ascii=False) + "\n",
         encoding="utf-8")
-    (HERE / "verdict_changes.md").write_text(markdown(rows), encoding="utf-8")
+    (HERE / f"{args.name}.md").write_text(markdown(rows), encoding="utf-8")
     print(f"{len(rows)} verdicts changed")
 
 

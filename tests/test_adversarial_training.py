@@ -168,7 +168,7 @@ def test_robustness_rule_and_verdicts():
     high = Estimate([0.40, 0.45, 0.38, 0.42], seeds)
     assert at.table3_verdict(low, high, robust=True) == "agrees"
     assert at.table3_verdict(high, low, robust=True) == "disagrees"
-    assert at.table3_verdict(0.03, 0.4, robust=True) == "inconclusive"  # one seed: no interval
+    assert at.table3_verdict(0.03, 0.4, robust=True) == "too few seeds"  # one seed: no interval
     mixed = Estimate([0.45, 0.01, 0.40, 0.02], seeds)  # rises for some seeds, falls for others
     assert at.table3_verdict(Estimate([0.2] * 4, seeds), mixed, robust=True) == "inconclusive"
 

@@ -56,25 +56,28 @@ def test_deterministic_noise_broadcasts_and_excess_rejects_bad_input():
 
 
 def test_verdict_rules():
-    def constant(v):  # an interval of zero width: (v, v)
-        return Estimate([v] * 3, SEEDS)
+    def near(v):  # v ± 0.01: an interval of half-width 4.3 · 0.01/√3 ≈ 0.025 around v
+        return Estimate([v - 0.01, v, v + 0.01], SEEDS)
 
-    assert verdict(constant(0.2)) == MALLEABLE
-    assert verdict(constant(0.0)) == NOT_MALLEABLE  # [0, 0] lies below the 0.05 margin
-    assert verdict(constant(-0.3)) == NOT_MALLEABLE
-    assert verdict(constant(0.04), margin=0.05) == MALLEABLE  # above 0 wins
+    assert verdict(near(0.2)) == MALLEABLE
+    assert verdict(near(0.0)) == NOT_MALLEABLE  # [−0.025, 0.025] lies below the 0.05 margin
+    assert verdict(near(-0.3)) == NOT_MALLEABLE
+    assert verdict(near(0.04), margin=0.05) == MALLEABLE  # above 0 wins
     spread = Estimate([-0.3, 0.0, 0.3], SEEDS)  # interval contains 0 and exceeds the margin
     assert spread.interval[0] < 0 < 0.05 < spread.interval[1]
     assert verdict(spread) == NOISE
     assert verdict(Estimate([0.5], (0,))) == UNDECIDED  # one seed: no interval
     assert verdict(0.5) == UNDECIDED
+    assert verdict(Estimate([0.2] * 3, SEEDS)) == UNDECIDED  # zero width: too few seeds
+    assert verdict(Estimate([0.2, 0.3, 0.2], SEEDS)) == UNDECIDED  # 2 distinct values
     with pytest.raises(ValueError, match="margin"):
-        verdict(constant(0.1), margin=-1)
+        verdict(near(0.1), margin=-1)
 
 
 def test_against_controls_and_summary():
-    adv = {"flip_rate": Estimate([0.5] * 3, SEEDS), "spearman": Estimate([0.9] * 3, SEEDS),
-           "top_k_overlap": Estimate([0.2] * 3, SEEDS)}
+    adv = {"flip_rate": Estimate([0.49, 0.5, 0.51], SEEDS),
+           "spearman": Estimate([0.89, 0.9, 0.91], SEEDS),
+           "top_k_overlap": Estimate([0.19, 0.2, 0.21], SEEDS)}
     rnd = {"flip_rate": Estimate([0.1] * 3, SEEDS), "spearman": Estimate([0.95] * 3, SEEDS),
            "top_k_overlap": Estimate([0.9] * 3, SEEDS)}
     out = against_controls({"adversarial": adv, "random": rnd, "noise": dict(NOISELESS)})

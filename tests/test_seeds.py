@@ -7,11 +7,12 @@ import math
 
 import pytest
 
+from malleability.intervals import TOO_FEW_SEEDS
 from malleability.repro.blocks import fmt, pct
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import decide, trend, verdict
 from malleability.repro.runner import load_preset, plan
-from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values
+from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values, metric_bounds
 from malleability.settings import reseeded
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -34,9 +35,36 @@ def test_verdict_overlap_is_inconclusive_and_decided_intervals_agree_or_disagree
     gap = Estimate([5.0, 6.0, 7.0], [0, 1, 2])
     assert verdict(gap, (0.0, math.inf)) == "agrees"
     assert verdict(gap, (0.0, math.inf), paper_inside=False) == "disagrees"
-    assert verdict(Estimate([1.0, 2.0], [0, 1]), (0.0, math.inf)) == "inconclusive"  # 2 seeds
-    assert verdict(3.0, (0.0, math.inf)) == "inconclusive"  # a plain number has no interval
     assert decide(None, (0.0, 1.0)) is None
+
+
+def test_too_few_distinct_seed_values_never_decide():
+    """Fewer than 3 distinct per-seed values, or a zero-width interval: "too few seeds", although
+    the t interval itself would lie above 0."""
+    two = Estimate([1.0, 2.0], [0, 1])
+    assert two.interval[0] < 0 and verdict(two, (0.0, math.inf)) == TOO_FEW_SEEDS
+    constant = Estimate([0.5, 0.5, 0.5], [0, 1, 2])  # zero width at 0.5 > 0
+    assert constant.interval == (0.5, 0.5) and verdict(constant, (0.0, math.inf)) == TOO_FEW_SEEDS
+    ties = Estimate([0.2, 0.3, 0.2, 0.3, 0.2], SEEDS)  # 5 seeds, 2 distinct values
+    assert ties.interval[0] > 0 and verdict(ties, (0.0, math.inf)) == TOO_FEW_SEEDS
+    assert verdict(3.0, (0.0, math.inf)) == TOO_FEW_SEEDS  # a plain number has no interval
+    assert verdict(None, (0.0, math.inf)) == "inconclusive"  # missing, not measured
+    assert verdict(Estimate([0.2, 0.3, 0.25], [0, 1, 2]), (0.0, math.inf)) == "agrees"
+
+
+def test_bounded_metrics_print_their_interval_clipped_to_the_range():
+    """A rate's t interval can reach below 0 and a correlation's above 1: printed clipped, while
+    the interval itself (which verdicts use) is unchanged."""
+    merged = merge_values([{"flip_rate": v, "spearman": r, "gap": v, "accuracy_by_epoch": {"1": a}}
+                           for v, r, a in ((0.0, 0.99, 0.99), (0.02, 1.0, 1.0), (0.0, 0.97, 0.98))],
+                          [0, 1, 2])
+    flip, rho, gap = merged["flip_rate"], merged["spearman"], merged["gap"]
+    assert flip.interval[0] < 0 and pct(flip).endswith("[0, 3.54]")
+    assert rho.interval[1] > 1 and fmt(rho).endswith(", 1]")
+    assert merged["accuracy_by_epoch"]["1"].bounds == (0.0, 1.0)
+    assert gap.bounds is None and fmt(gap).startswith("0.00667 [-0.0")  # a plain number: as is
+    assert metric_bounds("result.ridges[3].top_k_overlap") == (0.0, 1.0)
+    assert metric_bounds("result.history.train_loss[2]") is None
 
 
 def test_paired_difference_and_trend_over_seeds():
@@ -44,7 +72,9 @@ def test_paired_difference_and_trend_over_seeds():
     b = Estimate([1.5, 2.5, 3.5], [0, 1, 2])
     d = combine(lambda u, v: v - u, a, b)  # paired: every difference is 0.5
     assert d.values == (0.5, 0.5, 0.5) and d.interval == (0.5, 0.5)
-    assert trend([b, a]) == "decreasing"  # decided although the values' ranges overlap
+    assert trend([b, a]).startswith("undecided")  # a zero-width interval does not decide
+    c = Estimate([1.4, 2.6, 3.5], [0, 1, 2])  # differences 0.4, 0.6, 0.5
+    assert trend([c, a]) == "decreasing"  # decided although the values' ranges overlap
     noisy = Estimate([1.0, 3.0, 1.2], [0, 1, 2])
     assert trend([a, noisy]).startswith("undecided")
     assert trend([3.0, 2.0, 1.0]) == "decreasing"
@@ -137,8 +167,8 @@ def test_sensitivity_section_with_one_architecture_reports_no_gap(tmp_path):
     only_relu = merge_seeds([record("relu", 0.2 + 0.01 * s, s) for s in range(3)])
     blocks = sensitivity.section(only_relu, tmp_path)
     assert len(blocks) == 1 and isinstance(blocks[0], Text) and "both" in blocks[0].text
-    both = merge_seeds([record(m, r + 0.01 * s, s) for s in range(3)
-                        for m, r in (("relu", 0.2), ("attn", 0.5))])
+    both = merge_seeds([record(m, r + d * s, s) for s in range(3)
+                        for m, r, d in (("relu", 0.2, 0.01), ("attn", 0.5, 0.03))])
     summary = next(b for b in sensitivity.section(both, tmp_path) if isinstance(b, Table))
     assert summary.rows[0][-1] == "holds everywhere"
     assert (tmp_path / "sensitivity_gap.png").exists()

@@ -140,7 +140,43 @@ def test_monotonicity_counts_rises_of_the_flip_rate_with_ridge(tmp_path):
     assert result["attn"]["violations"] == 0  # equal steps are not violations
     text = [b for b in theory_bounds.blocks([], [{**r, **_diagonal_case(1.0)} for r in rows],
                                              tmp_path) if isinstance(b, Text)]
-    assert text[0].text.startswith("Corollary C.4: 1 violation(s)")
+    assert text[0].text.startswith("Corollary C.4, per seed: 1 of 5 λ step(s) raise")
+
+
+def _bounds_record(task, model, eps, seed, flips, ridges=(1e-3, 1e-1, 1.0)):
+    ridges = [{"ridge": r, "flip_rate": f} for r, f in zip(ridges, flips, strict=True)]
+    return _record({"part": "bounds", "task": task, "model": model, "eps": eps},
+                   {"ridges": ridges}, seed)
+
+
+def test_c4_is_decided_per_model_and_eps_on_the_paired_change_over_seeds(tmp_path):
+    """C.4 per (model, ε): the change of the flip rate from the smallest to the largest λ, paired
+    by seed, with its t interval; a rise on any task disagrees, a fall on every task agrees."""
+    # (task, model): per seed, the flip rate at the smallest and at the largest λ
+    first_last = {("a", "relu"): [(0.30, 0.10), (0.32, 0.15), (0.29, 0.10)],  # −20, −17, −19
+                  ("b", "relu"): [(0.40, 0.30), (0.41, 0.29), (0.40, 0.29)],  # −10, −12, −11
+                  ("a", "attn"): [(0.10, 0.40), (0.12, 0.39), (0.13, 0.45)],  # +30, +27, +32
+                  ("b", "attn"): [(0.30, 0.50), (0.30, 0.10), (0.30, 0.30)]}  # +20, −20, 0
+    records = [_bounds_record(task, model, 0.1, seed, (first, 0.2, last))
+               for (task, model), pairs in first_last.items()
+               for seed, (first, last) in enumerate(pairs)]
+    changes = {(r["task"], r["model"]): r for r in theory_bounds.ridge_changes(records)}
+    assert changes["a", "relu"]["change"].values == pytest.approx((-20.0, -17.0, -19.0))
+    # −18.67 ± t(0.975, 2)·s/√3 with s = 1.528: [−22.46, −14.87], below 0
+    assert changes["a", "relu"]["change"].interval == pytest.approx((-22.46, -14.87), abs=0.01)
+    assert changes["a", "relu"]["verdict"] == "agrees"
+    assert changes["a", "attn"]["verdict"] == "disagrees"
+    assert changes["b", "attn"]["change"].values == pytest.approx((20.0, -20.0, 0.0))
+    assert changes["b", "attn"]["verdict"] == "inconclusive"
+    split = theory_bounds.c4_split(list(changes.values()))
+    assert split["relu", 0.1]["verdict"] == "agrees"
+    assert split["attn", 0.1]["verdict"] == "disagrees"  # one task rises: C.4 fails there
+    assert split["attn", 0.1]["tally"] == {"disagrees": 1, "inconclusive": 1}
+    claims = {c.where: c for c in theory_bounds.c4_claims(records)}
+    assert claims["MLP-Attn, ε = 0.1, 2 tasks"].verdict == "disagrees"
+    assert "rises on 1/2 tasks" in claims["MLP-Attn, ε = 0.1, 2 tasks"].measured
+    assert claims["2L-ReLU, ε = 0.1, 2 tasks"].measured.endswith(
+        "falls on 2/2 tasks (-18.7 to -11 points)")
 
 
 def test_bad_settings_fail_at_load(tmp_path):

@@ -67,12 +67,15 @@ def _record(model, width, distance, seed, axis="calibrated", value="—"):
 
 def test_section_judges_each_trend_per_point(tmp_path, monkeypatch):
     monkeypatch.setattr(figures, "line_panels", lambda path, *args, **kwargs: path)
-    records = [_record(model, w, d + seed, seed)
+    # each width step changes by ±10 + seed points: 3 distinct values per step
+    widths = (16, 1024, 4096)
+    records = [_record(model, w, d + seed * i, seed)
                for seed in range(3) for model, ds in (("relu", (50, 40, 30)),
                                                       ("attn", (10, 20, 30)))
-               for w, d in zip((16, 1024, 4096), ds, strict=True)]
-    records += [_record("relu", w, d + seed, seed, "ridge", 0.1)
-                for seed in range(3) for w, d in zip((16, 1024, 4096), (30, 40, 50), strict=True)]
+               for i, (w, d) in enumerate(zip(widths, ds, strict=True))]
+    records += [_record("relu", w, d + seed * i, seed, "ridge", 0.1)
+                for seed in range(3)
+                for i, (w, d) in enumerate(zip(widths, (30, 40, 50), strict=True))]
     summary, rows = [b for b in ws.section(merge_seeds(records), tmp_path)
                      if isinstance(b, Table)]
     verdicts = {(r[1], r[2]): r[-1] for r in rows.rows}

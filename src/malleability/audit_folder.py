@@ -63,7 +63,8 @@ def answer_blocks(summaries: Mapping[str, Mapping[str, Any]], problem: AuditProb
                              "contains 0)"),
                             (NOT_MALLEABLE, f"Not malleable (the excess's interval lies below "
                              f"{s.margin:g})"),
-                            (UNDECIDED, "Undecided (one seed: no interval)")):
+                            (UNDECIDED, "Too few seeds (fewer than 3 distinct per-seed "
+                             "values: the interval does not decide)")):
         if groups.get(verdict):
             said.append(f"{phrase}: {', '.join(groups[verdict])}.")
     rows = []

@@ -19,7 +19,9 @@ the excess's 95 % interval over seeds (:attr:`~malleability.intervals.Estimate.i
 - "not malleable": the interval lies below ``margin`` (the attack adds at most ``margin``
   beyond the controls, e.g. 0.05 = 5 points of flip rate) without lying above 0;
 - "not distinguishable from noise": the interval contains 0 and reaches above ``margin``;
-- "undecided (one seed: no interval)": no interval.
+- "too few seeds": the interval may not decide (fewer than 3 distinct per-seed values, a
+  zero-width interval, or a number not measured per seed:
+  :func:`~malleability.intervals.deciding_interval`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .intervals import Estimate, combine
+from .intervals import TOO_FEW_SEEDS, combine, deciding_interval
 from .metrics import flip_rate, spearman, top_k_overlap
 
 #: The metrics of Definition 3.4, in report order.
@@ -46,7 +48,7 @@ MARGIN = 0.05
 MALLEABLE = "malleable"
 NOT_MALLEABLE = "not malleable"
 NOISE = "not distinguishable from noise"
-UNDECIDED = "undecided (one seed: no interval)"
+UNDECIDED = TOO_FEW_SEEDS
 
 
 def metrics(scores: torch.Tensor, other: torch.Tensor, fraction: float) -> dict[str, float]:
@@ -70,10 +72,10 @@ def excess(metric: str, adversarial: float, *controls: float) -> float:
 
 def verdict(value: float, margin: float = MARGIN) -> str:
     """The verdict of an excess from its 95 % interval (module docstring); a plain number
-    (not measured per seed) has no interval and is undecided."""
+    (not measured per seed), or too few distinct seed values, is :data:`UNDECIDED`."""
     if margin < 0:
         raise ValueError(f"margin: expected a number ≥ 0, got {margin!r}")
-    interval = value.interval if isinstance(value, Estimate) else None
+    interval = deciding_interval(value)
     if interval is None:
         return UNDECIDED
     low, high = interval

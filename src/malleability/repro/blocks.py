@@ -57,12 +57,14 @@ def figure(path: Path, caption: str) -> Image:
 def fmt(value: Any, digits: int = 3) -> str:
     """``digits`` significant digits; ∞ for inf; "—" for None or NaN (a value the run stored
     as missing); ints and strings as they are. An :class:`Estimate` (a number measured per
-    seed) as ``mean [low, high]`` (its 95 % CI), or with fewer than 3 seeds as
+    seed) as ``mean [low, high]`` (its 95 % CI, clipped to the quantity's range:
+    :meth:`~malleability.intervals.Estimate.shown_interval`), or without an interval as
     ``mean (v₁, v₂; CI n/a)``."""
     if isinstance(value, Estimate) and len(value.values) > 1:
         mean = fmt(float(value), digits)
-        if value.interval is not None:
-            return f"{mean} [{fmt(value.interval[0], digits)}, {fmt(value.interval[1], digits)}]"
+        shown = value.shown_interval()
+        if shown is not None:
+            return f"{mean} [{fmt(shown[0], digits)}, {fmt(shown[1], digits)}]"
         return f"{mean} ({', '.join(fmt(v, digits) for v in value.values)}; CI n/a)"
     if isinstance(value, Estimate):
         value = float(value)
@@ -130,6 +132,8 @@ def sweep_summary(points: list[tuple[str, str]]) -> str:
         by.setdefault(verdict, []).append(point)
     most = max(by, key=lambda v: len(by[v]))
     words = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "undecided"}
+    order = ("agrees", "disagrees", "inconclusive")
     return "; ".join(f"{words.get(v, v)} at {len(by[v])}/{len(points)}"
                      + ("" if v == most else f" ({', '.join(by[v])})")
-                     for v in ("agrees", "disagrees", "inconclusive") if v in by)
+                     for v in sorted(by, key=lambda v: (order.index(v) if v in order
+                                                        else len(order), v)))

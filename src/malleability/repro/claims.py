@@ -84,17 +84,32 @@ def claims_table(run: Run) -> list[list[str]]:
             for c in claims]
 
 
+def tally(rows: list[list[str]]) -> str:
+    """The claims table in one sentence: how many rows come out with each verdict."""
+    verdict = HEADER.index("verdict")
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[verdict]] = counts.get(row[verdict], 0) + 1
+    words = {"agrees": "agree", "disagrees": "disagree", "inconclusive": "inconclusive"}
+    said = sorted(counts, key=lambda v: (list(words).index(v) if v in words else len(words), v))
+    return (f"Verdicts of the {len(rows)} claim rows: "
+            + "; ".join(f"{counts[v]} {words.get(v, v)}" for v in said)
+            + ". Each row is decided on its own; the table gives the numbers.")
+
+
 def claims_section(run: Run) -> list[Block]:
     """The report's first section: the claims table."""
     rows = claims_table(run)
     if not rows:
         return [Heading("Claims"), Text("No experiment of this run measures a claim yet.")]
-    return [Heading("Claims"),
+    return [Heading("Claims"), Text(tally(rows)),
             Text("Each claim of the paper that this run measures, as the paper states it, with "
                  "the paper's value, ours with its 95 % interval over seeds, and the verdict: "
-                 "agrees / disagrees only where the interval decides it, else inconclusive. "
-                 "Sensitivity: how many points of the sensitivity sweep (one unstated setting "
-                 "moved at a time) give the same verdict; — where the claim was not swept."),
+                 "agrees / disagrees only where the interval decides it, else inconclusive; "
+                 "too few seeds where fewer than 3 distinct per-seed values (or a zero-width "
+                 "interval) leave the interval unfit to decide. Sensitivity: how many points "
+                 "of the sensitivity sweep (one unstated setting moved at a time) give the "
+                 "same verdict; — where the claim was not swept."),
             Table(HEADER, rows, "The paper's claims against this run.")]
 
 

@@ -14,12 +14,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..intervals import TOO_FEW_SEEDS
 from .blocks import Block, Heading, Table, Text, fmt
 from .claims import experiment_cells, section_records, with_claims
 from .experiments import EXPERIMENTS
 from .files import atomic_write, clean_temp_files
 from .loading import Run, load_run, planned_seeds
-from .seeds import CI_METHOD
+from .seeds import CI_METHOD, CLIPPED
 from .store import SETTINGS_FILE, log
 
 #: Settings every network experiment has, shown in their own tables of the run summary.
@@ -135,7 +136,8 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
                      "Files left out of this report.")] if run.skipped else []),
             Text(f"Every measured number is the mean over seeds with a confidence interval: "
                  f"{CI_METHOD}; a run with one seed shows plain values. A verdict is agrees / "
-                 "disagrees only when that interval decides it, else inconclusive."),
+                 "disagrees only when that interval decides it, else inconclusive. "
+                 f"{CLIPPED}"),
             Table(["experiment", "seeds run", *CALIBRATED], calibrated,
                   "The training settings the paper does not state (λ_reg and its convention, "
                   "init scale, n_train, epochs) and the sizes measured on, per experiment "
@@ -226,15 +228,37 @@ def to_text(table: Table) -> str:
 
 STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;line-height:1.4}"
          ".scroll{overflow-x:auto;max-width:100%}"
-         "table{border-collapse:collapse;margin:1em 0;font-size:90%}"
+         "table{border-collapse:collapse;margin:0 0 1em;font-size:90%}"
          "th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}"
-         "td.num{text-align:right;white-space:nowrap}"
-         "th{background:#f0f0f0}caption{font-style:italic;text-align:left}"
+         "td{min-width:3em}td.num{text-align:right;white-space:nowrap}"
+         "td.agrees{background:#e6f4e6}td.disagrees{background:#fbe4e4}"
+         "td.undecided{background:#f3f3f3;color:#555}"
+         "th{background:#f0f0f0}p.caption{font-style:italic;margin:1em 0 0.3em}"
          "img{max-width:100%}figcaption{font-style:italic}")
 
 
 #: A cell that is a number (with its interval or unit): right-aligned, as numbers are read.
 NUMBER = re.compile(r"^[−+-]?[\d.,]+(e[−+-]?\d+)?( ?%)?( \[[^\]]*\])?$")
+#: A cell that is a verdict: shaded by it (green agrees, red disagrees, grey undecided).
+VERDICTS = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "undecided",
+            TOO_FEW_SEEDS: "undecided"}
+
+
+#: A text cell is at least as wide as this many of its characters (0.6 em each), so
+#: that a wide table scrolls in its box instead of squeezing its text into tall narrow columns;
+#: longer text wraps.
+WIDE_CHARS = 26
+
+
+def _cell(text: str) -> str:
+    """One table cell: a number right-aligned on one line, a verdict shaded, text at least
+    min(its length, WIDE_CHARS) characters wide."""
+    esc = html.escape(text)
+    if NUMBER.match(text):
+        return f'<td class="num">{esc}</td>'
+    width = f' style="min-width:{0.6 * min(len(text), WIDE_CHARS):.1f}em"'
+    shade = f' class="{VERDICTS[text]}"' if text in VERDICTS else ""
+    return f"<td{shade}{width}>{esc}</td>"
 
 
 def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.13085") -> str:
@@ -249,10 +273,10 @@ def to_html(blocks: list[Block], title: str = "Reproduction report: arXiv 2603.1
             parts.append(f"<p>{esc(block.text)}</p>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{esc(h)}</th>" for h in block.header)
-            body = "".join("<tr>" + "".join(
-                f'<td class="num">{esc(c)}</td>' if NUMBER.match(c) else f"<td>{esc(c)}</td>"
-                for c in row) + "</tr>" for row in block.rows)
-            parts.append(f'<div class="scroll"><table><caption>{esc(block.caption)}</caption>'
+            body = "".join("<tr>" + "".join(map(_cell, row)) + "</tr>" for row in block.rows)
+            # the caption above the scroll box, so that it wraps at the page's width
+            caption = f'<p class="caption">{esc(block.caption)}</p>' if block.caption else ""
+            parts.append(f'{caption}<div class="scroll"><table>'
                          f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
         else:
             parts.append(f'<figure><img src="{esc(block.path)}" alt="{esc(block.caption)}">'

@@ -4,11 +4,33 @@ each measured number an :class:`~malleability.intervals.Estimate`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ..intervals import CI_METHOD, Estimate, combine, scale
 
-__all__ = ["CI_METHOD", "Estimate", "combine", "merge_seeds", "merge_values", "scale"]
+__all__ = ["CI_METHOD", "CLIPPED", "Estimate", "combine", "merge_seeds", "merge_values",
+           "metric_bounds", "scale"]
+
+#: Result fields with a bounded range, by name: rates and overlaps in [0, 1] (any field whose
+#: name holds "accuracy" too, e.g. ``accuracy_by_epoch.10``), correlations in [−1, 1].
+RATES = ("flip_rate", "top_k_overlap")
+CORRELATIONS = ("spearman", "cosine", "cosine_raw")
+#: What the report says once about the printed intervals (:func:`metric_bounds`).
+CLIPPED = ("The interval of a quantity with a bounded range (flip rates, top-K overlaps and "
+           "accuracies in [0, 100] %, Spearman ρ and cosines in [−1, 1]) is printed clipped "
+           "to that range; verdicts use the interval itself.")
+
+
+def metric_bounds(where: str) -> tuple[float, float] | None:
+    """The range of the result field at path ``where`` (``result.ridges[0].flip_rate``), by its
+    name (list indices and numeric keys such as an epoch skipped): (0, 1) for a rate, (−1, 1)
+    for a correlation; None otherwise."""
+    names = [n for n in re.sub(r"\[\d+\]", "", where).split(".") if not n.isdigit()]
+    name = names[-1] if names else ""
+    if name in RATES or "accuracy" in name:
+        return (0.0, 1.0)
+    return (-1.0, 1.0) if name in CORRELATIONS else None
 
 
 def merge_values(values: list[Any], seeds: list[int], where: str = "result") -> Any:
@@ -35,7 +57,7 @@ def merge_values(values: list[Any], seeds: list[int], where: str = "result") -> 
     if all(isinstance(v, (bool, int)) for v in values) and len(set(values)) == 1:
         return first
     if all(v is None or isinstance(v, (int, float)) for v in values):
-        return Estimate(values, seeds)
+        return Estimate(values, seeds, metric_bounds(where))
     raise ValueError(f"{where}: expected values of one kind over seeds, got {values!r}")
 
 

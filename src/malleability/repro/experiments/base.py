@@ -19,6 +19,7 @@ from ...attacks import AttackSettings
 from ...data import DataSettings
 from ...estimators import NTKLOO
 from ...influence import InfluenceSettings
+from ...intervals import TOO_FEW_SEEDS, deciding_interval, too_few_seeds
 from ...measure import Measurement, Refit, measure, same_weights
 from ...models import ARCHITECTURE_NAMES, ModelSettings, TwoLayerNet, check_architecture
 from ...settings import Settings, setting
@@ -177,10 +178,11 @@ def paper_table(number: int, columns: list[str], values: dict[tuple[str, str], t
 def decide(ours: float | None, band: tuple[float, float]) -> bool | None:
     """Whether the measured value lies in ``band`` = (low, high), decided by its 95 % CI over
     seeds: True when the interval lies inside the band, False when it lies wholly outside,
-    None when it straddles an edge, has no interval (fewer than 3 seeds, or a number not
-    measured per seed) or is missing."""
-    interval = getattr(ours, "interval", None)
-    if ours is None or interval is None:
+    None when it straddles an edge, may not decide (:func:`~malleability.intervals.
+    deciding_interval`: fewer than 3 distinct per-seed values, or a number not measured per
+    seed) or is missing."""
+    interval = deciding_interval(ours)
+    if interval is None:
         return None
     low, high = interval
     if band[0] < low and high < band[1]:
@@ -199,8 +201,20 @@ def verdict(ours: float | None, band: tuple[float, float], paper_inside: bool = 
     """The verdict of every section: the paper claims the quantity lies inside ``band``
     (``paper_inside``) or outside it; "agrees" / "disagrees" only when our 95 % CI decides
     (:func:`decide`), else "inconclusive". A directional claim "x > 0" is ``band=(0, inf)``;
-    "near the paper's p" is ``band=(p - tol, p + tol)``."""
+    "near the paper's p" is ``band=(p - tol, p + tol)``. A measured value whose interval may
+    not decide is "too few seeds" (:func:`~malleability.intervals.too_few_seeds`)."""
+    if too_few_seeds(ours):
+        return TOO_FEW_SEEDS
     return agreement(decide(ours, band), paper_inside)
+
+
+def conjunction(verdicts: list[str]) -> str:
+    """The verdict of a claim made of several parts that must all hold (e.g. on every task, or
+    at both ends): disagrees where any part disagrees, else the parts' common verdict, else
+    inconclusive."""
+    if "disagrees" in verdicts:
+        return "disagrees"
+    return verdicts[0] if len(set(verdicts)) == 1 else "inconclusive"
 
 
 def trend(values: list[float]) -> str:

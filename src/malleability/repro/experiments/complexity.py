@@ -5,6 +5,7 @@ Influence-set points sorted by I_i into equal groups g; for each, the share of t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +15,18 @@ from ..._validation import check_positive_int
 from ...influence import network_influence
 from ...settings import setting
 from .. import figures
-from ..blocks import Block, Table, figure, fmt, group, pct
+from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..problem import RunContext, trained_model
-from .base import NetworkSettings, cell_problem, model_name, task_model_cells, task_title
+from ..seeds import combine
+from .base import (
+    NetworkSettings,
+    cell_problem,
+    conjunction,
+    model_name,
+    task_model_cells,
+    task_title,
+    verdict,
+)
 
 TITLE = "Contribution to model complexity by influence decile (Figure 4)"
 INTRO = ("Training points sorted by influence I_i into deciles; for each, its share of the RKHS "
@@ -63,3 +73,35 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     return [Table(header, rows, "Share of the RKHS norm by influence decile (D1 = lowest I_i)."),
             figure(path, "Figure 4 (ours): complexity share (bars) and mean influence (line) "
                          "by influence decile.")]
+
+
+def u_shape(share: list[float]) -> tuple[float, float]:
+    """How far each end group (most harmful, most helpful) rises above the middle groups: the
+    first and the last group's share minus the mean share of the others, in points, paired
+    by seed."""
+    def ends(*values: float) -> tuple[float, float]:
+        middle = sum(values[1:-1]) / (len(values) - 2)
+        return 100 * (values[0] - middle), 100 * (values[-1] - middle)
+
+    return (combine(lambda *v: ends(*v)[0], *share), combine(lambda *v: ends(*v)[1], *share))
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """Figure 4 / A.8: "the U-shaped complexity curve indicates that the most influential points
+    (both harmful and helpful) contribute most to model complexity", on every data set; per
+    task and architecture, both ends above the middle groups (:func:`u_shape`), each decided
+    by its interval."""
+    claims = []
+    for (task, model), (record, *_) in group(records, "task", "model").items():
+        share = record["result"]["complexity_share"]
+        if len(share) < 3:
+            continue
+        low, high = u_shape(share)
+        judged = conjunction([verdict(low, (0.0, math.inf)), verdict(high, (0.0, math.inf))])
+        claims.append(Claim("U-shaped complexity: the most harmful and the most helpful points "
+                            "carry the most of the RKHS norm (Figure 4, A.8)",
+                            f"{task}, {model_name(model)}", "U-shape on every data set",
+                            f"share of the first / last of {len(share)} groups above the "
+                            f"middle groups' mean: {fmt(low)} / {fmt(high)} points",
+                            judged, ("complexity", task, model)))
+    return claims

@@ -28,6 +28,7 @@ from .base import (
     task_title,
     verdict,
 )
+from .numerics import A9_CAPTION, a9_table
 
 TITLE = "Influence malleability: flip rate under FGSM / PGD / MIM (Table 2, Figure 2)"
 INTRO = ("Flip rate: the share of the top 10% most helpful training points whose influence "
@@ -152,6 +153,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     return [Table(header, table, "Table 2: flip rate of the top 10% most helpful points."),
             paper_table(2, [f"{a.upper()} %" for a in ATTACKS], PAPER_TABLE2),
             detail_table(records),
+            a9_table(records, "attack", A9_CAPTION),
             Table(["task", "attack", "MLP-Attn − 2L-ReLU (points)", "MLP-Attn / 2L-ReLU",
                    "paper ratio", "paper: MLP-Attn higher", "vs paper"], checks,
                   "Flip rate of MLP-Attn minus 2L-ReLU, paired by seed, with its 95 % CI; the "

@@ -13,7 +13,7 @@ from ..._validation import check_positive_int, check_seed
 from ...influence import network_influence
 from ...settings import setting
 from .. import figures
-from ..blocks import Block, Table, figure, fmt, group
+from ..blocks import Block, Claim, Table, figure, fmt, group
 from ..problem import RunContext, trained_model
 from .base import NetworkSettings, cell_problem, model_name, task_model_cells
 
@@ -85,3 +85,32 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     return [Table(["task", "model", "test index", "test label", "influence",
                    "training labels and I(i, t)"], rows, "Most influential training examples."),
             *blocks]
+
+
+#: The verdict of a figure that illustrates and claims nothing it could be checked against.
+ILLUSTRATION = "illustration: nothing to test"
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """Figure 3 illustrates the most influential training examples of one test digit; its
+    caption puts the architectures' difference in numbers elsewhere ("the key distinction is
+    quantitative": Table 2's flip rates). One row per task with what we show, no verdict."""
+    claims = []
+    for (task,), task_records in group(records, "task").items():
+        shown = []
+        for record in task_records:
+            res = record["result"]
+            helpful = res["positive"]["labels"]
+            same = sum(label == res["test_label"] for label in helpful)
+            shown.append(f"{model_name(record['cell']['model'])} helpful {' '.join(helpful)} "
+                         f"({same}/{len(helpful)} with the test label), harmful "
+                         f"{' '.join(res['negative']['labels'])}")
+        first = task_records[0]
+        claims.append(Claim("Top influential training examples for a representative test digit "
+                            "(Figure 3; its distinction between the architectures is Table "
+                            "2's flip rate)", task, "an illustration",
+                            f"seed {first['cell'].get('seed', 0)}, test point "
+                            f"{first['result']['test_index']} (label "
+                            f"{first['result']['test_label']}): " + "; ".join(shown),
+                            ILLUSTRATION, ("influential", task)))
+    return claims

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..._validation import check_positive_int
 from ...settings import setting
-from ..blocks import Block
+from ..blocks import Block, Claim
 from ..problem import RunContext
 from ..seeds import merge_seeds
 from . import theory_bounds, theory_remedy
@@ -120,3 +120,13 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     if remedy:  # one row per (task, rank, width): the mean over seeds with its interval
         blocks += theory_remedy.blocks(merge_seeds(remedy), figs)
     return blocks
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """The bounds (Theorems C.11, C.2), the ordering by S (Theorem C.5), Corollary C.4 per
+    architecture and ε, and Remark 4.10's truncation, from every seed's cells."""
+    rows = theory_bounds.flat_rows(records)
+    remedy = [r for r in records if r["cell"]["part"] == "remedy"]
+    return [*theory_bounds.bound_claims(rows), *theory_bounds.ordering_claim(rows),
+            *theory_bounds.c4_claims(records),
+            *(theory_remedy.remedy_claims(merge_seeds(remedy)) if remedy else [])]

@@ -31,10 +31,11 @@ from ...metrics import spearman
 from ...models import TwoLayerNet
 from ...ntk import empirical_ntk
 from .. import figures
-from ..blocks import Block, Table, Text, figure, fmt, pct
+from ..blocks import Block, Claim, Table, Text, figure, fmt, group, pct, rank
 from ..figures import Line
 from ..problem import Problem, RunContext, trained_model
-from .base import model_name, trend
+from ..seeds import Estimate, combine, merge_seeds
+from .base import conjunction, model_name, trend, verdict
 
 
 def _gram(net: TwoLayerNet, p: Problem):
@@ -165,6 +166,80 @@ def monotonicity(rows: list[dict]) -> list[dict]:
     return out
 
 
+def ridge_changes(records: list[dict]) -> list[dict]:
+    """Corollary C.4 per task, model and ε, from the bounds cells of every seed: the mean flip
+    rate at each λ (increasing), its ``change`` from the smallest to the largest λ in points,
+    paired by seed (an Estimate), and its ``verdict`` against C.4 (agrees: it falls)."""
+    merged = merge_seeds([r for r in records if r["cell"]["part"] == "bounds"])
+    out = []
+    for (task, model, eps), (record, *_) in group(merged, "task", "model", "eps").items():
+        ridges = sorted(record["result"]["ridges"], key=lambda r: float(r["ridge"]))
+        rates = [r["flip_rate"] for r in ridges]
+        change = combine(lambda first, last: 100 * (last - first), rates[0], rates[-1])
+        out.append({"task": task, "model": model, "eps": float(eps), "seeds": record["seeds"],
+                    "ridges": [float(r["ridge"]) for r in ridges], "flip_rates": rates,
+                    "change": change, "verdict": verdict(change, (-math.inf, 0.0))})
+    return out
+
+
+def c4_split(changes: list[dict]) -> dict[tuple[str, float], dict]:
+    """:func:`ridge_changes` per (model, ε): its task rows, the verdict over them
+    (C.4 is a statement for every data set: :func:`~.base.conjunction`) and the tally of the
+    tasks' verdicts."""
+    out: dict[tuple[str, float], dict] = {}
+    for row in changes:
+        entry = out.setdefault((row["model"], row["eps"]), {"rows": [], "tally": {}})
+        entry["rows"].append(row)
+        entry["tally"][row["verdict"]] = entry["tally"].get(row["verdict"], 0) + 1
+    for entry in out.values():
+        entry["verdict"] = conjunction([r["verdict"] for r in entry["rows"]])
+    return dict(sorted(out.items(), key=lambda kv: (rank(kv[0][0]), kv[0][1])))
+
+
+def c4_measured(rows: list[dict]) -> str:
+    """The change over the λ range in a few words: on how many tasks each verdict came out,
+    the range of the majority's mean changes, the other tasks by name with their interval."""
+    by: dict[str, list[dict]] = {}
+    for row in rows:
+        by.setdefault(row["verdict"], []).append(row)
+    most = max(by, key=lambda v: len(by[v]))
+    words = {"agrees": "falls", "disagrees": "rises", "inconclusive": "undecided"}
+    parts = []
+    for v, group_rows in sorted(by.items(), key=lambda kv: kv[0] != most):
+        said = f"{words.get(v, v)} on {len(group_rows)}/{len(rows)} tasks"
+        if v == most:
+            values = sorted(float(r["change"]) for r in group_rows)
+            said += (f" ({fmt(values[0])} points)" if len(values) == 1 else
+                     f" ({fmt(values[0])} to {fmt(values[-1])} points)")
+        else:
+            said += " (" + "; ".join(f"{r['task']} {fmt(r['change'])}"
+                                     for r in group_rows) + ")"
+        parts.append(said)
+    return "; ".join(parts)
+
+
+def c4_blocks(changes: list[dict]) -> list[Block]:
+    """Corollary C.4 split by architecture and ε (one verdict per (model, ε) over the tasks),
+    then per task the mean flip rate by λ and its paired change."""
+    if not changes:
+        return []
+    lambdas = " → ".join(fmt(v) for v in changes[0]["ridges"])
+    summary = [[model_name(m), fmt(e), entry["verdict"],
+                "; ".join(f"{k}: {n}" for k, n in sorted(entry["tally"].items()))]
+               for (m, e), entry in c4_split(changes).items()]
+    rows = [[r["task"], model_name(r["model"]), fmt(r["eps"]), ", ".join(map(str, r["seeds"])),
+             " → ".join(pct(f) for f in r["flip_rates"]), fmt(r["change"]), r["verdict"]]
+            for r in changes]
+    return [Table(["model", "ε", "C.4 verdict", "verdicts of the tasks"], summary,
+                  "Corollary C.4 per architecture and ε: the flip rate's change from the "
+                  "smallest to the largest λ, per task (next table), agrees where it falls; "
+                  "disagrees where it rises on any task."),
+            Table(["task", "model", "ε", "seeds", f"mean PGD flip rate % at λ = {lambdas}",
+                   "change, first → last λ (points, paired)", "vs C.4 (falls)"], rows,
+                  "Per task: the mean flip rate by λ, and its change over the λ range with its "
+                  "95 % t interval over seeds.")]
+
+
 def bound_verdicts(rows: list[dict]) -> dict[str, dict[str, int]]:
     """Per bound: how many (cell, λ) rows it holds and fails on."""
     counts = {name: {"holds": 0, "fails": 0} for name in BOUNDS}
@@ -211,6 +286,8 @@ def blocks(records: list[dict], rows: list[dict], figs: Path) -> list[Block]:
                   trend(m["flip_rates"])] for m in mono]
     total = sum(m["violations"] for m in mono)
     steps = sum(len(m["flip_rates"]) - 1 for m in mono)
+    changes = ridge_changes(records) if records else []
+    split = c4_split(changes)
     fig_bounds = figures.line_panels(figs / "theory_bounds.png", _bound_panels(rows), "ridge λ",
                                      r"$\|\alpha' - \alpha\|_F$ and bounds", logx=True,
                                      logy=True)
@@ -224,31 +301,38 @@ def blocks(records: list[dict], rows: list[dict], figs: Path) -> list[Block]:
     fig_flip = figures.line_panels(figs / "theory_flip_vs_ridge.png", flip_panels, "ridge λ",
                                    "flip rate %", logx=True)
     head = ["task", "model", "ε", "λ", "flip %", "‖α′−α‖"]
+    # the verdicts first (C.4 per architecture and ε, the bounds, the ordering), then the
+    # figures, then the per-seed detail
     return [
+        Text(f"Corollary C.4, per seed: {total} of {steps} λ step(s) raise the flip rate. "
+             "One verdict over all of them would mix the architectures and budgets; the "
+             "verdict is per architecture and ε (next tables"
+             + ("" if not split else ": " + "; ".join(
+                 f"{model_name(m)} at ε = {fmt(e)} {entry['verdict']}"
+                 for (m, e), entry in split.items())) + ")."),
+        *c4_blocks(changes),
+        Table(["bound", "holds", "fails"], summary,
+              "Verdicts over all task × model × ε × λ rows (no tolerance)."),
+        Table(["predictor", "agreements", "Spearman ρ(S, flip) over all rows"], order_rows,
+              "Does S_attn > S_ReLU predict flip(MLP-Attn) > flip(2L-ReLU) per task, seed, ε "
+              "and λ?"),
+        figure(fig_bounds, "Influence shift (black) against the C.11 upper bounds (solid) and "
+                           "the C.2 lower bounds (dashed), by λ, at the largest ε."),
+        figure(fig_flip, "Flip rate against the ridge λ (Corollary C.4)."),
         Table(["task", "model", "ε", "L measured (per ℓ∞ ε)", "L measured (per ℓ2 pixel)",
                "L analytic (per ℓ2 in z)", "attack z-radius ε_z", "points searched"],
               lipschitz, "One-point kernel Lipschitz constants: measured max ‖K(X′) − K(X)‖₂ "
                          "over the ε-box, and the paper's analytic constant (Prop. 4.6/C.13)."),
-        Table(["bound", "holds", "fails"], summary,
-              "Verdicts over all task × model × ε × λ rows (no tolerance)."),
         Table([*head, "‖ΔK‖₂", *(BOUNDS[n][1] for n in ("upper_measured", "upper_analytic",
                                                        "upper_resolvent"))], upper,
               "Theorem C.11 upper bounds on the influence shift of the attacked set."),
         Table([*head, "‖ΔK α̂‖", BOUNDS["lower_paper"][1], BOUNDS["lower_exact"][1]], lower,
               "Theorem C.2 lower bounds on the influence shift of the attacked set."),
-        Table(["predictor", "agreements", "Spearman ρ(S, flip) over all rows"], order_rows,
-              "Does S_attn > S_ReLU predict flip(MLP-Attn) > flip(2L-ReLU) per task, seed, ε "
-              "and λ?"),
         Table(["task", "seed", "ε", "λ", "S_attn > S_ReLU", "flip attn > ReLU", "verdict"],
               pairs, "Per comparison, with the measured L."),
         Table(["task", "model", "seed", "ε", "flip % by increasing λ", "violations", "trend"],
               mono_rows, "Corollary C.4: flip rate against λ (a violation: the flip rate "
                          "rises with λ)."),
-        Text(f"Corollary C.4: {total} violation(s) of a non-increasing flip rate in {steps} "
-             f"λ step(s)."),
-        figure(fig_bounds, "Influence shift (black) against the C.11 upper bounds (solid) and "
-                           "the C.2 lower bounds (dashed), by λ, at the largest ε."),
-        figure(fig_flip, "Flip rate against the ridge λ (Corollary C.4)."),
     ]
 
 
@@ -280,3 +364,76 @@ def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
     for row in rows:
         out.setdefault(tuple(row[k] for k in keys), []).append(row)
     return out
+
+
+# --- the claims table ---------------------------------------------------------------------------
+
+#: The paper's words for each bound, and what it claims.
+BOUND_CLAIMS = {
+    "upper": "The influence shift ‖α′ − α‖ of the attacked set is at most the bound "
+             "(Theorem C.11)",
+    "lower": "The influence shift ‖α′ − α‖ of the attacked set is at least the bound "
+             "(Theorem C.2)",
+}
+
+
+def bound_claims(rows: list[dict]) -> list[Claim]:
+    """One claim per bound of :data:`BOUNDS`: it holds in every (cell, seed, λ) row (a theorem:
+    one failing row disagrees), with how loose it is (bound / shift for an upper bound, shift /
+    bound for a lower one, over the rows where it holds)."""
+    claims = []
+    for name, (kind, label) in BOUNDS.items():
+        values = [r["bounds"][name] for r in rows if name in r["bounds"]]
+        if not values:
+            continue
+        holds = sum(b["holds"] for b in values)
+        loose = [(1 / b["ratio"] if kind == "upper" else b["ratio"]) for b in values
+                 if b["holds"] and 0 < b["ratio"] < math.inf]
+        spread = (f"; loose by {fmt(min(loose))} to {fmt(max(loose))}×" if loose else "")
+        claims.append(Claim(f"{BOUND_CLAIMS[kind]}: {label}",
+                            f"{len({r['task'] for r in rows})} tasks × models × ε × λ × seeds",
+                            "holds (a theorem)", f"holds in {holds}/{len(values)} rows{spread}",
+                            "agrees" if holds == len(values) else "disagrees",
+                            ("theory", "bound", name)))
+    return claims
+
+
+def ordering_claim(rows: list[dict]) -> list[Claim]:
+    """Theorem C.5 / Def. C.12: the intrinsic sensitivity S (measured kernel Lipschitz constant)
+    orders the architectures' flip rates, S_attn > S_ReLU exactly where MLP-Attn flips more.
+    Per seed, the share of (task, ε, λ) comparisons where S predicts the order; decided by its
+    t interval over seeds against ½ (our reading: better than a coin; the paper gives no
+    threshold)."""
+    shares: dict[str, dict[int, list[bool]]] = {}
+    for which in ("measured", "analytic"):
+        for c in ordering(rows, which)["comparisons"]:
+            shares.setdefault(which, {}).setdefault(c["key"][1], []).append(c["agree"])
+    if not shares:
+        return []
+    share = {which: Estimate([sum(v) / len(v) for v in by.values()], list(by))
+             for which, by in shares.items()}
+    n = sum(len(v) for v in shares["measured"].values())
+    always = all(c["predicted"] for c in ordering(rows, "analytic")["comparisons"])
+    return [Claim("The intrinsic sensitivity S (Def. C.12) orders the malleability: S_attn > "
+                  "S_ReLU where MLP-Attn's flip rate is higher (Theorem C.5, Prop. C.13)",
+                  f"{n} (task, seed, ε, λ) comparisons", "S orders the flip rates",
+                  f"share predicted per seed, measured L: {pct(share['measured'])} %; "
+                  f"analytic L: {pct(share['analytic'])} %"
+                  + (" (it ranks MLP-Attn first in every comparison)" if always else ""),
+                  verdict(share["measured"], (0.5, math.inf)), ("theory", "ordering"))]
+
+
+def c4_claims(records: list[dict]) -> list[Claim]:
+    """Corollary C.4 per architecture and ε (:func:`c4_split`): one claim each, its verdict
+    over the tasks."""
+    claims = []
+    for (model, eps), entry in c4_split(ridge_changes(records)).items():
+        lambdas = entry["rows"][0]["ridges"]
+        claims.append(Claim(
+            "Regularization controls malleability: the flip rate falls as the ridge λ grows "
+            "(Corollary C.4)",
+            f"{model_name(model)}, ε = {fmt(eps)}, {len(entry['rows'])} tasks",
+            f"falls with λ ({fmt(lambdas[0])} → {fmt(lambdas[-1])})",
+            f"change of the flip rate, paired by seed: {c4_measured(entry['rows'])}",
+            entry["verdict"], ("theory", "c4", model, eps)))
+    return claims
