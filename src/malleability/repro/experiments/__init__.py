@@ -4,12 +4,15 @@
 from types import ModuleType
 
 from . import (
+    adversarial_interventions,
     adversarial_training,
     collapse,
     complexity,
     flip_controls,
+    flip_dynamics,
     flip_rates,
     influential,
+    intervention_dynamics,
     interventions,
     landscape,
     ntk_distance,
@@ -27,7 +30,8 @@ EXPERIMENTS: dict[str, ModuleType] = {
     module.__name__.rsplit(".", 1)[1]: module
     for module in (spectrum, collapse, flip_rates, flip_controls, ntk_distance, ntk_distance_gd,
                    softmax_temperature, adversarial_training, robust_evaluation, interventions,
-                   complexity, landscape, influential, theory, sensitivity, width_sensitivity)
+                   complexity, landscape, influential, theory, sensitivity, width_sensitivity,
+                   adversarial_interventions, intervention_dynamics, flip_dynamics)
 }
 
 __all__ = ["EXPERIMENTS"]
