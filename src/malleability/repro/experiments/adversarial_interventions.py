@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...interventions import adversarial_train, intervene, ramped_adversary
+from ...models import TwoLayerNet
 from .. import figures
 from ..blocks import Block, Claim, Table, Text, figure, fmt, group, pct
 from ..figures import Line
@@ -67,7 +68,7 @@ def cells(s: AdversarialInterventionSettings) -> list[dict]:
 
 
 def adversarially_trained(arch: str, p: Problem, s: AdversarialInterventionSettings,
-                          eps: float, ctx: RunContext) -> tuple:
+                          eps: float, ctx: RunContext) -> tuple[TwoLayerNet, dict]:
     """The PGD adversarially trained network of ``arch`` at ``eps`` on ``p`` (the schedule
     of ``s``) and its history, cached in the run folder like the standard networks."""
     net = build_model(arch, p, s.model)
