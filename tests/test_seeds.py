@@ -112,7 +112,8 @@ def test_paper_preset_is_the_calibrated_point(tmp_path):
             assert (s.train.l2_to_init, s.train.l2_convention, s.train.epochs) == (0.0, "sum", 100)
             assert (s.model.init_scale, s.model.dtype, s.model.width) == (1.0, "float32", 1024)
         # adversarial training: 10,000 points (PGD-7 in every step; stated in the preset)
-        n_train = 10000 if name in ("adversarial_training", "robust_evaluation") else None
+        n_train = 10000 if name in ("adversarial_training", "robust_evaluation",
+                                    "adversarial_interventions") else None
         for t in getattr(s, "tasks", ()):
             assert (t.n_train, t.n_influence, t.n_test) == (n_train, 1000, 500), name
     seeds = {(j.experiment, j.cell["seed"]) for j in plan(preset, tmp_path)}

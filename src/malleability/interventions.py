@@ -25,7 +25,7 @@ from .influence import InfluenceSettings
 from .measure import Measurement, compare
 from .metrics import top_fraction
 from .models import TwoLayerNet
-from .training import TrainHistory, TrainSettings, train
+from .training import Adversary, TrainHistory, TrainSettings, train
 
 
 class Intervention(StrEnum):
@@ -47,12 +47,19 @@ def report_epochs(epochs: int) -> list[int]:
 
 @dataclass
 class InterventionResult:
-    """Accuracy by epoch of the retrained network and its malleability against the baseline."""
+    """Accuracy by epoch of the retrained network and its malleability against the baseline;
+    the retrained ``model``, the points it is scored on (``x_scored``, ``y_scored``: the
+    influence-set points the new training set holds) and their positions ``held`` among the
+    baseline's scored rows."""
 
     intervention: Intervention
     history: TrainHistory
     malleability: Measurement
     n_train: int
+    model: TwoLayerNet
+    x_scored: torch.Tensor
+    y_scored: torch.Tensor
+    held: torch.Tensor
 
     def accuracy_by_epoch(self) -> dict[int, float]:
         acc = self.history.test_accuracy
@@ -76,9 +83,11 @@ def intervene(
     influence: InfluenceSettings = InfluenceSettings(),
     baseline: Attribution | None = None,
     subset: torch.Tensor | None = None,
+    adversary: Adversary | None = None,
 ) -> InterventionResult:
     """Apply ``intervention`` to the training set (``x``, ``y``, in the model's input space)
-    of the trained ``model`` and retrain on the whole (intervened) set.
+    of the trained ``model`` and retrain on the whole (intervened) set, adversarially with
+    ``adversary`` (:func:`ramped_adversary`).
 
     Influence is computed on the training rows ``subset`` (the influence set; default all) and
     S is the top fraction of them; ``baseline`` (if given) is the NTK-LOO attribution on those
@@ -107,14 +116,16 @@ def intervene(
     held = (position[rows] >= 0).nonzero().flatten()
     rows_new = position[rows[held]]
     new_model = model.reinitialized_on(x_new)
-    history = train(new_model, x_new, y_new, train_settings, x_test, y_test)
-    after = estimator.attribute(new_model, x_new[rows_new], y_new[rows_new], x_test, y_test)
+    history = train(new_model, x_new, y_new, train_settings, x_test, y_test, adversary)
+    x_scored, y_scored = x_new[rows_new], y_new[rows_new]
+    after = estimator.attribute(new_model, x_scored, y_scored, x_test, y_test)
     result = compare(baseline, after, fraction, x_new, float((x_new - x[kept]).abs().amax()),
                      kept=held, settings={"intervention": intervention.value,
                                           "attack": attack.to_dict(), "fraction": fraction,
                                           "ridge": influence.ridge,
                                           "train": train_settings.to_dict()})
-    return InterventionResult(intervention, history, result, int(kept.numel()))
+    return InterventionResult(intervention, history, result, int(kept.numel()), new_model,
+                              x_scored, y_scored, held)
 
 
 def ramped_eps(eps: float, epoch: int, ramp_epochs: int) -> float:
@@ -136,15 +147,20 @@ def adversarial_train(
     ramp_epochs: int = 0,
 ) -> TrainHistory:
     """PGD adversarial training (Madry et al. 2018): every batch is replaced by ``attack``
-    examples against the current weights, in the space of ``x``.
-
-    At epoch e the attack runs at ε_e = :func:`ramped_eps` (``attack.eps``, e,
-    ``ramp_epochs``) with step α·ε_e/ε, so the number of steps to cross the ball is kept.
-    """
+    examples against the current weights, in the space of ``x``, at the ε of
+    :func:`ramped_adversary`."""
     if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int) \
             or not 0 <= ramp_epochs <= settings.epochs:
         raise ValueError(f"ramp_epochs: expected an integer in 0..{settings.epochs} (the "
                          f"training epochs), got {ramp_epochs!r}")
+    return train(model, x, y, settings, x_test, y_test,
+                 adversary=ramped_adversary(attack, ramp_epochs))
+
+
+def ramped_adversary(attack: AttackSettings, ramp_epochs: int) -> Adversary:
+    """The adversary of PGD adversarial training: at epoch e, ``attack`` at
+    ε_e = :func:`ramped_eps` (``attack.eps``, e, ``ramp_epochs``) with step α·ε_e/ε, so the
+    number of steps to cross the ball is kept."""
 
     def adversary(loss_fn: LossFn, xb: torch.Tensor, yb: torch.Tensor,
                   epoch: int) -> torch.Tensor:
@@ -152,4 +168,4 @@ def adversarial_train(
         scale = eps / attack.eps if attack.eps > 0 else 1.0
         return attack.replace(eps=eps, alpha=attack.alpha * scale).perturb(loss_fn, xb, yb)
 
-    return train(model, x, y, settings, x_test, y_test, adversary=adversary)
+    return adversary

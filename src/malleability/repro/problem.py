@@ -5,6 +5,7 @@ settings."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -14,11 +15,12 @@ import torch
 from ..data import DataSettings, Preprocessing, load_dataset
 from ..data.subsets import stratified_sample
 from ..models import ARCHITECTURE_NAMES, ModelSettings, TwoLayerNet
-from ..training import TrainSettings, train
+from ..training import TrainHistory, TrainSettings, train
 from .store import CorruptFile, move_aside, read_tensors, settings_key, write_tensors
 
-__all__ = ["ARCHITECTURE_NAMES", "Problem", "RunContext", "build_model", "load_problem",
-           "on_influence_set", "trained_model"]  # ARCHITECTURE_NAMES: re-exported for report.py
+# ARCHITECTURE_NAMES: re-exported for report.py
+__all__ = ["ARCHITECTURE_NAMES", "Problem", "RunContext", "build_model", "cached_training",
+           "load_problem", "on_influence_set", "trained_model"]
 
 
 @dataclass(frozen=True)
@@ -123,17 +125,15 @@ def build_model(arch: str, problem: Problem, model: ModelSettings, width: int | 
 
 
 def trained_model(arch: str, problem: Problem, model: ModelSettings, train_settings: TrainSettings,
-                  ctx: RunContext, width: int | None = None, attention_rank: int | None = None
-                  ) -> tuple[TwoLayerNet, dict[str, list[float]]]:
+                  ctx: RunContext, width: int | None = None, attention_rank: int | None = None,
+                  checkpoints: tuple[int, ...] = ()) -> tuple[TwoLayerNet, dict]:
     """The network of ``arch`` (attention truncated to ``attention_rank``) trained on
-    ``problem``, from the run's cache when present.
-
-    Cached as ``cache/models/<hash>.pt`` (weights and history); a cache file that fails its
-    checks is moved aside and the network retrained.
-    """
+    ``problem`` and its history, from the run's cache when present (:func:`cached_training`);
+    with ``checkpoints`` (epochs), a network cached with its weights at those epochs, in
+    the history's ``"checkpoints"`` (epoch → W)."""
     width = width or model.width
     net = build_model(arch, problem, model, width, attention_rank=attention_rank)
-    settings = dataclasses.replace(train_settings, progress=False, checkpoints=())
+    settings = dataclasses.replace(train_settings, progress=False, checkpoints=checkpoints)
     truncation = () if net.attention_rank is None else (("attention_rank", attention_rank),)
     # a full-split network serves every n_influence; one trained on the influence subset is
     # a network of those n_influence points alone
@@ -141,17 +141,37 @@ def trained_model(arch: str, problem: Problem, model: ModelSettings, train_setti
     subset = (("trained_on", "influence subset"),) if problem.influence_only else ()
     key = settings_key("trained", arch, data, model, settings, width, *truncation, *subset)
     settings = dataclasses.replace(settings, progress=ctx.progress)
+    history = cached_training(net, key, ctx, lambda: train(net, problem.x, problem.y, settings,
+                                                           problem.x_test, problem.y_test),
+                              checkpoints)
+    return net, history
+
+
+def cached_training(net: TwoLayerNet, key: str, ctx: RunContext,
+                    fit: Callable[[], TrainHistory], checkpoints: tuple[int, ...] = ()) -> dict:
+    """Train ``net`` in place by ``fit`` (which returns its history), or load its weights
+    from ``cache/models/<key>.pt`` when that file passes its checks (else it is moved aside
+    and ``net`` retrained). Returns the history as a dict; with ``checkpoints`` (the epochs
+    ``fit`` keeps W at), also ``"checkpoints"``: epoch → W, on ``net``'s device."""
     path = ctx.cache / "models" / f"{key}.pt"
+    device = net.weight.device
+    keys = ("weight", "history", *(("checkpoints",) if checkpoints else ()))
     if path.exists():
         try:
-            saved = read_tensors(path, ("weight", "history"), problem.x.device)
+            saved = read_tensors(path, keys, device)
             if saved["weight"].shape != net.weight.shape:
                 raise CorruptFile(f"weight: expected shape {tuple(net.weight.shape)}")
         except CorruptFile as err:
             move_aside(path, ctx.out, str(err))
         else:
             net.weight.data.copy_(saved["weight"])
-            return net, saved["history"]
-    history = train(net, problem.x, problem.y, settings, problem.x_test, problem.y_test).to_dict()
-    write_tensors(path, {"weight": net.weight.detach().cpu(), "history": history})
-    return net, history
+            kept = saved.get("checkpoints")
+            return {**saved["history"], **({} if kept is None else {
+                "checkpoints": dict(zip(checkpoints, kept, strict=True))})}
+    fitted = fit()
+    payload = {"weight": net.weight.detach().cpu(), "history": fitted.to_dict()}
+    if checkpoints:
+        payload["checkpoints"] = torch.stack([fitted.checkpoints[e] for e in checkpoints])
+    write_tensors(path, payload)
+    return {**fitted.to_dict(), **({"checkpoints": {
+        e: fitted.checkpoints[e].to(device) for e in checkpoints}} if checkpoints else {})}

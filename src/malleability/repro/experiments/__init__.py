@@ -4,12 +4,15 @@
 from types import ModuleType
 
 from . import (
+    adversarial_interventions,
     adversarial_training,
     collapse,
     complexity,
     flip_controls,
+    flip_dynamics,
     flip_rates,
     influential,
+    intervention_dynamics,
     interventions,
     kappa_mechanism,
     landscape,
@@ -31,7 +34,8 @@ EXPERIMENTS: dict[str, ModuleType] = {
     for module in (spectrum, kappa_mechanism, collapse, flip_rates, flip_controls, ntk_distance,
                    ntk_distance_gd, ntk_distance_variants, qkv_projections, softmax_temperature,
                    adversarial_training, robust_evaluation, interventions, complexity, landscape,
-                   influential, theory, sensitivity, width_sensitivity)
+                   influential, theory, sensitivity, width_sensitivity, adversarial_interventions,
+                   intervention_dynamics, flip_dynamics)
 }
 
 __all__ = ["EXPERIMENTS"]

@@ -115,15 +115,16 @@ def _near(ours: float | None, paper: float | None) -> str:
     return verdict(scale(ours, 100), (paper - ACCURACY_TOLERANCE, paper + ACCURACY_TOLERANCE))
 
 
-def table5(records: list[dict]) -> list[list[str]]:
+def table5(records: list[dict], kind: str = "standard") -> list[list[str]]:
     """Rows of Table 5: per task, model and epoch, Base / Curated / Transformed accuracy %,
-    the paper's, and whether each lies within ACCURACY_TOLERANCE of the paper's."""
+    the paper's (its rows of ``kind``), and whether each lies within ACCURACY_TOLERANCE of
+    the paper's."""
     rows = []
     for (task, model), group_records in group(records, "task", "model").items():
         by = {r["cell"]["intervention"]: r["result"] for r in group_records}
         acc = {i: _by_epoch(res["accuracy_by_epoch"]) for i, res in by.items()}
         base = _by_epoch(group_records[0]["result"]["baseline_accuracy_by_epoch"])
-        paper = _paper_row(task, model)
+        paper = _paper_row(task, model, kind)
         for epoch in sorted(base):
             ours = (base[epoch], *(acc.get(i, {}).get(epoch) for i in ("curated", "transformed")))
             theirs = _paper_at(paper, epoch)
@@ -151,7 +152,7 @@ def _paper_difference(paper: dict[str, tuple | None], first: tuple[str, int],
     return None if a is None or b is None else a[first[1]] - b[second[1]]
 
 
-def claims(records: list[dict]) -> list[list[str]]:
+def claims(records: list[dict], kind: str = "standard") -> list[list[str]]:
     """The paper's claims on Table 5, each a difference paired by seed against 0: Transformed
     keeps more accuracy than Curated (§5, "Dual implications": T − C), MLP-Attn keeps more
     accuracy than 2L-ReLU under both (Appendix E), its Transformed flip rate is higher
@@ -175,7 +176,7 @@ def claims(records: list[dict]) -> list[list[str]]:
                for i, e in enumerate(TABLE5_EPOCHS)}
     for (task,), task_records in group(records, "task").items():
         models = list(dict.fromkeys(r["cell"]["model"] for r in task_records))
-        paper = {m: _paper_row(task, m) for m in ("relu", "attn")}
+        paper = {m: _paper_row(task, m, kind) for m in ("relu", "attn")}
         for model in models:
             for epoch, (c, t) in columns.items():
                 row(task, "Transformed keeps more accuracy than Curated",
