@@ -17,6 +17,7 @@ from torch import nn
 
 from malleability.auditing import audit, prepare
 from malleability.controls import MALLEABLE, METRICS, NOISE, NOISELESS, NOT_MALLEABLE
+from malleability.estimators import ESTIMATORS
 from malleability.measure import measure
 
 pytestmark = [pytest.mark.vision, pytest.mark.slow]
@@ -107,22 +108,24 @@ def test_audit_contracts_on_timm_and_torchvision(trained, estimator):
 
     # the three flip rates, each over both seeds, and the excess paired by seed
     noise, random = report.controls["noise"], report.controls["random"]
+    randomized = ESTIMATORS[estimator].randomized  # TRAK's projection, EK-FAC's sampled labels
+    assert randomized == (estimator != "tracin")
     for metric in METRICS:
         assert report.flip_rate.seeds == random[metric].seeds == SETTINGS["seeds"]
-        if estimator == "trak":  # randomized: its noise is measured per seed
+        if randomized:  # its noise is measured per seed
             assert noise[metric].seeds == SETTINGS["seeds"]
         else:
             assert noise[metric] == NOISELESS[metric]
     for values in (report.flip_rate.values, random["flip_rate"].values):
         assert all(0 <= v <= 1 for v in values)
-    noise_flips = (noise["flip_rate"].values if estimator == "trak" else (0.0, 0.0))
+    noise_flips = (noise["flip_rate"].values if randomized else (0.0, 0.0))
     want = [a - max(r, z) for a, r, z in zip(report.flip_rate.values,
                                               random["flip_rate"].values, noise_flips,
                                               strict=True)]
     assert report.excess["flip_rate"].values == pytest.approx(want)
     want_rho = [min(r, z) - a for a, r, z in zip(
         report.spearman.values, random["spearman"].values,
-        noise["spearman"].values if estimator == "trak" else (1.0, 1.0), strict=True)]
+        noise["spearman"].values if randomized else (1.0, 1.0), strict=True)]
     assert report.excess["spearman"].values == pytest.approx(want_rho)
 
     # the verdict, by its rule on the excess's interval (two seeds: there is one)
