@@ -55,8 +55,9 @@ N_TEST, EPOCHS, SEEDS, EPS, STEPS, FRACTION = 100, 15, (0, 1, 2), 8 / 255, 40, 0
 #: partial run covers all models.
 ESTIMATORS = ("if-explicit", "tracin", "trak", "ekfac", "kfac", "ntk-loo", "if-datainf", "if-cg",
               "if-lissa", "if-arnoldi", "if-ekfac")
-#: if-explicit forms the P × P Hessian (float32); above this many bytes it is not run.
-EXPLICIT_BYTES = 4e9
+#: if-explicit forms the P × P Hessian, one Hessian-vector product on the training set per
+#: parameter; above this many parameters it is not run.
+EXPLICIT_PARAMETERS = 5000
 WORDS = "bert.embeddings.word_embeddings"
 TIMM_VISION = "timm and torchvision import only in .venv-vision (make test-vision)"
 
@@ -127,7 +128,7 @@ def hf_bert() -> nn.Module:
 CASES: dict[str, tuple[Callable[[], nn.Module], str, str, str | None, int]] = {
     "HF ViT": (hf_vit, "cifar", "vit.layers.0", None, 48),
     "timm ViT": (timm_vit, "cifar", "blocks.0", None, 48),
-    "torchvision ResNet-18/8 (control)": (narrow_resnet, "cifar", "layer4", None, 64),
+    "torchvision ResNet (control)": (narrow_resnet, "cifar", "layer4", None, 64),
     "HF BERT (tokens)": (hf_bert, "tokens", "bert.encoder", WORDS, 32),
 }
 
@@ -184,9 +185,9 @@ def settings(n: int) -> dict:
 
 def not_run(estimator: str, parameters: int) -> str | None:
     """Why ``estimator`` is not run on a model of ``parameters`` (None: it is run)."""
-    if estimator == "if-explicit" and 4 * parameters**2 > EXPLICIT_BYTES:
-        return (f"not run: its P × P Hessian takes {4 * parameters**2 / 1e9:.0f} GB "
-                f"(P = {parameters})")
+    if estimator == "if-explicit" and parameters > EXPLICIT_PARAMETERS:
+        return (f"not run: its P × P Hessian (P = {parameters}) takes P Hessian-vector "
+                f"products on the training set and {4 * parameters**2 / 1e9:.1f} GB")
     return None
 
 
@@ -255,6 +256,10 @@ def _estimate(e: dict | float) -> str:
     return f"{e['mean']:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
 
 
+def _rank(estimator: str) -> int:
+    return ESTIMATORS.index(estimator) if estimator in ESTIMATORS else len(ESTIMATORS)
+
+
 def _sci(value: float) -> str:
     return "∞" if math.isinf(value) else f"{value:.2g}"
 
@@ -269,24 +274,25 @@ def tables(path: Path = RESULTS) -> str:
            f"{s['fraction']:.0%}, {s['epochs']} epochs of training, torch "
            f"{', '.join(sorted({m['torch'] for m in results['models'].values() if 'torch' in m}))}"
            f", one thread.", "",
-           "| model | parameters | train / test acc. | κ layer | κ per example | κ per token | "
-           "width | width MLP-Attn needs, κ⁶ n log n: per example | per token |",
-           "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+           "| model | parameters | train / test acc. | κ layer (shape) | κ per example | "
+           "κ per token | width | κ² n log n (2L-ReLU) | κ⁶ n log n (MLP-Attn) | per token |",
+           "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in results["models"].items():
         if "skipped" in m:
-            out.append(f"| {name} | skipped: {m['skipped']} | | | | | | | |")
+            out.append(f"| {name} | skipped: {m['skipped']} | | | | | | | | |")
             continue
         rep = next((c["representation"] for k, c in cells.items()
                     if k.startswith(f"{name}/") and "representation" in c), None)
         if rep is None:
             out.append(f"| {name} | {m['parameters']} | {m['train_accuracy']:.2f} / "
-                       f"{m['test_accuracy']:.2f} | no cell finished | | | | | |")
+                       f"{m['test_accuracy']:.2f} | no cell finished | | | | | | |")
             continue
         token = rep.get("per_token")
         out.append(f"| {name} | {m['parameters']} | {m['train_accuracy']:.2f} / "
                    f"{m['test_accuracy']:.2f} | {rep['layer']} {tuple(rep['shape'][1:])} | "
                    f"{_sci(rep['per_example']['kappa'])} | "
                    f"{_sci(token['kappa']) if token else '—'} | {CASES[name][4]} | "
+                   f"{_sci(rep['per_example']['width_threshold']['relu'])} | "
                    f"{_sci(rep['per_example']['width_threshold']['mlp_attention'])} | "
                    f"{_sci(token['width_threshold']['mlp_attention']) if token else '—'} |")
     out += ["", "| model | verdict | estimators |", "|---|---|---|"]
@@ -294,14 +300,16 @@ def tables(path: Path = RESULTS) -> str:
         by: dict[str, list[str]] = {}
         for key, c in cells.items():
             if key.startswith(f"{name}/"):
-                by.setdefault(c.get("verdict") or "fails or not run",
-                              []).append(key.split("/", 1)[1])
+                by.setdefault(c.get("verdict") or "fails, refused or not run",
+                              []).append(key.rsplit("/", 1)[1])
         out += [f"| {name} | {v} | {', '.join(e)} |" for v, e in by.items()]
     out += ["", "| model | estimator | flip rate: noise | random | adversarial | excess | "
             "verdict | ρ: random | adversarial | rank stability | warnings | s |",
             "|---|---|---|---|---|---|---|---|---|---|---|---:|"]
-    for key, c in cells.items():
-        name, est = key.split("/", 1)
+    order = {name: i for i, name in enumerate(results["models"])}
+    for key, c in sorted(cells.items(), key=lambda kc: (order[kc[0].rsplit("/", 1)[0]],
+                                                         _rank(kc[0].rsplit("/", 1)[1]))):
+        name, est = key.rsplit("/", 1)
         if "error" in c:
             out.append(f"| {name} | {est} | {c['error']} | | | | | | | | | "
                        f"{c['seconds']:.0f} |")
