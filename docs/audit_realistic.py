@@ -21,7 +21,8 @@ differently), so a partial run is usable and resumable. timm and torchvision imp
 
 Run: ``PYTHONPATH=src .venv-vision/bin/python docs/audit_realistic.py [--n 2000]``;
 ``--table`` prints docs/audit.md's tables from the JSON, ``--splice`` writes them into
-docs/audit.md between its ``<!-- begin audit_realistic -->`` markers.
+docs/audit.md between its ``<!-- begin audit_realistic -->`` markers, ``--merge FILE`` adds
+the cells of a run written elsewhere with ``--out FILE`` (another process or environment).
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ def write_atomic(path: Path, payload: dict) -> None:
 def settings(n: int) -> dict:
     return {"n_train": n, "n_test": N_TEST, "epochs": EPOCHS, "seeds": list(SEEDS),
             "attack": "pgd", "steps": STEPS, "fraction": FRACTION, "eps_images": EPS,
-            "eps_tokens": "0.1 × RMS of the word embeddings", "threads": 1}
+            "eps_tokens": "0.1 × RMS of the word embeddings", "threads": 1,
+            "machine": platform.machine()}
 
 
 def not_run(estimator: str, parameters: int) -> str | None:
@@ -200,7 +202,6 @@ def run(n: int, models: tuple[str, ...], estimators: tuple[str, ...],
         results = {}
     results = {"settings": settings(n), "models": results.get("models", {}),
                "cells": results.get("cells", {})}
-    results["settings"]["machine"] = platform.machine()
     data = {"cifar": cifar(n), "tokens": (*tokens(n, 0), *tokens(N_TEST, 1))}
     ready: dict[str, tuple[nn.Module, dict]] = {}
     for name in models:
@@ -249,6 +250,23 @@ def run(n: int, models: tuple[str, ...], estimators: tuple[str, ...],
             write_atomic(path, results)
 
 
+def merge(other: Path, path: Path = RESULTS) -> None:
+    """Add the cells of ``other`` (a run of the same settings, e.g. in another environment or
+    process, with ``--out``) that ``path`` lacks, with their models' records."""
+    mine, theirs = loads_strict(path.read_text()), loads_strict(other.read_text())
+    if mine["settings"] != theirs["settings"]:
+        raise SystemExit(f"{other}: settings differ from {path}'s")
+    for key, cell in theirs["cells"].items():
+        name = key.rsplit("/", 1)[0]
+        record = mine["models"].get(name, {})
+        if "weights_sha256" in record and record != theirs["models"][name]:
+            raise SystemExit(f"{other}: {name} trained differently from {path}'s")
+        if key not in mine["cells"]:
+            mine["models"][name] = theirs["models"][name]
+            mine["cells"][key] = cell
+    write_atomic(path, mine)
+
+
 def _estimate(e: dict | float) -> str:
     if not isinstance(e, dict):
         return f"{e:.2f}"
@@ -295,6 +313,19 @@ def tables(path: Path = RESULTS) -> str:
                    f"{_sci(rep['per_example']['width_threshold']['relu'])} | "
                    f"{_sci(rep['per_example']['width_threshold']['mlp_attention'])} | "
                    f"{_sci(token['width_threshold']['mlp_attention']) if token else '—'} |")
+    out += ["", "**Kernel regime.** The width each model's features would need (SPEC §7, constants "
+            "dropped) against the width they have:", ""]
+    for name in results["models"]:
+        rep = next((c["representation"] for k, c in cells.items()
+                    if k.startswith(f"{name}/") and "representation" in c), None)
+        if rep is None:
+            continue
+        kind = "mlp_attention" if "per_token" in rep else "relu"
+        need = rep["per_example"]["width_threshold"][kind]
+        out.append(f"- {name}: width {CASES[name][4]}, needs ≥ {_sci(need)} "
+                   f"({'κ⁶' if kind == 'mlp_attention' else 'κ²'} n log n"
+                   f"{', attention' if kind == 'mlp_attention' else ', no attention: 2L-ReLU'}"
+                   f"), {math.log10(need / CASES[name][4]):.0f} orders of magnitude more.")
     out += ["", "| model | verdict | estimators |", "|---|---|---|"]
     for name in results["models"]:
         by: dict[str, list[str]] = {}
@@ -322,6 +353,11 @@ def tables(path: Path = RESULTS) -> str:
             f"{_estimate(random['spearman'])} | {_estimate(c['spearman'])} | "
             f"{_estimate(c['diagnostics']['rank_stability'])} | "
             f"{'; '.join(c['diagnostics']['warnings']) or '—'} | {c['seconds']:.0f} |")
+    missing = {name: [e for e in ESTIMATORS if f"{name}/{e}" not in cells]
+               for name, m in results["models"].items() if "skipped" not in m}
+    if any(missing.values()):
+        out += ["", "Not run yet (the script resumes with them): " + "; ".join(
+            f"{name}: {', '.join(e)}" for name, e in missing.items() if e) + "."]
     return "\n".join(out) + "\n"
 
 
@@ -344,11 +380,14 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=RESULTS, help="the results file")
     parser.add_argument("--table", action="store_true", help="print docs/audit.md's tables")
     parser.add_argument("--splice", action="store_true", help="write them into docs/audit.md")
+    parser.add_argument("--merge", type=Path, help="add this results file's cells to --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.table:
         print(tables(args.out), end="")
     elif args.splice:
         splice(path=args.out)
+    elif args.merge:
+        merge(args.merge, args.out)
     else:
         run(args.n, tuple(args.models), tuple(args.estimators), args.out)
