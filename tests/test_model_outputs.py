@@ -79,7 +79,7 @@ def hf_resnet() -> nn.Module:
 
 
 def timm_vit() -> nn.Module:
-    pytest.importorskip("timm")
+    pytest.importorskip("timm", reason="timm imports only in .venv-vision: `make test-vision`")
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=16, patch_size=4, num_classes=CLASSES, embed_dim=16,
@@ -90,7 +90,8 @@ MODELS = {"hf-vit": (hf_vit, _images), "hf-bert": (hf_bert, _tokens),
           "timm-vit": (timm_vit, _images), "hf-resnet": (hf_resnet, _images)}
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", [pytest.param(k, marks=pytest.mark.vision) if k == "timm-vit"
+                                  else k for k in MODELS])
 def test_as_classifier_returns_the_models_logits_and_trains_it(name):
     build, data = MODELS[name]
     torch.manual_seed(0)
