@@ -11,6 +11,7 @@ from malleability.jacobian_ntk import (
     jacobian_ntk,
     last_layers,
     select_parameters,
+    train_test_ntk,
     updated_ntk,
 )
 
@@ -121,9 +122,9 @@ def _spy_rows(monkeypatch):
         fn = self.fn
         self.fn = lambda p, x: (vmapped.append(x.shape[0]), fn(p, x))[1]
 
-    def spy_call(self, x):
+    def spy_call(self, x, *buffer):
         calls.append(x.shape[0])
-        return call(self, x)
+        return call(self, x, *buffer)
 
     monkeypatch.setattr(jn._Jacobians, "__init__", spy_init)
     monkeypatch.setattr(jn._Jacobians, "__call__", spy_call)
@@ -226,3 +227,37 @@ def test_linear_model_kernel_in_closed_form_over_many_rows(memory):
                                x @ x.T + 1, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(jacobian_ntk(net, x, x2, max_memory_bytes=memory),
                                x @ x2.T + 1, rtol=1e-12, atol=1e-12)
+
+
+def test_train_test_ntk_computes_each_jacobian_row_once(token_model, monkeypatch):
+    x, x_t = _tokens(6, 11), _tokens(3, 12)
+    names = select_parameters(token_model)
+    calls, _ = _spy_rows(monkeypatch)
+    kernel, cross = train_test_ntk(token_model, x, x_t)
+    assert sum(calls) == 6 + 3  # one pass over [x; x_test]
+    torch.testing.assert_close(kernel, _hand_ntk(token_model, x, x, names), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(cross, _hand_ntk(token_model, x_t, x, names), rtol=1e-10,
+                               atol=1e-12)
+    calls.clear()
+    same, again = train_test_ntk(token_model, x, x.clone())
+    assert same is again and sum(calls) == 6
+
+
+def test_updated_ntk_against_a_separate_test_set(token_model, monkeypatch):
+    x, x_t = _tokens(7, 13), _tokens(4, 14)
+    x_new = x.clone()
+    x_new[[0, 3]] -= 0.2 * _tokens(2, 15)
+    kernel, cross = train_test_ntk(token_model, x, x_t)
+    calls, _ = _spy_rows(monkeypatch)
+    new, new_cross = updated_ntk(token_model, kernel, x, x_new, [3, 0], x_t, cross)
+    assert sum(calls) == 2 + 7 + 4  # the changed rows, against x_new and x_test
+    names = select_parameters(token_model)
+    torch.testing.assert_close(new, _hand_ntk(token_model, x_new, x_new, names), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(new_cross, _hand_ntk(token_model, x_t, x_new, names),
+                               rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^cross: expected x_test and cross"):
+        updated_ntk(token_model, kernel, x, x_new, [0], x_t)
+    with pytest.raises(ValueError, match=r"^cross: expected Θ\(x_test, x\) of shape"):
+        updated_ntk(token_model, kernel, x, x_new, [0], x_t, cross[:2])
