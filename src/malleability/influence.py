@@ -59,7 +59,8 @@ def ntk_influence(
     """Leave-one-out influence of every training point on every test point (float64).
 
     One Cholesky of K + λI, its factor inverted in place, and triangular products:
-    B = K_t H = (K_t L⁻ᵀ) L⁻¹ and diag(H) = column norms² of L⁻¹ (peak memory: K, L⁻¹ and
+    B = K_t H = (K_t L⁻ᵀ) L⁻¹ (with α and the A.9 probes stacked on K_t's rows, one pass) and
+    diag(H) = column norms² of L⁻¹ (peak memory: K, L⁻¹ and
     n_t × n matrices). For MSE the loss change has the closed form B ⊙ (R βᵀ) + ½ B² ⊙ ‖β‖²
     with β_i = −α_i/H_ii and R = f − Y_test; for cross-entropy the log-sum-exp is evaluated in
     test-row blocks of at most ``block_bytes`` (classes first, small enough to stay in
@@ -80,9 +81,9 @@ def ntk_influence(
     if loss is Loss.CE:
         _check_one_hot(y, "y_train")
         _check_one_hot(y_t, "y_test")
-    fit = fit_checked(k, y, ridge, exact_report)
+    fit = fit_checked(k, y, ridge, exact_report, rows=k_t)
     f = times_thin(k_t, fit.alpha)
-    b = fit.times_inverse(k_t)
+    b = fit.rows_times_inverse
     beta = -fit.alpha / fit.inverse_diagonal()[:, None]  # n×C
     if loss is Loss.MSE:
         matrix = b * ((f - y_t) @ beta.T) + 0.5 * b**2 * (beta**2).sum(1)[None, :]
