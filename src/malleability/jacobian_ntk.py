@@ -8,11 +8,12 @@ the output-averaged (traced) NTK, as neural-tangents' ``trace_axes=(-1,)`` divid
 
 The n × C × P Jacobian is never held. Per-example Jacobians come from ``torch.func``
 (``vmap`` over examples of ``jacrev``) in blocks of ``block`` examples, are flattened into
-one (rows × C·P) buffer and contracted into the float64 kernel by one GEMM per pair of
-blocks. A *panel* of up to ``panel`` rows stays resident while blocks of the other rows
-stream past it: Θ(x, x) needs only its lower triangle (each panel against the rows before
-it, and the panel against itself by a recursive half-product), Θ(x1, x2) keeps the smaller
-side resident. Peak memory is (panel + 3·block) · C' · P · 8 bytes for C' classes per pass
+one (rows × C·P) buffer and contracted into the float64 kernel by GEMMs. A *panel* of up to
+``panel`` rows stays resident while ``stream`` rows at a time of the others stream past it
+(into one reused buffer): Θ(x, x) needs only its lower triangle (each panel against the rows
+before it, and the panel against itself by a recursive half-product), Θ(x1, x2) keeps the
+smaller side resident. Peak memory is (panel + stream + 2·block) · C' · P · 8 bytes for C'
+classes per pass
 (all C when a few rows of them fit), below ``max_memory_bytes``, which by default is a
 quarter of the free memory (:func:`~malleability.memory.working_memory`).
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._validation import check_positive_int
 from .memory import working_memory
@@ -33,6 +35,7 @@ from .memory import working_memory
 # Examples per vmap call: past MAX_BLOCK the GEMMs gain little; on CPU the per-example
 # intermediates of larger calls fall out of cache (fastest near 8–16 on the ViTs benchmarked).
 MAX_BLOCK, MAX_CPU_BLOCK = 64, 16
+STREAM_BLOCKS = 4
 
 
 def select_parameters(model: nn.Module, parameters: Sequence[str] | None = None) -> list[str]:
@@ -95,14 +98,17 @@ class BlockPlan:
     panel: int
     block: int
     bytes: int
+    stream: int = 0  # streamed rows per contraction (STREAM_BLOCKS blocks)
 
 
 def block_plan(n_panel: int, n_out: int, n_params: int, max_memory_bytes: int,
                block: int | None = None, itemsize: int = 8, max_block: int = MAX_BLOCK
                ) -> BlockPlan:
     """Tiles for Jacobians of ``n_params`` parameters and ``n_out`` outputs whose buffers
-    (panel + 3·block rows: the streamed block, its per-parameter copy and the autograd
-    intermediates of one ``vmap`` call) stay within ``max_memory_bytes``.
+    (panel + stream + 2·block rows: the streamed rows, contracted with the panel in one GEMM,
+    and the per-parameter copy and autograd intermediates of one ``vmap`` call of ``block``
+    rows) stay within ``max_memory_bytes``. ``stream`` = STREAM_BLOCKS·block: a GEMM of the
+    panel with only ``block`` rows would read the whole panel for few flops (memory-bound).
 
     ``block`` defaults to an eighth of the one-class rows that fit, at most ``max_block``. As
     many outputs per pass as let all ``n_panel`` rows stay resident (so no Jacobian is
@@ -113,12 +119,13 @@ def block_plan(n_panel: int, n_out: int, n_params: int, max_memory_bytes: int,
     if block is None:
         block = max(1, min(max_block, max_memory_bytes // per_class // 8))
     block = min(check_positive_int(block, "block"), n_panel)
-    classes = max(1, min(n_out, max_memory_bytes // ((n_panel + 3 * block) * per_class)))
+    stream, extra = STREAM_BLOCKS * block, (STREAM_BLOCKS + 2) * block
+    classes = max(1, min(n_out, max_memory_bytes // ((n_panel + extra) * per_class)))
     classes = -(-n_out // -(-n_out // classes))  # the same passes, balanced
     row = classes * per_class
-    panel = max(block, min(n_panel, max_memory_bytes // row - 3 * block))
+    panel = max(block, min(n_panel, max_memory_bytes // row - extra))
     return BlockPlan(classes=classes, panel=panel, block=block,
-                     bytes=(panel + 3 * block) * row)
+                     bytes=(panel + extra) * row, stream=stream)
 
 
 def jacobian_ntk(
@@ -168,13 +175,13 @@ def jacobian_ntk(
         jac = _Jacobians(model, params, frozen, c0, c1, plan.block)
         # One buffer for every streamed block of this pass: a fresh one per block would be
         # fresh pages, and first-touch page faults cost more than the Jacobian on some VMs.
-        stream = torch.empty(plan.block, (c1 - c0) * n_params, dtype=dtype, device=x1.device)
+        stream = torch.empty(plan.stream, (c1 - c0) * n_params, dtype=dtype, device=x1.device)
         for s in range(0, rows.shape[0], plan.panel):
             panel = jac(rows[s:s + plan.panel])
             if symmetric:
                 _gram_lower_(out[s:s + plan.panel, s:s + plan.panel], panel)
-            for t in range(0, s if symmetric else cols.shape[0], plan.block):
-                streamed = jac(cols[t:min(t + plan.block, s if symmetric else cols.shape[0])],
+            for t in range(0, s if symmetric else cols.shape[0], plan.stream):
+                streamed = jac(cols[t:min(t + plan.stream, s if symmetric else cols.shape[0])],
                                stream)
                 out[s:s + plan.panel, t:t + streamed.shape[0]].addmm_(panel, streamed.T)
             del panel
@@ -263,7 +270,10 @@ class _Jacobians:
         out = (torch.empty(k, self.classes, width, dtype=first.dtype, device=first.device)
                if buffer is None else buffer[:k].view(k, self.classes, width))
         for s in range(0, k, self.block):
-            grads = self.fn(self.params, x[s:s + self.block])
+            # The math attention backend is composite, so vmap batches it; the fused CPU
+            # kernels have no batching rule and would run example by example.
+            with sdpa_kernel([SDPBackend.MATH]):
+                grads = self.fn(self.params, x[s:s + self.block])
             offset = 0
             for size, g in zip(self.sizes, grads.values(), strict=True):
                 out[s:s + self.block, :, offset:offset + size] = g.reshape(g.shape[0],
