@@ -163,8 +163,11 @@ def _figure(part: dict) -> str:
         return f"fails: {part['error']}"
     if "not_finished" in part:
         return part["not_finished"]
-    cpu = f"{part['cpu_seconds']:.0f}" if "cpu_seconds" in part else "–"
-    return f"{part['seconds']:.0f} / {cpu}"
+    def fmt(v: float) -> str:
+        return f"{v:.1f}" if v < 10 else f"{v:.0f}"
+
+    cpu = fmt(part["cpu_seconds"]) if "cpu_seconds" in part else "–"
+    return f"{fmt(part['seconds'])} / {cpu}"
 
 
 def table(path: Path = RESULTS) -> str:
