@@ -11,6 +11,7 @@ from malleability.jacobian_ntk import (
     jacobian_ntk,
     last_layers,
     select_parameters,
+    train_test_ntk,
     updated_ntk,
 )
 
@@ -121,9 +122,9 @@ def _spy_rows(monkeypatch):
         fn = self.fn
         self.fn = lambda p, x: (vmapped.append(x.shape[0]), fn(p, x))[1]
 
-    def spy_call(self, x):
+    def spy_call(self, x, *buffer):
         calls.append(x.shape[0])
-        return call(self, x)
+        return call(self, x, *buffer)
 
     monkeypatch.setattr(jn._Jacobians, "__init__", spy_init)
     monkeypatch.setattr(jn._Jacobians, "__call__", spy_call)
@@ -136,7 +137,7 @@ def test_panels_and_streamed_blocks_equal_the_hand_contraction(token_model, monk
     x2 = None if x2_rows is None else _tokens(x2_rows, 6)
     names = select_parameters(token_model)
     per_class = sum(p.numel() for p in token_model.parameters()) * 8
-    memory = 6 * per_class  # one class per pass; panel 3 rows, blocks of 1
+    memory = 9 * per_class  # one class per pass; panel 3 rows, blocks of 1, streams of 4
     n_panel = 7 if x2 is None else min(7, x2_rows)
     plan = block_plan(n_panel, 3, per_class // 8, memory, block=1)
     assert (plan.classes, plan.panel, plan.block) == (1, 3, 1) and plan.bytes <= memory
@@ -144,7 +145,8 @@ def test_panels_and_streamed_blocks_equal_the_hand_contraction(token_model, monk
     got = jacobian_ntk(token_model, x1, x2, max_memory_bytes=memory, block=1)
     want = _hand_ntk(token_model, x1, x1 if x2 is None else x2, names)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    assert max(calls) == plan.panel and max(vmapped) == 1  # never more rows held
+    assert plan.stream == jn.STREAM_BLOCKS
+    assert max(calls) <= max(plan.panel, plan.stream) and max(vmapped) == 1  # never more
     if x2 is None:
         torch.testing.assert_close(got, got.T, rtol=0, atol=0)
 
@@ -152,7 +154,7 @@ def test_panels_and_streamed_blocks_equal_the_hand_contraction(token_model, monk
 def test_all_rows_of_a_class_fit_so_no_jacobian_is_recomputed(token_model, monkeypatch):
     x1, x2 = _tokens(6, 7), _tokens(4, 8)
     per_class = sum(p.numel() for p in token_model.parameters()) * 8
-    memory = 2 * (6 + 3 * 2) * per_class  # two of the three classes of all rows per pass
+    memory = 2 * (6 + (jn.STREAM_BLOCKS + 2) * 2) * per_class  # two of three classes per pass
     calls, _ = _spy_rows(monkeypatch)
     got = jacobian_ntk(token_model, x1, max_memory_bytes=memory, block=2)
     assert block_plan(6, 3, per_class // 8, memory, block=2).classes == 2
@@ -169,7 +171,8 @@ def test_plan_bytes_within_the_bound_and_block_rows():
     for n, memory in [(500, 2**31), (2000, 2**31), (5000, 2**31), (64, 2**30), (10, 2**24)]:
         plan = block_plan(n, 10, 108_426, memory)
         assert plan.bytes <= memory and 1 <= plan.block <= jn.MAX_BLOCK
-        assert plan.bytes == (plan.panel + 3 * plan.block) * plan.classes * per_class
+        assert plan.bytes == ((plan.panel + plan.stream + 2 * plan.block) * plan.classes
+                              * per_class)
     # n = 2000 at 2 GiB: one class per pass and every row resident (1.7 GB of 2 GiB)
     assert block_plan(2000, 10, 108_426, 2**31).panel == 2000
     with pytest.raises(ValueError, match=r"^block: expected a positive integer"):
@@ -226,3 +229,37 @@ def test_linear_model_kernel_in_closed_form_over_many_rows(memory):
                                x @ x.T + 1, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(jacobian_ntk(net, x, x2, max_memory_bytes=memory),
                                x @ x2.T + 1, rtol=1e-12, atol=1e-12)
+
+
+def test_train_test_ntk_computes_each_jacobian_row_once(token_model, monkeypatch):
+    x, x_t = _tokens(6, 11), _tokens(3, 12)
+    names = select_parameters(token_model)
+    calls, _ = _spy_rows(monkeypatch)
+    kernel, cross = train_test_ntk(token_model, x, x_t)
+    assert sum(calls) == 6 + 3  # one pass over [x; x_test]
+    torch.testing.assert_close(kernel, _hand_ntk(token_model, x, x, names), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(cross, _hand_ntk(token_model, x_t, x, names), rtol=1e-10,
+                               atol=1e-12)
+    calls.clear()
+    same, again = train_test_ntk(token_model, x, x.clone())
+    assert same is again and sum(calls) == 6
+
+
+def test_updated_ntk_against_a_separate_test_set(token_model, monkeypatch):
+    x, x_t = _tokens(7, 13), _tokens(4, 14)
+    x_new = x.clone()
+    x_new[[0, 3]] -= 0.2 * _tokens(2, 15)
+    kernel, cross = train_test_ntk(token_model, x, x_t)
+    calls, _ = _spy_rows(monkeypatch)
+    new, new_cross = updated_ntk(token_model, kernel, x, x_new, [3, 0], x_t, cross)
+    assert sum(calls) == 2 + 7 + 4  # the changed rows, against x_new and x_test
+    names = select_parameters(token_model)
+    torch.testing.assert_close(new, _hand_ntk(token_model, x_new, x_new, names), rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(new_cross, _hand_ntk(token_model, x_t, x_new, names),
+                               rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"^cross: expected x_test and cross"):
+        updated_ntk(token_model, kernel, x, x_new, [0], x_t)
+    with pytest.raises(ValueError, match=r"^cross: expected Θ\(x_test, x\) of shape"):
+        updated_ntk(token_model, kernel, x, x_new, [0], x_t, cross[:2])

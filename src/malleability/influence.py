@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._validation import as_tensor, check_finite, check_fraction, check_nonnegative, parse_enum
-from .jacobian_ntk import jacobian_ntk, output_size
+from .jacobian_ntk import output_size, train_test_ntk
 from .kernel_ridge import StabilityReport, as_targets, checked_problem, fit_checked, times_thin
 from .losses import Loss, loss_for_targets
 from .ntk import empirical_ntk
@@ -59,7 +59,8 @@ def ntk_influence(
     """Leave-one-out influence of every training point on every test point (float64).
 
     One Cholesky of K + λI, its factor inverted in place, and triangular products:
-    B = K_t H = (K_t L⁻ᵀ) L⁻¹ and diag(H) = column norms² of L⁻¹ (peak memory: K, L⁻¹ and
+    B = K_t H = (K_t L⁻ᵀ) L⁻¹ (with α and the A.9 probes stacked on K_t's rows, one pass) and
+    diag(H) = column norms² of L⁻¹ (peak memory: K, L⁻¹ and
     n_t × n matrices). For MSE the loss change has the closed form B ⊙ (R βᵀ) + ½ B² ⊙ ‖β‖²
     with β_i = −α_i/H_ii and R = f − Y_test; for cross-entropy the log-sum-exp is evaluated in
     test-row blocks of at most ``block_bytes`` (classes first, small enough to stay in
@@ -80,9 +81,9 @@ def ntk_influence(
     if loss is Loss.CE:
         _check_one_hot(y, "y_train")
         _check_one_hot(y_t, "y_test")
-    fit = fit_checked(k, y, ridge, exact_report)
+    fit = fit_checked(k, y, ridge, exact_report, rows=k_t)
     f = times_thin(k_t, fit.alpha)
-    b = fit.times_inverse(k_t)
+    b = fit.rows_times_inverse
     beta = -fit.alpha / fit.inverse_diagonal()[:, None]  # n×C
     if loss is Loss.MSE:
         matrix = b * ((f - y_t) @ beta.T) + 0.5 * b**2 * (beta**2).sum(1)[None, :]
@@ -145,15 +146,14 @@ def module_influence(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
                      max_memory_bytes: int | None = None, block: int | None = None
                      ) -> InfluenceResult:
     """NTK-LOO of any classifier (the ``ntk-loo`` estimator): K = Θ(X, X) and
-    K_t = Θ(X_t, X) by :func:`jacobian_ntk` (float64, bounded memory; K_t is K when
-    ``x_test`` is None), then :func:`labelled_influence`. ``y`` are class indices (0/1 for one
-    output).
+    K_t = Θ(X_t, X) by :func:`~malleability.jacobian_ntk.train_test_ntk` (float64, bounded
+    memory, one pass; K_t is K when ``x_test`` is None), then :func:`labelled_influence`.
+    ``y`` are class indices (0/1 for one output).
     """
     if (x_test is None) != (y_test is None):
         raise ValueError("x_test: expected x_test and y_test together (or neither)")
     kw = {"parameters": parameters, "max_memory_bytes": max_memory_bytes, "block": block}
-    k = jacobian_ntk(model, x_train, **kw)
-    k_t = k if x_test is None else jacobian_ntk(model, x_test, x_train, **kw)
+    k, k_t = train_test_ntk(model, x_train, x_train if x_test is None else x_test, **kw)
     return labelled_influence(k, k_t, y_train, y_train if y_test is None else y_test, ridge,
                               output_size(model, x_train))
 

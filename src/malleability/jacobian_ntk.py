@@ -8,11 +8,12 @@ the output-averaged (traced) NTK, as neural-tangents' ``trace_axes=(-1,)`` divid
 
 The n × C × P Jacobian is never held. Per-example Jacobians come from ``torch.func``
 (``vmap`` over examples of ``jacrev``) in blocks of ``block`` examples, are flattened into
-one (rows × C·P) buffer and contracted into the float64 kernel by one GEMM per pair of
-blocks. A *panel* of up to ``panel`` rows stays resident while blocks of the other rows
-stream past it: Θ(x, x) needs only its lower triangle (each panel against the rows before
-it, and the panel against itself by a recursive half-product), Θ(x1, x2) keeps the smaller
-side resident. Peak memory is (panel + 3·block) · C' · P · 8 bytes for C' classes per pass
+one (rows × C·P) buffer and contracted into the float64 kernel by GEMMs. A *panel* of up to
+``panel`` rows stays resident while ``stream`` rows at a time of the others stream past it
+(into one reused buffer): Θ(x, x) needs only its lower triangle (each panel against the rows
+before it, and the panel against itself by a recursive half-product), Θ(x1, x2) keeps the
+smaller side resident. Peak memory is (panel + stream + 2·block) · C' · P · 8 bytes for C'
+classes per pass
 (all C when a few rows of them fit), below ``max_memory_bytes``, which by default is a
 quarter of the free memory (:func:`~malleability.memory.working_memory`).
 """
@@ -26,11 +27,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ._validation import check_positive_int
 from .memory import working_memory
 
-MAX_BLOCK = 64  # streamed examples per block: past this the GEMMs gain little
+# Examples per vmap call: past MAX_BLOCK the GEMMs gain little; on CPU the per-example
+# intermediates of larger calls fall out of cache (fastest near 8–16 on the ViTs benchmarked).
+MAX_BLOCK, MAX_CPU_BLOCK = 64, 16
+STREAM_BLOCKS = 4
 
 
 def select_parameters(model: nn.Module, parameters: Sequence[str] | None = None) -> list[str]:
@@ -93,29 +98,34 @@ class BlockPlan:
     panel: int
     block: int
     bytes: int
+    stream: int = 0  # streamed rows per contraction (STREAM_BLOCKS blocks)
 
 
 def block_plan(n_panel: int, n_out: int, n_params: int, max_memory_bytes: int,
-               block: int | None = None, itemsize: int = 8) -> BlockPlan:
+               block: int | None = None, itemsize: int = 8, max_block: int = MAX_BLOCK
+               ) -> BlockPlan:
     """Tiles for Jacobians of ``n_params`` parameters and ``n_out`` outputs whose buffers
-    (panel + 3·block rows: the streamed block, its per-parameter copy and the autograd
-    intermediates of one ``vmap`` call) stay within ``max_memory_bytes``.
+    (panel + stream + 2·block rows: the streamed rows, contracted with the panel in one GEMM,
+    and the per-parameter copy and autograd intermediates of one ``vmap`` call of ``block``
+    rows) stay within ``max_memory_bytes``. ``stream`` = STREAM_BLOCKS·block: a GEMM of the
+    panel with only ``block`` rows would read the whole panel for few flops (memory-bound).
 
-    ``block`` defaults to an eighth of the one-class rows that fit, at most MAX_BLOCK. As
+    ``block`` defaults to an eighth of the one-class rows that fit, at most ``max_block``. As
     many outputs per pass as let all ``n_panel`` rows stay resident (so no Jacobian is
     computed twice; a pass per class costs one more forward per row, recomputing costs
     backward passes), at least one; the panel takes what is left, at least ``block`` rows.
     """
     per_class = n_params * itemsize
     if block is None:
-        block = max(1, min(MAX_BLOCK, max_memory_bytes // per_class // 8))
+        block = max(1, min(max_block, max_memory_bytes // per_class // 8))
     block = min(check_positive_int(block, "block"), n_panel)
-    classes = max(1, min(n_out, max_memory_bytes // ((n_panel + 3 * block) * per_class)))
+    stream, extra = STREAM_BLOCKS * block, (STREAM_BLOCKS + 2) * block
+    classes = max(1, min(n_out, max_memory_bytes // ((n_panel + extra) * per_class)))
     classes = -(-n_out // -(-n_out // classes))  # the same passes, balanced
     row = classes * per_class
-    panel = max(block, min(n_panel, max_memory_bytes // row - 3 * block))
+    panel = max(block, min(n_panel, max_memory_bytes // row - extra))
     return BlockPlan(classes=classes, panel=panel, block=block,
-                     bytes=(panel + 3 * block) * row)
+                     bytes=(panel + extra) * row, stream=stream)
 
 
 def jacobian_ntk(
@@ -155,17 +165,24 @@ def jacobian_ntk(
     n_out = output_size(model, x1)
     swap = not symmetric and x2.shape[0] < x1.shape[0]  # the smaller side stays resident
     rows, cols = (x2, x1) if swap else (x1, x2)
-    plan = block_plan(rows.shape[0], n_out, sum(p.numel() for p in params.values()),
-                      max_memory_bytes, block, torch.finfo(dtype).bits // 8)
+    n_params = sum(p.numel() for p in params.values())
+    plan = block_plan(rows.shape[0], n_out, n_params, max_memory_bytes, block,
+                      torch.finfo(dtype).bits // 8,
+                      MAX_CPU_BLOCK if x1.device.type == "cpu" else MAX_BLOCK)
     out = torch.zeros(rows.shape[0], cols.shape[0], dtype=dtype, device=x1.device)
     for c0 in range(0, n_out, plan.classes):
-        jac = _Jacobians(model, params, frozen, c0, min(n_out, c0 + plan.classes), plan.block)
+        c1 = min(n_out, c0 + plan.classes)
+        jac = _Jacobians(model, params, frozen, c0, c1, plan.block)
+        # One buffer for every streamed block of this pass: a fresh one per block would be
+        # fresh pages, and first-touch page faults cost more than the Jacobian on some VMs.
+        stream = torch.empty(plan.stream, (c1 - c0) * n_params, dtype=dtype, device=x1.device)
         for s in range(0, rows.shape[0], plan.panel):
             panel = jac(rows[s:s + plan.panel])
             if symmetric:
                 _gram_lower_(out[s:s + plan.panel, s:s + plan.panel], panel)
-            for t in range(0, s if symmetric else cols.shape[0], plan.block):
-                streamed = jac(cols[t:min(t + plan.block, s if symmetric else cols.shape[0])])
+            for t in range(0, s if symmetric else cols.shape[0], plan.stream):
+                streamed = jac(cols[t:min(t + plan.stream, s if symmetric else cols.shape[0])],
+                               stream)
                 out[s:s + plan.panel, t:t + streamed.shape[0]].addmm_(panel, streamed.T)
             del panel
     if symmetric:
@@ -175,35 +192,68 @@ def jacobian_ntk(
     return out.div_(n_out)
 
 
+def train_test_ntk(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_test: torch.Tensor,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Θ(x, x) and Θ(x_test, x) from one pass over the Jacobians: Θ of [x; x_test] (lower
+    triangle, :func:`jacobian_ntk` with ``kwargs``) split into its blocks, so each Jacobian
+    row is computed once; Θ(x, x) twice when ``x_test`` equals ``x``."""
+    if x_test.shape == x.shape and torch.equal(x_test, x):
+        kernel = jacobian_ntk(model, x, **kwargs)
+        return kernel, kernel
+    n = x.shape[0]
+    both = jacobian_ntk(model, torch.cat([x, x_test.to(x.dtype)]), **kwargs)
+    return both[:n, :n].contiguous(), both[n:, :n].contiguous()
+
+
 def updated_ntk(
     model: nn.Module,
     kernel: torch.Tensor,
     x: torch.Tensor,
     x_new: torch.Tensor,
     changed: torch.Tensor,
+    x_test: torch.Tensor | None = None,
+    cross: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Θ(x_new, x_new) and Θ(x, x_new) from ``kernel`` = Θ(x, x), when x_new equals x except
-    in the rows ``changed`` (indices S, e.g. the attacked points): only the kernel rows of S
-    are computed, R = Θ(x_new[S], [x_new; x[S]]) by :func:`jacobian_ntk` (``kwargs``),
-    |S|·(n + |S|) entries instead of 2n². The caller's tensors are not modified.
+    """Θ(x_new, x_new) and Θ(x_test, x_new) from ``kernel`` = Θ(x, x) and ``cross`` =
+    Θ(x_test, x), when x_new equals x except in the rows ``changed`` (indices S, e.g. the
+    attacked points). Only the kernel rows of S are computed, R = Θ(x_new[S], [x_new; x_test])
+    by :func:`jacobian_ntk` (``kwargs``): |S|·(n + n_t) entries instead of (n + n_t)²/2.
+    Without ``x_test`` the test points are x itself (``cross`` is ``kernel``; then R's columns
+    are [x_new; x[S]]). The caller's tensors are not modified.
     """
     changed = torch.as_tensor(changed, dtype=torch.long, device=kernel.device).unique()
     n = x.shape[0]
     if kernel.shape != (n, n) or x_new.shape != x.shape:
         raise ValueError(f"kernel: expected Θ(x, x) of shape ({n}, {n}) and x_new shaped as x, "
                          f"got {tuple(kernel.shape)} and {tuple(x_new.shape)}")
-    rows = jacobian_ntk(model, x_new[changed], torch.cat([x_new, x[changed]]), **kwargs)
-    new, cross = kernel.clone(), kernel.clone()
-    new[changed], cross[:, changed] = rows[:, :n], rows[:, :n].T
-    new[:, changed] = rows[:, :n].T
-    cross[changed[:, None], changed[None, :]] = rows[:, n:].T
+    if (x_test is None) != (cross is None):
+        raise ValueError("cross: expected x_test and cross = Θ(x_test, x) together (or neither)")
+    if cross is not None and cross.shape != (x_test.shape[0], n):
+        raise ValueError(f"cross: expected Θ(x_test, x) of shape ({x_test.shape[0]}, {n}), "
+                         f"got {tuple(cross.shape)}")
+    others = x[changed] if x_test is None else x_test.to(x_new.dtype)
+    rows = jacobian_ntk(model, x_new[changed], torch.cat([x_new, others]), **kwargs)
+    new = kernel.clone()
+    new[changed], new[:, changed] = rows[:, :n], rows[:, :n].T
+    if x_test is None:
+        cross = kernel.clone()
+        cross[:, changed] = rows[:, :n].T
+        cross[changed[:, None], changed[None, :]] = rows[:, n:].T
+    else:
+        cross = cross.clone()
+        cross[:, changed] = rows[:, n:].T
     return new, cross
 
 
 class _Jacobians:
     """x (k, ...) → the (k × C'·P) flat Jacobian of outputs [c0, c1), ``block`` rows per
-    ``vmap`` call, each parameter tensor copied into its columns."""
+    ``vmap`` call, each parameter tensor copied into its columns (of ``buffer``'s first k
+    rows when given, else of a new tensor)."""
 
     def __init__(self, model: nn.Module, params: dict[str, torch.Tensor],
                  frozen: dict[str, torch.Tensor], c0: int, c1: int, block: int) -> None:
@@ -214,12 +264,16 @@ class _Jacobians:
         self.params, self.classes, self.block = params, c1 - c0, block
         self.sizes = [p.numel() for p in params.values()]
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
         first = next(iter(self.params.values()))
         k, width = x.shape[0], sum(self.sizes)
-        out = torch.empty(k, self.classes, width, dtype=first.dtype, device=first.device)
+        out = (torch.empty(k, self.classes, width, dtype=first.dtype, device=first.device)
+               if buffer is None else buffer[:k].view(k, self.classes, width))
         for s in range(0, k, self.block):
-            grads = self.fn(self.params, x[s:s + self.block])
+            # The math attention backend is composite, so vmap batches it; the fused CPU
+            # kernels have no batching rule and would run example by example.
+            with sdpa_kernel([SDPBackend.MATH]):
+                grads = self.fn(self.params, x[s:s + self.block])
             offset = 0
             for size, g in zip(self.sizes, grads.values(), strict=True):
                 out[s:s + self.block, :, offset:offset + size] = g.reshape(g.shape[0],

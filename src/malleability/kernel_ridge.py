@@ -55,11 +55,13 @@ class StabilityReport:
 
 @dataclass(frozen=True)
 class KernelRidgeFit:
-    """A fitted kernel ridge model: L⁻¹ (H = (K + λI)⁻¹ = L⁻ᵀL⁻¹), α = H Y, the A.9 report."""
+    """A fitted kernel ridge model: L⁻¹ (H = (K + λI)⁻¹ = L⁻ᵀL⁻¹), α = H Y, the A.9 report,
+    and R H for the rows R the fit was asked for (``rows_times_inverse``; None if none)."""
 
     factor_inverse: torch.Tensor  # L⁻¹, n×n lower triangular (upper triangle zero)
     alpha: torch.Tensor  # α, n×C
     stability: StabilityReport
+    rows_times_inverse: torch.Tensor | None = None
 
     def times_inverse(self, rows: torch.Tensor) -> torch.Tensor:
         """R H for R (k × n); see :func:`_times_inverse`."""
@@ -116,9 +118,11 @@ def checked_problem(k_train: torch.Tensor, y_train: torch.Tensor, ridge: float
     return k, as_targets(y_train, "y_train", n), ridge
 
 
-def fit_checked(k: torch.Tensor, y: torch.Tensor, ridge: float, exact: bool = False
-                ) -> KernelRidgeFit:
-    """:func:`fit_kernel_ridge` on inputs that passed :func:`checked_problem`."""
+def fit_checked(k: torch.Tensor, y: torch.Tensor, ridge: float, exact: bool = False,
+                rows: torch.Tensor | None = None) -> KernelRidgeFit:
+    """:func:`fit_kernel_ridge` on inputs that passed :func:`checked_problem`; with ``rows``
+    R (k × n), also R H. α = H Y, R H and the A.9 probes' H P come from one pair of
+    triangular products with L⁻¹ on the stacked rows [Yᵀ; Pᵀ; R] (one pass over L⁻¹ each)."""
     n = k.shape[0]
     factor = k.clone()
     factor.diagonal().add_(ridge)
@@ -130,10 +134,19 @@ def fit_checked(k: torch.Tensor, y: torch.Tensor, ridge: float, exact: bool = Fa
                          f"pivot {int(info)} of {n}, ridge {ridge:g}); raise the ridge")
     check_finite(tri_inverse_(factor), "k_train", "the inverse Cholesky factor L⁻¹ of K + λI",
                  k)
-    alpha = check_finite(_times_inverse(factor, y.T).T, "y_train",
-                         "the ridge coefficients α = (K + λI)⁻¹Y", y)
-    stability = (_exact_report if exact else _estimated_report)(factor, k, ridge)
-    return KernelRidgeFit(factor_inverse=factor, alpha=alpha, stability=stability)
+    c = y.shape[1]
+    probes = None if exact else _probes(k)
+    stacked = [y.T, *([] if probes is None else [probes.T]), *([] if rows is None else [rows])]
+    product = _times_inverse(factor, torch.cat(stacked) if len(stacked) > 1 else y.T)
+    alpha = check_finite(product[:c].T, "y_train", "the ridge coefficients α = (K + λI)⁻¹Y", y)
+    if exact:
+        stability = _exact_report(factor, k, ridge)
+    else:
+        p = probes.shape[1]
+        stability = _estimated_report(factor, k, ridge, probes, product[c:c + p].T)
+    extra = None if rows is None else product[product.shape[0] - rows.shape[0]:]
+    return KernelRidgeFit(factor_inverse=factor, alpha=alpha, stability=stability,
+                          rows_times_inverse=extra)
 
 
 def times_thin(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -152,13 +165,21 @@ def _times_inverse(l_inv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return tri_matmul_right_(out, l_inv)
 
 
-def _estimated_report(l_inv: torch.Tensor, k: torch.Tensor, ridge: float
-                      ) -> StabilityReport:
-    """The A.9 fields from p Gaussian probes P: products with K, Kᵀ and H = L⁻ᵀL⁻¹ only."""
-    n = k.shape[0]
+def _probes(k: torch.Tensor) -> torch.Tensor:
+    """The A.9 estimates' p Gaussian probe columns P (n × p), seeded."""
     gen = torch.Generator(device=k.device).manual_seed(PROBE_SEED)
-    p = torch.randn(n, min(PROBES, n), generator=gen, dtype=k.dtype, device=k.device)
-    hp = _times_inverse(l_inv, p.T).T
+    n = k.shape[0]
+    return torch.randn(n, min(PROBES, n), generator=gen, dtype=k.dtype, device=k.device)
+
+
+def _estimated_report(l_inv: torch.Tensor, k: torch.Tensor, ridge: float,
+                      p: torch.Tensor | None = None, hp: torch.Tensor | None = None
+                      ) -> StabilityReport:
+    """The A.9 fields from p Gaussian probes P (:func:`_probes`; H P when the caller has it):
+    products with K, Kᵀ and H = L⁻ᵀL⁻¹ only."""
+    n = k.shape[0]
+    p = _probes(k) if p is None else p
+    hp = _times_inverse(l_inv, p.T).T if hp is None else hp
     k_both = times_thin(k, torch.cat([p, hp], dim=1))  # one pass over K: K P and K H P
     kp, khp = k_both[:, :p.shape[1]], k_both[:, p.shape[1]:]
     residual = torch.linalg.norm(khp + ridge * hp - p) / (p.numel() ** 0.5)

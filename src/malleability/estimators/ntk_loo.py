@@ -7,9 +7,9 @@ for C ≥ 2 outputs, one ±1 column with ½(f − y)² for one output (class ind
 The kernel: :class:`~malleability.models.TwoLayerNet`'s closed-form empirical NTK of its
 weights (:func:`~malleability.influence.network_influence`), any other module's traced
 empirical NTK by Jacobian contraction (:func:`~malleability.jacobian_ntk.jacobian_ntk`,
-restricted to ``parameters``), float64: Θ(X, X) (lower triangle) and the cross kernel
-Θ(X_t, X), in blocks whose memory is bounded by the free memory, never the n × C × P
-Jacobian.
+restricted to ``parameters``), float64: Θ(X, X) and the cross kernel Θ(X_t, X) from one
+pass over the Jacobians (:func:`~malleability.jacobian_ntk.train_test_ntk`), in blocks whose
+memory is bounded by the free memory, never the n × C × P Jacobian.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 
 from .._validation import check_nonnegative
 from ..influence import InfluenceResult, network_influence, ntk_influence
-from ..jacobian_ntk import jacobian_ntk, output_size
+from ..jacobian_ntk import output_size, train_test_ntk
 from ..losses import as_targets_of, loss_for_targets
 from ..models import TwoLayerNet
 from ..settings import setting
@@ -49,8 +49,7 @@ class NTKLOO(Estimator):
             return network_influence(model, x_train, as_targets_of(y_train, c, torch.float64),
                                      x_test, as_targets_of(y_test, c, torch.float64),
                                      self.ridge)
-        kernel = jacobian_ntk(model, x_train, parameters=parameters)
-        cross = jacobian_ntk(model, x_test, x_train, parameters=parameters)
+        kernel, cross = train_test_ntk(model, x_train, x_test, parameters=parameters)
         classes = output_size(model, x_train[:1])
         y, y_t = (as_targets_of(t, classes, torch.float64) for t in (y_train, y_test))
         return ntk_influence(kernel, cross, y, y_t, self.ridge, loss_for_targets(y))
@@ -65,3 +64,4 @@ class NTKLOO(Estimator):
                   parameters: Sequence[str] | None = None) -> Attribution:
         result = self.influence(model, x_train, y_train, x_test, y_test, parameters)
         return Attribution(result.scores, {"stability": result.stability})
+
