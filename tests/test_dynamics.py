@@ -183,7 +183,7 @@ def _records(experiment: str, cells: list[dict], curves: list[dict]) -> list[dic
 
 def test_stability_claims_on_hand_made_curves() -> None:
     flat = {"spearman": [(0.8, 0.8, 0.8), (0.82, 0.79, 0.8), (0.81, 0.8, 0.79)]}
-    fall = {"spearman": [(0.6, 0.5, 0.55), (0.4, 0.3, 0.35), (0.2, 0.1, 0.15)]}
+    fall = {"spearman": [(0.6, 0.5, 0.55), (0.4, 0.3, 0.35), (0.2, 0.12, 0.14)]}
     cells = [{"task": "fashion-mnist", "model": "relu", "intervention": "curated"},
              {"task": "fashion-mnist", "model": "attn", "intervention": "curated"},
              {"task": "fashion-mnist", "model": "relu", "intervention": "adversarial"},
@@ -194,7 +194,7 @@ def test_stability_claims_on_hand_made_curves() -> None:
     # 2L-ReLU curated: per-seed changes (0.01, 0, −0.01): mean 0, interval ±0.025 inside ±0.1
     value, judged = verdicts[("fashion-mnist, 2L-ReLU, curated", "Influence stability ")]
     assert judged == "agrees" and value.values == pytest.approx((0.01, 0.0, -0.01))
-    # MLP-Attn curated falls by 0.4 in every seed: not constant
+    # MLP-Attn curated falls by 0.38–0.41 in every seed: not constant
     assert verdicts[("fashion-mnist, MLP-Attn, curated", "Influence stability ")][1] \
         == "disagrees"
     # Adversarial: a decline on Fashion-MNIST agrees; on MNIST 2L-ReLU should rise: disagrees

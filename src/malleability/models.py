@@ -247,13 +247,18 @@ class TwoLayerNet(nn.Module):
         new.front = front
         return new
 
-    def _attention_front(self, reference: torch.Tensor, kind: AttentionKind) -> AttentionFeatures:
-        """The attention front on ``reference``; projections are redrawn from ``seed + 1``."""
-        dtype = self.weight.dtype
-        reference = as_tensor(reference, "reference", ndim=2, dtype=dtype)
+    def _checked_reference(self, reference: torch.Tensor) -> torch.Tensor:
+        """``reference`` as an (n, in_features) tensor of this network's dtype."""
+        reference = as_tensor(reference, "reference", ndim=2, dtype=self.weight.dtype)
         if reference.shape[1] != self.in_features:
             raise ValueError(f"reference: expected {self.in_features} columns (in_features), "
                              f"got {reference.shape[1]}")
+        return reference
+
+    def _attention_front(self, reference: torch.Tensor, kind: AttentionKind) -> AttentionFeatures:
+        """The attention front on ``reference``; projections are redrawn from ``seed + 1``."""
+        dtype = self.weight.dtype
+        reference = self._checked_reference(reference)
         mats = projection_matrices(self.in_features, self.projection, seed=self.seed + 1)
         if mats is not None:
             mats = (mats[0].to(dtype), mats[1].to(dtype), mats[2].to(dtype))
@@ -284,10 +289,7 @@ class QKVNet(TwoLayerNet):
         if isinstance(current, TrainableProjections):
             return current.attending_to(reference)
         dtype = self.weight.dtype
-        reference = as_tensor(reference, "reference", ndim=2, dtype=dtype)
-        if reference.shape[1] != self.in_features:
-            raise ValueError(f"reference: expected {self.in_features} columns (in_features), "
-                             f"got {reference.shape[1]}")
+        reference = self._checked_reference(reference)
         mats = projection_matrices(self.in_features, Projection.HE, seed=self.seed + 1)
         return TrainableProjections(reference, tuple(w.to(dtype) for w in mats))
 

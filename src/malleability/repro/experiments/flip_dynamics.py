@@ -16,6 +16,7 @@ from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import RunContext, trained_model
 from ..seeds import combine, scale
+from . import flip_rates
 from .base import cell_problem, model_name, task_parts, task_title, verdict
 from .flip_rates import FlipRateSettings
 from .intervention_dynamics import CURVES, RecordedEpochsSettings
@@ -39,9 +40,7 @@ class FlipDynamicsSettings(FlipRateSettings, RecordedEpochsSettings):
 SETTINGS = FlipDynamicsSettings
 
 
-def cells(s: FlipDynamicsSettings) -> list[dict]:
-    return [{"task": t.label, "model": m, "attack": a}
-            for t in s.tasks for m in s.models for a in s.attacks]
+cells = flip_rates.cells
 
 
 def run(s: FlipDynamicsSettings, cell: dict, ctx: RunContext) -> dict:

@@ -26,6 +26,7 @@ from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import RunContext, trained_model
 from ..seeds import combine
+from . import interventions
 from .base import (
     NetworkSettings,
     cell_problem,
@@ -76,9 +77,7 @@ class InterventionDynamicsSettings(InterventionSettings, RecordedEpochsSettings)
 SETTINGS = InterventionDynamicsSettings
 
 
-def cells(s: InterventionDynamicsSettings) -> list[dict]:
-    return [{"task": t.label, "model": m, "intervention": i.value}
-            for t in s.tasks for m in s.models for i in s.interventions]
+cells = interventions.cells
 
 
 def run(s: InterventionDynamicsSettings, cell: dict, ctx: RunContext) -> dict:
