@@ -206,8 +206,9 @@ def test_controls_beside_the_attack(mlp, digits):
         assert r.controls["random"]["flip_rate"].values[i] == m.flip_rate
         adv = r.flip_rate.values[i]
         assert r.excess["flip_rate"].values[i] == pytest.approx(adv - max(0.0, m.flip_rate))
-    # a verdict is decided only from 3 distinct per-seed values of the excess
-    decided = len(set(r.excess["flip_rate"].values)) >= 3
+    # a verdict is decided only from 3 seeds whose excesses are not all equal
+    excess = r.excess["flip_rate"].values
+    decided = len(excess) >= 3 and len(set(excess)) > 1
     assert r.verdict.split(" (")[0] in (("malleable", "not malleable",
                                          "not distinguishable from noise") if decided
                                         else ("too few seeds",))

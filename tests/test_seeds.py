@@ -38,15 +38,15 @@ def test_verdict_overlap_is_inconclusive_and_decided_intervals_agree_or_disagree
     assert decide(None, (0.0, 1.0)) is None
 
 
-def test_too_few_distinct_seed_values_never_decide():
-    """Fewer than 3 distinct per-seed values, or a zero-width interval: "too few seeds", although
-    the t interval itself would lie above 0."""
+def test_too_few_seeds_or_equal_values_never_decide():
+    """Fewer than 3 seeds, or the same value in every seed (a zero-width interval): "too few
+    seeds", although the t interval itself would lie above 0. Ties between some seeds decide."""
     two = Estimate([1.0, 2.0], [0, 1])
     assert two.interval[0] < 0 and verdict(two, (0.0, math.inf)) == TOO_FEW_SEEDS
     constant = Estimate([0.5, 0.5, 0.5], [0, 1, 2])  # zero width at 0.5 > 0
     assert constant.interval == (0.5, 0.5) and verdict(constant, (0.0, math.inf)) == TOO_FEW_SEEDS
-    ties = Estimate([0.2, 0.3, 0.2, 0.3, 0.2], SEEDS)  # 5 seeds, 2 distinct values
-    assert ties.interval[0] > 0 and verdict(ties, (0.0, math.inf)) == TOO_FEW_SEEDS
+    ties = Estimate([0.2, 0.3, 0.2, 0.3, 0.2], SEEDS)  # 5 seeds, 2 distinct values: decides
+    assert ties.interval[0] > 0 and verdict(ties, (0.0, math.inf)) == "agrees"
     assert verdict(3.0, (0.0, math.inf)) == TOO_FEW_SEEDS  # a plain number has no interval
     assert verdict(None, (0.0, math.inf)) == "inconclusive"  # missing, not measured
     assert verdict(Estimate([0.2, 0.3, 0.25], [0, 1, 2]), (0.0, math.inf)) == "agrees"

@@ -63,8 +63,8 @@ def answer_blocks(summaries: Mapping[str, Mapping[str, Any]], problem: AuditProb
                              "contains 0)"),
                             (NOT_MALLEABLE, f"Not malleable (the excess's interval lies below "
                              f"{s.margin:g})"),
-                            (UNDECIDED, "Too few seeds (fewer than 3 distinct per-seed "
-                             "values: the interval does not decide)")):
+                            (UNDECIDED, "Too few seeds (fewer than 3 seeds, or the same "
+                             "value in every seed: the interval does not decide)")):
         if groups.get(verdict):
             said.append(f"{phrase}: {', '.join(groups[verdict])}.")
     rows = []

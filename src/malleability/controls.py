@@ -19,8 +19,8 @@ the excess's 95 % interval over seeds (:attr:`~malleability.intervals.Estimate.i
 - "not malleable": the interval lies below ``margin`` (the attack adds at most ``margin``
   beyond the controls, e.g. 0.05 = 5 points of flip rate) without lying above 0;
 - "not distinguishable from noise": the interval contains 0 and reaches above ``margin``;
-- "too few seeds": the interval may not decide (fewer than 3 distinct per-seed values, a
-  zero-width interval, or a number not measured per seed:
+- "too few seeds": the interval may not decide (fewer than 3 seeds, the same value in every
+  seed, or a number not measured per seed:
   :func:`~malleability.intervals.deciding_interval`).
 """
 
@@ -72,7 +72,7 @@ def excess(metric: str, adversarial: float, *controls: float) -> float:
 
 def verdict(value: float, margin: float = MARGIN) -> str:
     """The verdict of an excess from its 95 % interval (module docstring); a plain number
-    (not measured per seed), or too few distinct seed values, is :data:`UNDECIDED`."""
+    (not measured per seed), or too few seeds to decide, is :data:`UNDECIDED`."""
     if margin < 0:
         raise ValueError(f"margin: expected a number ≥ 0, got {margin!r}")
     interval = deciding_interval(value)

@@ -179,8 +179,8 @@ def decide(ours: float | None, band: tuple[float, float]) -> bool | None:
     """Whether the measured value lies in ``band`` = (low, high), decided by its 95 % CI over
     seeds: True when the interval lies inside the band, False when it lies wholly outside,
     None when it straddles an edge, may not decide (:func:`~malleability.intervals.
-    deciding_interval`: fewer than 3 distinct per-seed values, or a number not measured per
-    seed) or is missing."""
+    deciding_interval`: fewer than 3 seeds, the same value in every seed, or a number not
+    measured per seed) or is missing."""
     interval = deciding_interval(ours)
     if interval is None:
         return None
