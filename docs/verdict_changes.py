@@ -2,7 +2,7 @@
 columns of report.md built by two versions of the code, compared table by table and row by
 row. Two comparisons are recorded: the percentile bootstrap (the code before issue 32) against
 the Student-t interval (``--name verdict_changes``), and the t interval against the t interval
-with the rule that fewer than 3 distinct per-seed values never decide a verdict
+with the rule that fewer than 3 seeds, or the same value in every seed, never decide a verdict
 (``--name verdict_changes_seeds``).
 
 Run (from the repository root; never build a report inside docs/runs):
