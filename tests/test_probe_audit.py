@@ -234,8 +234,11 @@ def test_a_truncated_settings_file_is_moved_aside_and_the_cells_kept(reference, 
 
 def test_resume_after_kill_9_mid_cell(reference, tmp_path, caplog):
     out = tmp_path / "killed"
+    # the killed process uses this process's torch threads: seed 1 reuses the clean scores seed
+    # 0 wrote, and a float GEMM rounds differently with another thread count
     code = f"""
 import os, signal, sys
+import torch; torch.set_num_threads({torch.get_num_threads()})
 sys.path.insert(0, {SRC!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
 from test_probe_audit import _run
 import malleability.audit_run as ar
