@@ -231,3 +231,37 @@ def test_randomized_estimator_noise_is_two_seeds_without_perturbation(mlp, digit
     assert r.flip_rate == 0.0 and r.controls["random"]["flip_rate"] == 0.0
     assert all(v <= 0 for v in r.excess["flip_rate"].values)
     assert any("single checkpoint" in w for w in r.diagnostics["warnings"])
+
+
+def test_dattri_draws_no_progress_bars_and_gets_its_tqdm_back(mlp, digits, capfd):
+    import dattri.algorithm.base as dattri_base
+    import dattri.algorithm.trak as dattri_trak
+    from tqdm import tqdm
+    for estimator in ("trak", "if-explicit"):
+        audit(mlp, *digits, estimator=estimator, eps=0.1, seeds=(0, 1))
+    err = capfd.readouterr().err
+    assert "calculating gradient" not in err and "it/s" not in err, err
+    assert dattri_trak.tqdm is tqdm and dattri_base.tqdm is tqdm
+
+
+def test_dattri_bars_come_back_only_after_the_last_overlapping_user_leaves():
+    import threading
+
+    import dattri.algorithm.trak as dattri_trak
+    from tqdm import tqdm
+
+    from malleability.estimators.dattri import _SILENT_BARS
+
+    def other_user():
+        with _SILENT_BARS:
+            assert dattri_trak.tqdm is not tqdm
+
+    with _SILENT_BARS:
+        with _SILENT_BARS:
+            assert dattri_trak.tqdm is not tqdm
+        worker = threading.Thread(target=other_user)
+        worker.start()
+        worker.join()
+        assert dattri_trak.tqdm is not tqdm
+        assert list(dattri_trak.tqdm(range(3))) == [0, 1, 2]  # still iterates, silently
+    assert dattri_trak.tqdm is tqdm

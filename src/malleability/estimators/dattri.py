@@ -12,11 +12,16 @@ The loss is the model's training loss (:func:`~malleability.losses.training_loss
 cross-entropy on logits (C ≥ 2), the logistic loss on one score. dattri builds float32
 tensors internally, so these estimators compute in float32; scores are returned as float64.
 ``seed`` also seeds the global RNG (restored afterwards) that LiSSA and Arnoldi draw from.
+dattri's own tqdm bars are off while it runs (:class:`_SilentBars`): the package's bars (and
+``--quiet``) decide what a user sees.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,6 +34,39 @@ from ..jacobian_ntk import select_parameters
 from ..losses import as_labels, training_loss
 from ..settings import setting
 from .base import Estimator
+
+
+class _SilentBars:
+    """Inside ``with``, every loaded ``dattri.*`` module's ``tqdm`` (bound there by ``from tqdm
+    import tqdm``; dattri has no switch of its own) draws nothing; the last exit, counted across
+    threads, restores it. Other modules' tqdm is untouched."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: dict[str, Any] = {}
+
+    def __enter__(self) -> None:
+        import dattri.algorithm  # noqa: F401  (loads every module that draws a bar)
+        from tqdm import tqdm
+        with self._lock:
+            if self._depth == 0:
+                for name, module in list(sys.modules.items()):
+                    if name.startswith("dattri.") and getattr(module, "tqdm", None) is tqdm:
+                        self._saved[name] = tqdm
+                        module.tqdm = functools.partial(tqdm, disable=True)
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                for name, bar in self._saved.items():
+                    sys.modules[name].tqdm = bar
+                self._saved.clear()
+
+
+_SILENT_BARS = _SilentBars()
 
 
 @dataclass(frozen=True)
@@ -51,13 +89,13 @@ class DattriEstimator(Estimator):
         return self._guarded([model], x_train, y_train, x_test, y_test, seed, parameters)
 
     def _guarded(self, models, x_train, y_train, x_test, y_test, seed, parameters):
-        """``_attribute`` on copies of ``models`` (dattri may leave hooks behind), seeded, its
-        failures and non-finite scores as one-line errors."""
+        """``_attribute`` on copies of ``models`` (dattri may leave hooks behind), seeded and
+        without dattri's bars, its failures and non-finite scores as one-line errors."""
         models = [copy.deepcopy(m).eval() for m in models]
         extra = {} if len(models) == 1 else {"models": models}
         y_train, y_test = as_labels(y_train), as_labels(y_test)
         try:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), _SILENT_BARS:
                 torch.manual_seed(seed)
                 scores = self._attribute(models[0], x_train, y_train, x_test, y_test,
                                          parameters, seed, **extra).detach()
