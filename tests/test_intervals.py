@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from malleability.intervals import CI_METHOD, Estimate, combine, t_interval
+from malleability.intervals import (
+    CI_METHOD,
+    Estimate,
+    GeometricEstimate,
+    combine,
+    geometric,
+    t_interval,
+)
 
 REPLICATES = 4000
 
@@ -70,3 +77,28 @@ def test_a_comparison_is_the_interval_of_the_per_seed_differences():
     d = combine(lambda u, v: v - u, a, b)
     assert d.interval == pytest.approx(t_interval([1.0, 1.5, 0.8, 1.2]))
     assert d.interval[0] > 0 and a.interval[1] > b.interval[0]
+
+
+def test_geometric_estimate_is_the_t_interval_of_log10_mapped_back():
+    values = [120.0, 3.4e3, 9.1e4]  # a κ spanning decades: the arithmetic interval goes < 0
+    e = GeometricEstimate(values, [0, 1, 2])
+    logs = [math.log10(v) for v in values]
+    m = sum(logs) / 3
+    s = math.sqrt(sum((x - m) ** 2 for x in logs) / 2)
+    half = 4.302652730 * s / math.sqrt(3)  # t_{0.975, 2} from a printed table
+    assert float(e) == pytest.approx(math.prod(values) ** (1 / 3), rel=1e-12)
+    assert e.interval == pytest.approx((10 ** (m - half), 10 ** (m + half)), rel=1e-9)
+    assert Estimate(values, [0, 1, 2]).interval[0] < 0 < e.interval[0] < float(e)
+    assert geometric(Estimate(values, [0, 1, 2])).interval == e.interval
+    assert geometric(0.5) == 0.5 and e.scaled(100).interval == pytest.approx(
+        (100 * e.interval[0], 100 * e.interval[1]))
+    with pytest.raises(ValueError, match="^values: expected positive values"):
+        GeometricEstimate([1.0, -2.0], [0, 1])
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_geometric_interval_covers_the_median_of_lognormal_seed_values(k):
+    # log10 κ normal (mean 4, sd 1): the median 10⁴ is the geometric mean's target
+    samples = 10 ** np.random.default_rng(k).normal(4.0, 1.0, size=(REPLICATES, k))
+    bounds = np.array([GeometricEstimate(row, list(range(k))).interval for row in samples])
+    assert (bounds[:, 0] > 0).all() and _covers(bounds, 1e4) >= 0.93

@@ -3,6 +3,7 @@ identities, κ's factorisation, and Figure 6's near-zero decision."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -82,3 +83,28 @@ def test_row_normalised_softmax_and_exponential_attention_are_one_map():
         torch.testing.assert_close(attention_features(x, r, "softmax", temperature=tau),
                                    attention_features(x, r, "exponential", temperature=tau),
                                    rtol=1e-12, atol=1e-14)
+
+
+def test_kappa_is_summarised_geometrically_so_its_bars_stay_above_zero_on_a_log_axis():
+    from malleability.intervals import GeometricEstimate
+    from malleability.repro.experiments import kappa_mechanism as km
+    from malleability.repro.figures import _yerr
+    from malleability.repro.seeds import merge_seeds
+
+    def gram(kappa):
+        return {"kappa_effective": kappa, "attention_kappa_effective": 1e6 * kappa}
+
+    spans = [(2e2, 5e3), (9e3, 4e2), (3e5, 1e4)]  # (10-class, pair) per seed: decades apart
+    records = merge_seeds([{"cell": {"dataset": "d", "n": 100, "seed": s}, "result": {
+        km.TEN: gram(ten), "paper_pair": gram(two),
+        "control_pairs": {"a,b": {"kappa_effective": two}, "a,c": {"kappa_effective": ten}}}}
+        for s, (ten, two) in enumerate(spans)])
+    result = records[0]["result"]
+    assert result[km.TEN]["kappa_effective"].interval[0] < 0  # the arithmetic t interval
+    kappa = km._kappas(result)
+    assert set(kappa) == {"10-class", "paper pair", "attention 10-class",
+                          "attention paper pair", "control pairs (median)"}
+    assert all(isinstance(v, GeometricEstimate) for v in kappa.values())
+    assert float(kappa["10-class"]) == pytest.approx((2e2 * 9e3 * 3e5) ** (1 / 3))
+    y = np.array([float(v) for v in kappa.values()])
+    assert (y - _yerr(list(kappa.values()))[0] > 0).all()

@@ -16,7 +16,10 @@ not all equal (:func:`deciding_interval`): with fewer seeds, or with a zero-widt
 Ties between some seeds are kept: a flip rate on |S| points moves in steps of 1/|S|. A quantity
 with a bounded range (a rate in [0, 1], a correlation in [−1, 1]) carries it as
 ``Estimate.bounds``; its interval is printed clipped to that range
-(:meth:`Estimate.shown_interval`), while verdicts use the interval itself.
+(:meth:`Estimate.shown_interval`), while verdicts use the interval itself. A positive quantity
+that spans decades (κ) is summarised on the log scale (:class:`GeometricEstimate`): the
+geometric mean with the t interval of log₁₀ over seeds, positive by construction, which a log
+axis can show.
 """
 
 from __future__ import annotations
@@ -72,12 +75,17 @@ class Estimate(float):
                              f"got {len(vals)}")
         if bounds is not None and not bounds[0] < bounds[1]:
             raise ValueError(f"bounds: expected (low, high) with low < high, got {bounds!r}")
-        self = super().__new__(cls, float(np.mean(vals)))
+        self = super().__new__(cls, cls._center(vals))
         self.values, self.seeds, self.bounds = vals, tuple(seeds), bounds
         return self
 
+    @staticmethod
+    def _center(values: tuple[float, ...]) -> float:
+        """The summary over seeds: the mean."""
+        return float(np.mean(values))
+
     def __reduce__(self):
-        return Estimate, (self.values, self.seeds, self.bounds)
+        return type(self), (self.values, self.seeds, self.bounds)
 
     @cached_property
     def interval(self) -> tuple[float, float] | None:
@@ -95,7 +103,41 @@ class Estimate(float):
     def scaled(self, factor: float) -> Estimate:
         bounds = (None if self.bounds is None else
                   (min(b * factor for b in self.bounds), max(b * factor for b in self.bounds)))
-        return Estimate([v * factor for v in self.values], self.seeds, bounds)
+        return type(self)([v * factor for v in self.values], self.seeds, bounds)
+
+
+class GeometricEstimate(Estimate):
+    """A positive quantity measured per seed and summarised on the log scale: its value is
+    the geometric mean 10^m, m the mean of log₁₀ v over seeds, and its interval the t interval
+    of log₁₀ v mapped back, 10^(m ± t₀.₉₇₅,ₖ₋₁ · s/√k), s the sd of log₁₀ v (:func:`t_interval`
+    on the logs): positive, and symmetric on a log axis."""
+
+    def __new__(cls, values: Sequence[float | None], seeds: Sequence[int],
+                bounds: tuple[float, float] | None = None) -> GeometricEstimate:
+        bad = [v for v in values if v is not None and float(v) <= 0]
+        if bad:
+            raise ValueError(f"values: expected positive values for a geometric mean, got "
+                             f"{bad[0]!r}")
+        return super().__new__(cls, values, seeds, bounds)
+
+    @staticmethod
+    def _center(values: tuple[float, ...]) -> float:
+        """The geometric mean 10^mean(log₁₀ v)."""
+        return float(10 ** np.mean(np.log10(values)))
+
+    @cached_property
+    def interval(self) -> tuple[float, float] | None:
+        """10^(the t interval of log₁₀ v), or None."""
+        logs = t_interval(np.log10(self.values))
+        return None if logs is None else (10 ** logs[0], 10 ** logs[1])
+
+
+def geometric(value: float | None) -> float | None:
+    """An Estimate's per-seed values as a :class:`GeometricEstimate`; other values as they
+    are."""
+    if isinstance(value, Estimate) and not isinstance(value, GeometricEstimate):
+        return GeometricEstimate(value.values, value.seeds, value.bounds)
+    return value
 
 
 def deciding_interval(value: float | None) -> tuple[float, float] | None:
