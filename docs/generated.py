@@ -158,8 +158,8 @@ def main() -> None:
         "width_sensitivity.md": [captioned(section_tables(sensitivity, "width_sensitivity"),
                                            "Per claim:")],
         "table3.md": [columns(table, [h for h in table.header if not h.startswith(
-            ("test acc.", "PGD test acc.", "paper"))], f"{table.caption} Run {run}: the "
-            "columns discussed here (clean and PGD accuracies: the report).")
+            ("PGD test acc.", "paper"))], f"{table.caption} Run {run}: the "
+            "columns discussed here (PGD accuracies: the report).")
             for run, table in zip(("paper", "sensitivity"), table3, strict=True)],
         "table5.md": [captioned(interventions, "Table 5 (ours)"),
                       captioned(interventions, "The paper's claims on Table 5")],
