@@ -3,8 +3,8 @@ number in them is typed by hand:
 
 - docs/claims.md: the claims table that opens the report of docs/runs/paper (sensitivity
   from docs/runs/sensitivity beside it);
-- docs/spectrum_kappa.md: κ_eff and the width threshold per task and n (the seeds each mean
-  is over listed);
+- docs/spectrum_kappa.md: κ_eff (geometric mean over seeds) and the width threshold per task
+  and n (the seeds each summary is over listed);
 - docs/collapse.md: the mean pairwise cosine of Figure 7 per task and feature map;
 - docs/table1.md, table2.md, table3.md, table5.md, complexity.md, sensitivity_gap.md,
   width_sensitivity.md: the sections' tables of the reports of docs/runs/paper and
@@ -14,7 +14,8 @@ number in them is typed by hand:
   verdict (flip_controls' cells; "not yet run" where a task has none);
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
 
-and docs/verdict_changes.md, docs/verdict_changes_seeds.md, docs/interval_coverage.md and
+and docs/verdict_changes.md, docs/verdict_changes_seeds.md,
+docs/verdict_changes_geometric.md, docs/interval_coverage.md and
 docs/c4_split.md (written by docs/verdict_changes.py, docs/interval_coverage.py and
 docs/c4_split.py). Each is spliced into docs/reproduction.md between ``<!-- begin NAME -->``
 and ``<!-- end NAME -->``; tests/test_claims.py checks that the doc carries the files
@@ -43,7 +44,8 @@ from malleability.repro.seeds import combine
 DOCS = Path(__file__).parent
 RUNS = DOCS / "runs"
 SPLICED = ("claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
-           "verdict_changes_seeds.md", "interval_coverage.md", "c4_split.md", "table1.md",
+           "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
+           "c4_split.md", "table1.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
            "table3.md", "table5.md", "complexity.md", "numerics.md")
 

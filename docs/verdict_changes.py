@@ -1,9 +1,12 @@
 """Every verdict that changed between two builds of the same runs' reports: the verdict
 columns of report.md built by two versions of the code, compared table by table and row by
-row. Two comparisons are recorded: the percentile bootstrap (the code before issue 32) against
-the Student-t interval (``--name verdict_changes``), and the t interval against the t interval
+row. Three comparisons are recorded: the percentile bootstrap (the code before issue 32) against
+the Student-t interval (``--name verdict_changes``); the t interval against the t interval
 with the rule that fewer than 3 seeds, or the same value in every seed, never decide a verdict
-(``--name verdict_changes_seeds``).
+(``--name verdict_changes_seeds``); and the arithmetic mean against the geometric summary (t
+interval of log₁₀) of the positive quantities spanning decades that each experiment names in
+its ``GEOMETRIC`` (κ, width thresholds, kernel distances; ``--name verdict_changes_geometric
+--claims``, on the paper run, whose cells alone hold these quantities).
 
 Run (from the repository root; never build a report inside docs/runs):
 
@@ -14,8 +17,9 @@ Run (from the repository root; never build a report inside docs/runs):
 
 Writes docs/NAME.json (every changed verdict cell) and docs/NAME.md (the same as a markdown
 table, which docs/reproduction.md includes). Tables without a verdict column, tables only the
-new build has, and the claims table (its verdicts are copies of the sections' rows) are not
-compared; rows are matched by their identifying cells where the two builds differ in rows.
+new build has, and the claims table (its verdicts are mostly copies of the sections' rows;
+``--claims`` compares it too) are not compared; rows are matched by their identifying cells
+where the two builds differ in rows.
 """
 
 from __future__ import annotations
@@ -119,14 +123,14 @@ def _pairs(run: str, key: tuple, old: Table, new: Table) -> list[tuple[list[str]
     return [(a, by_key[k]) for a in old.rows if (k := _row_key(old.header, a)) in by_key]
 
 
-def changes(old_md: str, new_md: str, run: str) -> list[dict]:
+def changes(old_md: str, new_md: str, run: str, claims: bool = False) -> list[dict]:
     """Every verdict cell that differs between the two builds of one run's report (module
-    docstring: which tables are compared)."""
+    docstring: which tables are compared; ``claims``: the claims table too)."""
     old_tables, new_tables = _keyed(tables(old_md)), _keyed(tables(new_md))
     out = []
     for key, old in old_tables.items():
         columns = [j for j, name in enumerate(old.header) if VERDICT.search(name)]
-        if not columns or old.section == "Claims":
+        if not columns or (old.section == "Claims" and not claims):
             continue
         new = new_tables.get(key)
         if new is None:
@@ -162,11 +166,13 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run folder names under both (paper, ...)")
     parser.add_argument("--name", default="verdict_changes",
                         help="the output files' name under docs/ (without .json / .md)")
+    parser.add_argument("--claims", action="store_true",
+                        help="compare the claims table too")
     args = parser.parse_args()
     rows = [change for run in args.runs
             for change in changes((args.old / run / "report.md").read_text(encoding="utf-8"),
                                   (args.new / run / "report.md").read_text(encoding="utf-8"),
-                                  run)]
+                                  run, args.claims)]
     (HERE / f"{args.name}.json").write_text(
         json.dumps({"changed": len(rows), "changes": rows}, indent=1, ensure_ascii=False) + "\n",
         encoding="utf-8")

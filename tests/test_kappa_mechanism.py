@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from malleability.intervals import Estimate
+from malleability.intervals import Estimate, GeometricEstimate
 from malleability.repro.experiments.kappa_mechanism import gram_statistics
 from malleability.repro.experiments.ntk_distance_variants import near_zero_at_all_widths
 from malleability.spectral import between_class_share, participation_ratio
@@ -108,3 +108,80 @@ def test_kappa_is_summarised_geometrically_so_its_bars_stay_above_zero_on_a_log_
     assert float(kappa["10-class"]) == pytest.approx((2e2 * 9e3 * 3e5) ** (1 / 3))
     y = np.array([float(v) for v in kappa.values()])
     assert (y - _yerr(list(kappa.values()))[0] > 0).all()
+
+
+def _spectrum_records(kappas):
+    def result(k, n):
+        return {"inputs": {"n": n, "d": 784, "rank": n, "kappa": k, "kappa_effective": k},
+                "kappa_cubed": k ** 3, "attention": {"kappa_effective": k ** 2, "rank": n},
+                "threshold_attention": k ** 6 * n * math.log(n),
+                "threshold_relu": k ** 2 * n * math.log(n)}
+    return [{"experiment": "spectrum", "cell": {"task": "mnist", "n": n, "seed": s},
+             "result": result(k * n / 100, n)} for n in (100, 200) for s, k in enumerate(kappas)]
+
+
+def test_spectrum_tables_figure_and_claim_summarise_kappa_on_the_log_scale(tmp_path,
+                                                                           monkeypatch):
+    """κ over seeds spanning decades: the table, the log-axis figure's bars and the claim's κ
+    are the geometric mean with the t interval of log₁₀ (positive), and the claim's log₁₀ m* is
+    the mean of the per-seed logs (the same scale)."""
+    from matplotlib import pyplot as plt
+
+    from malleability.repro import figures
+    from malleability.repro.blocks import fmt
+    from malleability.repro.claims import section_records
+    from malleability.repro.experiments import spectrum
+
+    kappas = [2e2, 9e3, 3e5]
+    records = section_records(spectrum, _spectrum_records(kappas))
+    geo = fmt(math.prod(kappas) ** (1 / 3))
+    drawn = []
+    real = figures.line_panels
+    monkeypatch.setattr(figures, "line_panels",
+                        lambda path, panels, *a, **k: (drawn.append(panels),
+                                                       real(path, panels, *a, **k))[1])
+    blocks = spectrum.section(records, tmp_path)
+    plt.close("all")
+    table = blocks[0]
+    assert table.rows[0][4].startswith(f"{geo} [")  # κ_d: no arithmetic mean
+    assert not any("[-" in cell for row in table.rows for cell in row)
+    for line in drawn[0]["mnist"][:3]:
+        assert all(isinstance(v, GeometricEstimate) for v in line.y)
+        assert (np.array([float(v) for v in line.y]) - figures._yerr(line.y)[0] > 0).all()
+    (claim,) = spectrum.paper_claims(records)
+    assert f"κ_eff {geo} [" in claim.measured
+    log_m = np.mean([math.log10(k ** 6 * 100 * math.log(100)) for k in kappas])
+    assert f"log₁₀ m* {fmt(log_m)} [" in claim.measured
+
+
+def test_kappa_mechanism_prints_shares_and_cosines_within_their_range(tmp_path):
+    """The share of control pairs above the 10-class κ (in [0, 1]) and the attention cosines
+    (in [−1, 1]) print their intervals clipped; the intervals themselves are not."""
+    from matplotlib import pyplot as plt
+
+    from malleability.repro.claims import section_records
+    from malleability.repro.experiments import kappa_mechanism as km
+
+    def gram(kappa, cosine):
+        return {"kappa_effective": kappa, "attention_kappa_effective": 1e6 * kappa,
+                "top_share": 0.5, "bottom_share": 1e-6, "kappa_centred": kappa,
+                "between_share": 0.1, "cosine": 0.5, "participation_ratio": 3.0,
+                "class_counts": [50, 50], "attention_cosine": cosine}
+
+    seeds = [(2e2, 1e3, 0.9999), (9e3, 4e2, 0.99999), (3e5, 1e4, 0.99)]
+    cells = [{"experiment": "kappa_mechanism", "cell": {"dataset": "d", "n": 100, "seed": s},
+              "result": {km.TEN: gram(ten, c), "paper_pair": gram(two, c), "control_pairs": {
+                  "a,b": {**gram(1e5 if s == 0 else 1.0, c)}}}}
+             for s, (ten, two, c) in enumerate(seeds)]
+    records = section_records(km, cells)
+    share = km._share_above(records[0]["result"]["control_pairs"],
+                            records[0]["result"][km.TEN]["kappa_effective"])
+    cosine = records[0]["result"][km.TEN]["attention_cosine"]
+    assert share.interval[0] < 0 < 1 < share.interval[1] and cosine.interval[1] > 1
+    blocks = km.section(records, tmp_path)
+    plt.close("all")
+    attention = next(b for b in blocks if b.header[0] == "data set, n" and "attention cosine "
+                     "pair" in b.header)
+    controls = next(b for b in blocks if "control pairs" in b.header)
+    assert controls.rows[0][3] == f"{1 / 3:.3g} [0, 1]"
+    assert attention.rows[0][3].endswith(", 1]")

@@ -65,6 +65,32 @@ def test_bounded_metrics_print_their_interval_clipped_to_the_range():
     assert gap.bounds is None and fmt(gap).startswith("0.00667 [-0.0")  # a plain number: as is
     assert metric_bounds("result.ridges[3].top_k_overlap") == (0.0, 1.0)
     assert metric_bounds("result.history.train_loss[2]") is None
+    assert metric_bounds("result.paper_pair.between_share") == (0.0, 1.0)
+    assert metric_bounds("result.ten_class.attention_cosine") == (-1.0, 1.0)
+    share = combine(lambda v: v, Estimate([0.0, 0.5, 0.0], [0, 1, 2]), bounds=(0.0, 1.0))
+    assert share.interval[0] < 0 and fmt(share).endswith("[0, 0.884]")
+
+
+def test_fields_an_experiment_names_geometric_merge_on_the_log_scale():
+    """κ spanning decades: the named field's summary is the geometric mean with the t interval
+    of log₁₀ (positive), computed here from the logs by hand; other fields, and a named field
+    with a value ≤ 0 (no log scale holds it), stay arithmetic means."""
+    kappas = [2e2, 9e3, 3e5]
+    merged = merge_values([{"inputs": {"kappa": k}, "kappa_cubed": k ** 3, "gap": k,
+                            "other": {"kappa": k - 1e3}} for k in kappas], [0, 1, 2],
+                          geometric=("kappa", "kappa_cubed"))
+    logs = [math.log10(k) for k in kappas]
+    m = sum(logs) / 3
+    half = 4.302652730 * math.sqrt(sum((x - m) ** 2 for x in logs) / 2) / math.sqrt(3)
+    kappa = merged["inputs"]["kappa"]
+    assert float(kappa) == pytest.approx(10 ** m) and merged["gap"].interval[0] < 0
+    assert kappa.interval == pytest.approx((10 ** (m - half), 10 ** (m + half)))
+    assert float(merged["kappa_cubed"]) == pytest.approx(10 ** (3 * m))
+    assert float(merged["gap"]) == pytest.approx(sum(kappas) / 3)
+    assert float(merged["other"]["kappa"]) == pytest.approx(sum(kappas) / 3 - 1e3)
+    (record,) = merge_seeds([{"cell": {"seed": s}, "result": {"kappa": k}}
+                             for s, k in enumerate(kappas)], geometric=("kappa",))
+    assert record["result"]["kappa"].interval == kappa.interval
 
 
 def test_paired_difference_and_trend_over_seeds():

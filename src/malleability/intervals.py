@@ -156,9 +156,11 @@ def too_few_seeds(value: float | None) -> bool:
             and deciding_interval(value) is None)
 
 
-def combine(fn: Callable[..., float], *args: float) -> float:
+def combine(fn: Callable[..., float], *args: float,
+            bounds: tuple[float, float] | None = None) -> float:
     """``fn`` applied seed by seed (paired) over the seeds all Estimate arguments share; plain
-    numbers are broadcast. With no Estimate argument, ``fn`` of the numbers."""
+    numbers are broadcast; ``bounds``: the result's range (``Estimate.bounds``). With no
+    Estimate argument, ``fn`` of the numbers."""
     estimates = [a for a in args if isinstance(a, Estimate)]
     if not estimates:
         return fn(*args)
@@ -169,7 +171,7 @@ def combine(fn: Callable[..., float], *args: float) -> float:
     def at(a: float, seed: int) -> float:
         return a.values[a.seeds.index(seed)] if isinstance(a, Estimate) else a
 
-    return Estimate([fn(*(at(a, s) for a in args)) for s in seeds], seeds)
+    return Estimate([fn(*(at(a, s) for a in args)) for s in seeds], seeds, bounds)
 
 
 def scale(value: float | None, factor: float) -> float | None:

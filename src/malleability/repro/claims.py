@@ -27,11 +27,12 @@ HEADER = ["claim (paper)", "where", "paper", "measured (95 % CI over seeds)", "v
 
 
 def section_records(module: object, records: list[dict]) -> list[dict]:
-    """A module's cell records as its section reads them: seeds merged unless its ``PER_SEED``
-    is "first" (the first seed's cells) or "all" (unmerged)."""
+    """A module's cell records as its section reads them: seeds merged (the fields its
+    ``GEOMETRIC`` names on the log scale) unless its ``PER_SEED`` is "first" (the first seed's
+    cells) or "all" (unmerged)."""
     per_seed = getattr(module, "PER_SEED", None)
     if per_seed is None:
-        return merge_seeds(records)
+        return merge_seeds(records, getattr(module, "GEOMETRIC", ()))
     if per_seed == "first":
         first = min(r["cell"].get("seed", 0) for r in records)
         return [r for r in records if r["cell"].get("seed", 0) == first]

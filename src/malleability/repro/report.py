@@ -20,7 +20,7 @@ from .claims import experiment_cells, section_records, with_claims
 from .experiments import EXPERIMENTS
 from .files import atomic_write, clean_temp_files
 from .loading import Run, load_run, planned_seeds
-from .seeds import CI_METHOD, CLIPPED
+from .seeds import CI_METHOD, CLIPPED, LOG_SCALE
 from .store import SETTINGS_FILE, log
 
 #: Settings every network experiment has, shown in their own tables of the run summary.
@@ -137,7 +137,8 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
             Text(f"Every measured number is the mean over seeds with a confidence interval: "
                  f"{CI_METHOD}; a run with one seed shows plain values. A verdict is agrees / "
                  "disagrees only when that interval decides it, else inconclusive. "
-                 f"{CLIPPED}"),
+                 f"{CLIPPED} Positive quantities spanning decades (κ, width thresholds, "
+                 f"kernel distances; captions say where) are the {LOG_SCALE}."),
             Table(["experiment", "seeds run", *CALIBRATED], calibrated,
                   "The training settings the paper does not state (λ_reg and its convention, "
                   "init scale, n_train, epochs) and the sizes measured on, per experiment "

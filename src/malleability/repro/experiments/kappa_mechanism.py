@@ -45,8 +45,12 @@ from .. import figures
 from ..blocks import Block, Claim, Table, figure, fmt, group
 from ..figures import Line
 from ..problem import RunContext
-from ..seeds import Estimate, combine
+from ..seeds import Estimate, combine, metric_bounds
 from .base import check_nonempty, decide
+
+#: Fields summarised over seeds on the log scale (:data:`~..seeds.LOG_SCALE`); the median
+#: control pair's κ_eff, computed seed by seed, is made so by :func:`_kappas`.
+GEOMETRIC = ("kappa_effective", "attention_kappa_effective")
 
 TITLE = "Why the binary subset's κ differs: A.2's mechanism measured"
 INTRO = ("A.2 explains the vanishing CIFAR-10 binary gap by a lower κ of the automobile-vs-"
@@ -158,15 +162,18 @@ def _log_ratio(a: float, b: float) -> float:
 
 
 def _share_above(pairs: dict[str, dict], ten: float) -> float:
-    """The share of control pairs whose κ_eff exceeds the 10-class κ_eff, seed by seed."""
+    """The share of control pairs whose κ_eff exceeds the 10-class κ_eff, seed by seed (in
+    [0, 1])."""
     kappas = [p["kappa_effective"] for p in pairs.values()]
-    return combine(lambda t, *ks: sum(k > t for k in ks) / len(ks), ten, *kappas)
+    return combine(lambda t, *ks: sum(k > t for k in ks) / len(ks), ten, *kappas,
+                   bounds=(0.0, 1.0))
 
 
 def _median(pairs: dict[str, dict], key: str) -> float:
-    """The median of ``key`` over the control pairs, seed by seed."""
+    """The median of ``key`` over the control pairs, seed by seed, in the field's range
+    (:func:`~..seeds.metric_bounds`)."""
     values = [p[key] for p in pairs.values()]
-    return combine(lambda *vs: statistics.median(vs), *values)
+    return combine(lambda *vs: statistics.median(vs), *values, bounds=metric_bounds(key))
 
 
 def _kappas(result: dict) -> dict[str, float]:

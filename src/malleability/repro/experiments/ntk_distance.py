@@ -25,6 +25,7 @@ from .. import figures
 from ..blocks import Block, Claim, Table, figure, fmt, group, pct, rank
 from ..figures import Line
 from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
+from ..seeds import LOG_SCALE
 from .base import (
     NetworkSettings,
     agreement,
@@ -42,6 +43,9 @@ from .base import (
 )
 
 TITLE = "NTK distance across widths (Table 1, Figures 1 and 6)"
+#: Fields summarised over seeds on the log scale (:data:`~..seeds.LOG_SCALE`): the kernel
+#: distance spans decades over widths and Figure 6 draws it on a log axis.
+GEOMETRIC = ("kernel_distance_init", "kernel_distance_trained")
 INTRO = ("Function-space distance ‖f_m(X_test) − f_Θ∞(X_test)‖_F between the network and the "
          "kernel ridge predictor of its infinite-width NTK, and the kernel distance "
          "1 − cos(Θ_m, Θ_∞), at initialisation and after training, across widths m. The paper "
@@ -196,11 +200,12 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     return [Table(header, summary, "Table 1: function-space NTK distance after training."),
             paper_table(1, [f"m={w}" for w in PAPER_WIDTHS], PAPER_TABLE1),
             Table(detail_header, detail, "Distances at initialisation and after training "
-                                         "(kernel distance —: undefined, the network's NTK is "
-                                         "zero because every hidden unit is inactive)."),
+                                         f"(kernel distance: {LOG_SCALE}; —: undefined, the "
+                                         "network's NTK is zero because every hidden unit is "
+                                         "inactive)."),
             figure(fig1, "Figure 1 (ours): function distance vs width; dashed = at "
                          "initialisation, solid = trained, crosses = the paper's Table 1."),
-            figure(fig6, "Figure 6 (ours): kernel (cosine) distance vs width.")]
+            figure(fig6, f"Figure 6 (ours): kernel (cosine) distance vs width ({LOG_SCALE}).")]
 
 
 def paper_claims(records: list[dict]) -> list[Claim]:

@@ -35,7 +35,7 @@ from .. import figures
 from ..blocks import Block, Claim, Table, figure, fmt, group, pct, rank
 from ..figures import Line
 from ..problem import RunContext, build_model, on_influence_set, trained_model
-from ..seeds import combine
+from ..seeds import LOG_SCALE, combine
 from .base import (
     NetworkSettings,
     cell_problem,
@@ -62,6 +62,9 @@ OPTIMIZERS = ("adam", "gd")
 #: The quantities, their result keys and their names in the tables.
 QUANTITIES = {"ridge": ("function_distance_trained", "‖f − f_ridge‖ (paper)"),
               "trajectory": ("distance_to_kernel_gd", "‖f − f_Θ∞,t‖ (NTK theorem)")}
+#: Fields summarised over seeds on the log scale (:data:`~..seeds.LOG_SCALE`): the distances,
+#: whose rate in m is a log-log slope and whose figure has a log axis.
+GEOMETRIC = tuple(key for key, _ in QUANTITIES.values())
 
 
 def _check_widths(value: tuple[int, ...], name: str) -> tuple[int, ...]:
@@ -198,14 +201,15 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                                "distance on test", logx=True, logy=True)
     return [Table(["task", "model", "optimizer", "distance", *(f"m={w}" for w in widths),
                    "rate α (distance ∝ m^α)"], summary,
-                  "Distances after training and their rate in m (95 % CI over seeds)."),
+                  f"Distances after training ({LOG_SCALE}) and their rate in m (the log-log "
+                  "slope per seed, 95 % t interval over seeds)."),
             Table(["task", "model", "optimizer", "m", "step η", "steps t",
                    "final train loss", "Θ_∞ GD train loss", "test acc. %", "NTK test acc. %"],
                   detail, "Training: GD's step η = c·n/λ_max(Θ_∞) and step count t "
                           "(calibrated on Θ_∞'s training loss); Adam: the paper's lr and "
                           "epochs."),
             figure(path, "Distance vs width; solid: to the kernel ridge predictor, dashed: "
-                         "to Θ_∞'s GD trajectory; circles GD, squares Adam.")]
+                         f"to Θ_∞'s GD trajectory; circles GD, squares Adam ({LOG_SCALE}).")]
 
 
 def paper_claims(records: list[dict]) -> list[Claim]:

@@ -19,6 +19,7 @@ from .. import figures
 from ..blocks import Block, Claim, Table, figure, fmt, group, pct, rank
 from ..figures import Line
 from ..problem import RunContext
+from ..seeds import LOG_SCALE
 from .base import check_architectures, decide, model_name, task_title
 from .ntk_distance import NtkDistanceSettings
 from .ntk_distance import cells as ntk_cells
@@ -26,6 +27,9 @@ from .ntk_distance import run as ntk_run
 
 #: Experiments whose cells the section reads beside its own.
 READS = ("ntk_distance",)
+#: Fields summarised over seeds on the log scale (:data:`~..seeds.LOG_SCALE`): the kernel
+#: distance spans decades over widths and Figure 6 draws it on a log axis.
+GEOMETRIC = ("kernel_distance_init", "kernel_distance_trained")
 #: The maps of Figure 6's claim.
 VARIANTS = ("attn-softmax", "attn-exponential")
 #: "Near-zero" kernel distance (our reading; the paper gives no number): below 1 − 0.99.
@@ -97,9 +101,9 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     return [Table(["task", "model", "m", "kernel dist. init", "kernel dist. trained",
                    "function dist. trained", "test acc. %"], rows,
                   "Kernel and function distances per map and width (2L-ReLU and MLP-Attn "
-                  "from Table 1's run; its seeds)."),
+                  f"from Table 1's run; its seeds; kernel distance: {LOG_SCALE})."),
             figure(path, "Figure 6 (ours) on these tasks: kernel distance vs width, every map; "
-                         "dashed = at initialisation.")]
+                         f"dashed = at initialisation ({LOG_SCALE}).")]
 
 
 def near_zero_at_all_widths(distances: list[float]) -> bool | None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...attention import attention_features
+from ...intervals import geometric
 from ...models import ARCHITECTURES, TwoLayerNet
 from ...settings import setting
 from ...spectral import effective_condition_number, mean_pairwise_cosine
@@ -33,12 +34,16 @@ from .. import figures
 from ..blocks import Block, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import Problem, RunContext, on_influence_set
-from ..seeds import combine
+from ..seeds import LOG_SCALE, combine
 from .base import NetworkSettings, cell_problem, check_nonempty, model_name, task_title
 from .collapse import collapse_share
 from .ntk_distance import network_distances
 
 TITLE = "Temperature-scaled softmax attention (open question; Figures 6 and 7)"
+#: Fields summarised over seeds on the log scale (:data:`~..seeds.LOG_SCALE`): κ and the kernel
+#: distance span decades; Figure 6 draws the distance on a log axis.
+GEOMETRIC = ("kappa_effective", "kappa_effective_inputs", "kernel_distance_init",
+             "kernel_distance_trained")
 INTRO = ("The paper leaves open whether temperature-scaled softmax, softmax(QKᵀ/(τ√d)), "
          "avoids feature collapse and shows the cubic conditioning of linearized attention "
          "(Limitations). Per temperature τ (a decade grid fixed in advance, from near-argmax "
@@ -145,15 +150,16 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     return [Table(["task", "map", "τ", "cosine (raw)", "cosine (features)", "collapse share",
                    "κ_eff (features)", "κ_eff (inputs)", "κ_eff(inputs)³"], collapse_rows,
                   "Feature collapse and conditioning by temperature (collapse share 0: as "
-                  "diverse as the inputs, 1: collapsed)."),
+                  f"diverse as the inputs, 1: collapsed; κ: {LOG_SCALE})."),
             Table(["task", "map", "τ", "m", "function dist. init", "function dist. trained",
                    "kernel dist. init", "kernel dist. trained", "test acc. %",
-                   "final train loss"], distance_rows, "NTK distances by temperature and width."),
+                   "final train loss"], distance_rows, "NTK distances by temperature and width "
+                  f"(kernel distance: {LOG_SCALE})."),
             figure(fig7, "Figure 7 by temperature: mean pairwise cosine of the tempered "
                          "attention features."),
-            figure(fig6, "Figure 6 by temperature: kernel distance vs width.")]
+            figure(fig6, f"Figure 6 by temperature: kernel distance vs width ({LOG_SCALE}).")]
 
 
 def _cube(value: float) -> float:
-    """κ³ seed by seed (∞ beyond float64)."""
-    return combine(lambda k: k**3 if k < 1e100 else math.inf, value)
+    """κ³ seed by seed (∞ beyond float64), on the log scale as κ is."""
+    return geometric(combine(lambda k: k**3 if k < 1e100 else math.inf, value))
