@@ -66,8 +66,8 @@ class DattriEstimator(Estimator):
 
     @staticmethod
     def _task(model: nn.Module, x_train: torch.Tensor):
-        """dattri's task on ``model``'s training loss at its weights, and that loss
-        (params, batch) → mean."""
+        """dattri's task on ``model``'s training loss (params, batch) → mean at its
+        weights."""
         from dattri.task import AttributionTask
         from torch.func import functional_call
 
@@ -79,8 +79,7 @@ class DattriEstimator(Estimator):
                 x, y = x.unsqueeze(0), y.reshape(1)
             return training_loss(functional_call(model, params, (x,)), y).mean()
 
-        return AttributionTask(loss_func=loss_fn, model=model,
-                               checkpoints=model.state_dict()), loss_fn
+        return AttributionTask(loss_func=loss_fn, model=model, checkpoints=model.state_dict())
 
     @staticmethod
     def _loaders(x_train, y_train, x_test, y_test):
@@ -92,7 +91,7 @@ class DattriEstimator(Estimator):
 
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import influence_function as dif
-        task, _ = self._task(model, x_train)
+        task = self._task(model, x_train)
         train, test = self._loaders(x_train, y_train, x_test, y_test)
         device = str(x_train.device)
         cls = getattr(dif, self.attributor)
@@ -200,7 +199,7 @@ class IFEKFAC(DattriEstimator):
 
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import influence_function as dif
-        task, _ = self._task(model, x_train)
+        task = self._task(model, x_train)
         train, test = self._loaders(x_train, y_train, x_test, y_test)
         attributor = dif.IFAttributorEKFAC(
             task, module_name=None if parameters is None else list(parameters),
