@@ -14,8 +14,9 @@ from torch.nn import functional as F
 
 from malleability.auditing import AuditSettings, audit, prepare_model, representation
 from malleability.estimators import ESTIMATORS, make_estimator
-from malleability.estimators.dattri import TRAK, IFArnoldi
+from malleability.estimators.dattri import IFArnoldi
 from malleability.estimators.kronfluence import tracked_modules_of
+from malleability.estimators.trak import TRAK
 
 transformers = pytest.importorskip("transformers")
 CLASSES = 3

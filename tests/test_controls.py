@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from malleability.controls import (
     MALLEABLE,
@@ -119,12 +120,48 @@ def test_hessian_top_eigenvalue_matches_the_explicit_hessian():
     h = torch.autograd.functional.hessian(loss, flat)
     exact = float(torch.linalg.eigvalsh(h).abs().max())
     assert hessian_top_eigenvalue(model, x, y, iterations=300) == pytest.approx(exact, rel=1e-4)
+    # Hessian-vector products summed over blocks of 7 rows
+    assert hessian_top_eigenvalue(model, x, y, iterations=300, chunk=7) == pytest.approx(
+        exact, rel=1e-4)
     # restricted to the last layer: that block's own top eigenvalue
     last = slice(flat.numel() - 15, flat.numel())
     exact_last = float(torch.linalg.eigvalsh(h[last, last]).abs().max())
     assert hessian_top_eigenvalue(model, x, y, ["2"], iterations=300) == pytest.approx(
         exact_last, rel=1e-4)
 
+
+
+def test_hessian_top_eigenvalue_through_fused_attention():
+    """A float32 model on scaled_dot_product_attention (the fused CPU kernel, which has no
+    double backward): power iteration against the explicit Hessian's |λ|max, both on the
+    math attention backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.out = nn.Linear(4, 12), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(x)[:, None].chunk(3, dim=-1)
+            return self.out(F.scaled_dot_product_attention(q, k, v)[:, 0].mean(1))
+
+    torch.manual_seed(0)
+    model = Attention()
+    x, y = torch.randn(16, 5, 4), torch.arange(16) % 3
+    names = [k for k, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+
+    def loss(vec):
+        chunks = dict(zip(names, [c.reshape(s) for c, s in zip(
+            vec.split([s.numel() for s in shapes]), shapes, strict=True)], strict=True))
+        return training_loss(torch.func.functional_call(model, chunks, (x,)), y).mean()
+
+    with sdpa_kernel([SDPBackend.MATH]):
+        h = torch.autograd.functional.hessian(
+            loss, torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
+    exact = float(torch.linalg.eigvalsh(h.double()).abs().max())
+    assert hessian_top_eigenvalue(model, x, y, iterations=300) == pytest.approx(exact, rel=1e-3)
 
 def test_degenerate_settings():
     assert len(degenerate_settings("trak", 500, 1, projection_dim=512)) == 2

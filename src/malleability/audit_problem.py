@@ -73,9 +73,7 @@ def estimator_warnings(estimator: InfluenceEstimator, model: nn.Module, x: torch
     Hessian's |λ|max where the estimator is damped (else None)."""
     projection = None
     if estimator.name == "trak":
-        from dattri.algorithm.trak import DEFAULT_PROJECTOR_KWARGS
-
-        projection = int(DEFAULT_PROJECTOR_KWARGS["proj_dim"])
+        projection = estimator.projection(int(x.shape[0]))  # the k TRAK projects to
     top = (hessian_top_eigenvalue(model, x, y, settings.parameters or None)
            if estimator.name in DAMPED else None)
     return degenerate_settings(estimator.name, int(x.shape[0]), n_checkpoints, projection,

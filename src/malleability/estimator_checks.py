@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .jacobian_ntk import select_parameters
 from .losses import training_loss
@@ -29,22 +30,33 @@ DAMPED = ("if-explicit", "if-cg", "if-lissa", "if-arnoldi", "if-datainf", "if-ek
 
 def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                            parameters: Sequence[str] | None = None, iterations: int = 20,
-                           seed: int = 0) -> float:
+                           seed: int = 0, chunk: int = 256) -> float:
     """|λ|max of the Hessian of the mean training loss over (``x``, ``y``) in the chosen
     ``parameters``: power iteration from a seeded Gaussian start, the last Rayleigh quotient's
-    magnitude (a lower bound that converges to |λ|max)."""
+    magnitude (a lower bound that converges to |λ|max). Each Hessian-vector product sums
+    those of ``chunk`` rows at a time (memory O(chunk)). Attention runs on the composite math
+    backend, whose double backward exists (the fused CPU kernel has none)."""
     names = set(select_parameters(model, parameters))
     params = [p for k, p in model.named_parameters() if k in names]
-    with torch.enable_grad():
-        loss = training_loss(model(x), y).mean()
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-        gen = torch.Generator().manual_seed(seed)
-        v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
-        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in v))
-        v = [t / norm for t in v]
-        rayleigh = 0.0
+
+    def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = [torch.zeros_like(p) for p in params]
+        for rows in torch.arange(x.shape[0], device=x.device).split(chunk):
+            loss = training_loss(model(x[rows]), y[rows]).sum() / x.shape[0]
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+            for o, h in zip(out, torch.autograd.grad(grads, params, grad_outputs=v),
+                            strict=True):
+                o += h
+        return out
+
+    gen = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
+    norm = math.sqrt(sum(float(t.pow(2).sum()) for t in v))
+    v = [t / norm for t in v]
+    rayleigh = 0.0
+    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
         for _ in range(iterations):
-            hv = torch.autograd.grad(grads, params, grad_outputs=v, retain_graph=True)
+            hv = hvp(v)
             rayleigh = sum(float((a * b).sum()) for a, b in zip(v, hv, strict=True))
             norm = math.sqrt(sum(float(t.pow(2).sum()) for t in hv))
             if norm == 0:

@@ -90,14 +90,14 @@ def attribute(estimator: InfluenceEstimator, models: Sequence[nn.Module], x: tor
               y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, seed: int,
               parameters: Sequence[str] | None = None) -> Attribution:
     """The estimator's attribution on one model, or over several (checkpoints; no
-    diagnostics): its own ensemble where it has one (``ensemble_scores``: TRAK), else the
+    diagnostics): its own ensemble where it has one (``ensemble_attribute``: TRAK), else the
     mean of its scores."""
     if len(models) == 1:
         return estimator.attribute(models[0], x, y, x_test, y_test, seed=seed,
                                    parameters=parameters)
-    if hasattr(estimator, "ensemble_scores"):
-        return Attribution(estimator.ensemble_scores(models, x, y, x_test, y_test, seed=seed,
-                                                     parameters=parameters))
+    if hasattr(estimator, "ensemble_attribute"):
+        return estimator.ensemble_attribute(models, x, y, x_test, y_test, seed=seed,
+                                            parameters=parameters)
     scores = [estimator.scores(m, x, y, x_test, y_test, seed=seed, parameters=parameters)
               for m in models]
     return Attribution(sum(scores) / len(scores))
@@ -128,7 +128,9 @@ def measure(
     2. ``attack`` perturbs the points of S inside ``bounds`` at their labels ``y`` (class
        indices or one-hot / ±1 targets).
     3. Scores again on the perturbed rows, with ``refit(model, x_perturbed)`` (default: the
-       same weights, attending to the perturbed training set).
+       same weights, attending to the perturbed training set). With the same weights on a
+       model that is not :class:`Transductive`, an estimator with a ``rescore`` method
+       (TRAK) recomputes only the rows that changed, from what ``before.reuse`` holds.
     """
     models = [model] if isinstance(model, nn.Module) else list(model)
     rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
@@ -137,8 +139,13 @@ def measure(
                            parameters)
     selected = top_fraction(before.scores, fraction)
     x_new = perturb_rows(models, x, y, rows[selected], attack, bounds)
-    after = attribute(estimator, [refit(m, x_new) for m in models], x_new[rows], y[rows],
-                      x_test, y_test, seed, parameters)
+    if (refit is same_weights and hasattr(estimator, "rescore")
+            and not any(isinstance(m, Transductive) for m in models)):
+        after = estimator.rescore(models, before, x[rows], x_new[rows], y[rows], x_test,
+                                  y_test, seed=seed, parameters=parameters)
+    else:
+        after = attribute(estimator, [refit(m, x_new) for m in models], x_new[rows], y[rows],
+                          x_test, y_test, seed, parameters)
     delta = float((x_new - x).abs().amax()) if selected.numel() else 0.0
     settings = {"attack": {"attack": attack.name, **attack.to_dict()},
                 "estimator": {"estimator": estimator.name, **estimator.to_dict()},

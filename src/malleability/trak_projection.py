@@ -6,11 +6,9 @@ k × k of rank at most n, so it is singular for k > n, and at k = n it interpola
 gradients exactly (Φ⁻¹): the solve then returns numbers that depend on round-off, not on the
 data. dattri's default is k = 512, which exceeds n on small audits.
 
-Several checkpoints (TRAK's ensemble) go to dattri as a list of state dicts:
-``AttributionTask(loss_func, model, checkpoints=[sd_1, ..., sd_K])``, then
-``TRAKAttributor(task, correct_probability, projector_kwargs=...)``, ``.cache(train_loader)``
-and ``.attribute(test_loader)``: the mean over checkpoints of φ_t,k (Φ_kᵀΦ_k)⁻¹ Φ_kᵀ, each with
-its own projection (seed + 10⁵·k), times the checkpoints' mean Q = 1 − p(correct).
+Several checkpoints (TRAK's ensemble, :mod:`~malleability.estimators.trak`): the mean over
+checkpoints of φ_t,k (Φ_kᵀΦ_k)⁻¹ Φ_kᵀ, each with its own projection (seed + 10⁵·k, dattri's
+convention), times the checkpoints' mean Q = 1 − p(correct).
 """
 
 from __future__ import annotations

@@ -17,14 +17,17 @@ import torch
 from torch import nn
 
 from .base import Attribution, Estimator, InfluenceEstimator
+from .datainf import IFDataInf
 from .dattri import DATTRI_ESTIMATORS, DattriEstimator
 from .kronfluence import KRONFLUENCE_ESTIMATORS, KronfluenceEstimator
 from .logra import LoGra
 from .ntk_loo import NTKLOO
 from .tracin import TracIn
+from .trak import TRAK
 
 #: Every estimator class by its name.
-ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, TracIn, *DATTRI_ESTIMATORS,
+ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, TracIn, TRAK, IFDataInf,
+                                                  *DATTRI_ESTIMATORS,
                                                   *KRONFLUENCE_ESTIMATORS, LoGra)}
 
 
@@ -61,6 +64,7 @@ def influence_scores(model: nn.Module, x_train: torch.Tensor, y_train: torch.Ten
 __all__ = [
     "ESTIMATORS",
     "NTKLOO",
+    "TRAK",
     "Attribution",
     "DattriEstimator",
     "Estimator",

@@ -24,10 +24,13 @@ from ..settings import Settings
 @dataclass(frozen=True)
 class Attribution:
     """Scores (n_train,) float64 and what the estimator reports beside them (e.g. NTK-LOO's
-    A.9 stability report under ``"stability"``)."""
+    A.9 stability report under ``"stability"``); ``reuse``: what the estimator's ``rescore``
+    may take from these scores when a few training rows change (in memory only, never
+    written; TRAK's features)."""
 
     scores: torch.Tensor
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    reuse: Any = field(default=None, repr=False, compare=False)
 
 
 @runtime_checkable

@@ -1,12 +1,7 @@
-"""The field's estimators through dattri 0.3.0: influence functions and TRAK (TracIn is the
-package's own, :mod:`.tracin`: batched per-example gradients).
-
-- Influence functions ∇L_t · (H + δI)⁻¹ ∇L_i with the Hessian H inverted explicitly, by CG,
-  LiSSA, Arnoldi, DataInf or EK-FAC (damping δ = ``damping``, 1e-3 by default);
-- TRAK's projected-gradient score (projection seeded with ``seed``, to ``proj_dim`` < n
-  dimensions: :func:`~malleability.trak_projection.check_trak_projection`); several
-  checkpoints are its intended ensemble (:meth:`TRAK.ensemble_scores`, which
-  :func:`~malleability.measure.attribute` uses), not a mean of single-checkpoint scores.
+"""The field's influence functions through dattri 0.3.0: ∇L_t · (H + δI)⁻¹ ∇L_i with the Hessian
+H inverted explicitly, by CG, LiSSA, Arnoldi or EK-FAC (damping δ = ``damping``, 1e-3 by
+default). TracIn, TRAK and DataInf are the package's own on batched per-example gradients
+(:mod:`.tracin`, :mod:`.trak`, :mod:`.datainf`; TRAK and DataInf take dattri's formulas).
 
 The loss is the model's training loss (:func:`~malleability.losses.training_loss`):
 cross-entropy on logits (C ≥ 2), the logistic loss on one score. dattri builds float32
@@ -86,19 +81,15 @@ class DattriEstimator(Estimator):
     def scores(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
                parameters: Sequence[str] | None = None) -> torch.Tensor:
-        return self._guarded([model], x_train, y_train, x_test, y_test, seed, parameters)
-
-    def _guarded(self, models, x_train, y_train, x_test, y_test, seed, parameters):
-        """``_attribute`` on copies of ``models`` (dattri may leave hooks behind), seeded and
+        """``_attribute`` on a copy of ``model`` (dattri may leave hooks behind), seeded and
         without dattri's bars, its failures and non-finite scores as one-line errors."""
-        models = [copy.deepcopy(m).eval() for m in models]
-        extra = {} if len(models) == 1 else {"models": models}
+        model = copy.deepcopy(model).eval()
         y_train, y_test = as_labels(y_train), as_labels(y_test)
         try:
             with torch.random.fork_rng(devices=[]), _SILENT_BARS:
                 torch.manual_seed(seed)
-                scores = self._attribute(models[0], x_train, y_train, x_test, y_test,
-                                         parameters, seed, **extra).detach()
+                scores = self._attribute(model, x_train, y_train, x_test, y_test,
+                                         parameters, seed).detach()
         except (RuntimeError, UnboundLocalError, TypeError, IndexError) as err:
             raise ValueError(f"estimator: {self.name} failed inside dattri "
                              f"({type(err).__name__}: {str(err).splitlines()[0]})") from err
@@ -112,22 +103,21 @@ class DattriEstimator(Estimator):
         return "dattri 0.3.0; see docs/audit.md"
 
     @staticmethod
-    def _task(model: nn.Module, x_train: torch.Tensor, checkpoints: list | None = None):
-        """dattri's task on ``model``'s training loss (at its weights, or at each of
-        ``checkpoints``' state dicts), and that loss (params, batch) → mean."""
+    def _task(model: nn.Module, x_train: torch.Tensor):
+        """dattri's task on ``model``'s training loss (params, batch) → mean at its
+        weights."""
         from dattri.task import AttributionTask
         from torch.func import functional_call
 
         sample_ndim = x_train.ndim - 1
 
         def loss_fn(params, data):
-            x, y = data  # TRAK/TracIn pass one unbatched sample, the IF family batches
+            x, y = data  # one unbatched sample or a batch
             if x.ndim == sample_ndim:
                 x, y = x.unsqueeze(0), y.reshape(1)
             return training_loss(functional_call(model, params, (x,)), y).mean()
 
-        return AttributionTask(loss_func=loss_fn, model=model,
-                               checkpoints=checkpoints or model.state_dict()), loss_fn
+        return AttributionTask(loss_func=loss_fn, model=model, checkpoints=model.state_dict())
 
     @staticmethod
     def _loaders(x_train, y_train, x_test, y_test):
@@ -139,7 +129,7 @@ class DattriEstimator(Estimator):
 
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import influence_function as dif
-        task, _ = self._task(model, x_train)
+        task = self._task(model, x_train)
         train, test = self._loaders(x_train, y_train, x_test, y_test)
         device = str(x_train.device)
         cls = getattr(dif, self.attributor)
@@ -219,14 +209,6 @@ class IFArnoldi(DattriEstimator):
 
 
 @dataclass(frozen=True)
-class IFDataInf(DattriEstimator):
-    """DataInf's closed-form layer-wise approximation (IFAttributorDataInf)."""
-
-    name: ClassVar[str] = "if-datainf"
-    attributor: ClassVar[str] = "IFAttributorDataInf"
-
-
-@dataclass(frozen=True)
 class IFEKFAC(DattriEstimator):
     """Influence function with the EK-FAC Hessian (IFAttributorEKFAC); ``parameters`` name
     modules."""
@@ -255,7 +237,7 @@ class IFEKFAC(DattriEstimator):
 
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import influence_function as dif
-        task, _ = self._task(model, x_train)
+        task = self._task(model, x_train)
         train, test = self._loaders(x_train, y_train, x_test, y_test)
         attributor = dif.IFAttributorEKFAC(
             task, module_name=None if parameters is None else list(parameters),
@@ -264,57 +246,5 @@ class IFEKFAC(DattriEstimator):
         return attributor.attribute(train, test).mean(1).to(torch.float64)
 
 
-@dataclass(frozen=True)
-class TRAK(DattriEstimator):
-    """TRAK (TRAKAttributor) with dattri's default projector, seeded; randomized."""
-
-    name: ClassVar[str] = "trak"
-    randomized: ClassVar[bool] = True
-    proj_dim: int | None = setting(None, "TRAK's projection dimension k < n (default: dattri's "
-                                   "512, or n // 2 below 1,024 points).", check_positive_int)
-
-    def projection(self, n: int) -> int:
-        """k for ``n`` training points: ``proj_dim`` checked below n, or min(512, n // 2): at
-        k near n, ΦᵀΦ nearly interpolates the n gradients (:mod:`~malleability.trak_projection`)
-        and the scores follow round-off (docs/audit.md, the realistic audit)."""
-        from ..trak_projection import check_trak_projection
-        return check_trak_projection(max(1, min(512, n // 2)) if self.proj_dim is None
-                                     else self.proj_dim, n)
-
-    def check(self, model: nn.Module, x: torch.Tensor,
-              parameters: Sequence[str] | None = None) -> None:
-        self.projection(x.shape[0])
-
-    def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed,
-                   models=None):
-        from dattri.algorithm.trak import DEFAULT_PROJECTOR_KWARGS, TRAKAttributor
-        checkpoints = None if models is None else [  # copies: dattri loads each in place
-            {k: v.detach().clone() for k, v in m.state_dict().items()} for m in models]
-        task, loss_fn = self._task(model, x_train, checkpoints)
-        train, test = self._loaders(x_train, y_train, x_test, y_test)
-        device = str(x_train.device)
-
-        def correct_probability(params, data):  # dattri vmaps it over single samples
-            return torch.exp(-loss_fn(params, data))
-
-        names = None if parameters is None else select_parameters(model, parameters)
-        attributor = TRAKAttributor(task, correct_probability, layer_name=names, device=device)
-        attributor.projector_kwargs = {  # a copy: dattri's default stays
-            **DEFAULT_PROJECTOR_KWARGS, "proj_seed": seed, "device": device,
-            "proj_dim": self.projection(x_train.shape[0])}
-        attributor.cache(train)
-        return attributor.attribute(test).mean(1).to(torch.float64)
-
-    def ensemble_scores(self, models: Sequence[nn.Module], x_train: torch.Tensor,
-                        y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
-                        seed: int = 0, parameters: Sequence[str] | None = None
-                        ) -> torch.Tensor:
-        """TRAK's ensemble over checkpoints ``models`` (one architecture): the mean over
-        checkpoints of φ_t,k (Φ_kᵀΦ_k)⁻¹ Φ_kᵀ times the checkpoints' mean 1 − p(correct)
-        (:mod:`~malleability.trak_projection`)."""
-        return self._guarded(list(models), x_train, y_train, x_test, y_test, seed,
-                             parameters)
-
-
 #: dattri's estimators, in the order the audit lists them.
-DATTRI_ESTIMATORS = (TRAK, IFExplicit, IFCG, IFLiSSA, IFDataInf, IFEKFAC, IFArnoldi)
+DATTRI_ESTIMATORS = (IFExplicit, IFCG, IFLiSSA, IFEKFAC, IFArnoldi)
