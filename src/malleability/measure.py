@@ -128,7 +128,9 @@ def measure(
     2. ``attack`` perturbs the points of S inside ``bounds`` at their labels ``y`` (class
        indices or one-hot / ±1 targets).
     3. Scores again on the perturbed rows, with ``refit(model, x_perturbed)`` (default: the
-       same weights, attending to the perturbed training set).
+       same weights, attending to the perturbed training set). On one model whose weights
+       and features stay (``refit`` returns it), from what ``before`` holds for reuse
+       (``Attribution.reuse``: NTK-LOO's clean kernels) by the estimator's ``rescore``.
     """
     models = [model] if isinstance(model, nn.Module) else list(model)
     rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
@@ -137,8 +139,13 @@ def measure(
                            parameters)
     selected = top_fraction(before.scores, fraction)
     x_new = perturb_rows(models, x, y, rows[selected], attack, bounds)
-    after = attribute(estimator, [refit(m, x_new) for m in models], x_new[rows], y[rows],
-                      x_test, y_test, seed, parameters)
+    refitted = [refit(m, x_new) for m in models]
+    if before.reuse is not None and len(models) == 1 and refitted[0] is models[0]:
+        after = estimator.rescore(before, models[0], x_new[rows], y[rows], x_test, y_test,
+                                  seed=seed, parameters=parameters)
+    else:
+        after = attribute(estimator, refitted, x_new[rows], y[rows], x_test, y_test, seed,
+                          parameters)
     delta = float((x_new - x).abs().amax()) if selected.numel() else 0.0
     settings = {"attack": {"attack": attack.name, **attack.to_dict()},
                 "estimator": {"estimator": estimator.name, **estimator.to_dict()},

@@ -24,10 +24,13 @@ from ..settings import Settings
 @dataclass(frozen=True)
 class Attribution:
     """Scores (n_train,) float64 and what the estimator reports beside them (e.g. NTK-LOO's
-    A.9 stability report under ``"stability"``)."""
+    A.9 stability report under ``"stability"``). ``reuse``: what a rescoring after a few
+    training points change may reuse, passed back to the estimator's ``rescore`` (NTK-LOO's
+    kernels); None: nothing, rescore from scratch."""
 
     scores: torch.Tensor
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    reuse: Any = None
 
 
 @runtime_checkable

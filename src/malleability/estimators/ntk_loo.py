@@ -10,6 +10,12 @@ empirical NTK by Jacobian contraction (:func:`~malleability.jacobian_ntk.jacobia
 restricted to ``parameters``), float64: Θ(X, X) and the cross kernel Θ(X_t, X) from one
 pass over the Jacobians (:func:`~malleability.jacobian_ntk.train_test_ntk`), in blocks whose
 memory is bounded by the free memory, never the n × C × P Jacobian.
+
+Rescoring after an attack on a few training points (:meth:`NTKLOO.rescore`, called by
+:func:`~malleability.measure.measure`): the clean attribution carries its kernels
+(:class:`CleanKernels`, ``Attribution.reuse``), and only the rows and columns of the changed
+points are recomputed (:func:`~malleability.jacobian_ntk.updated_ntk`). The caller passes
+the clean kernels explicitly, so a rescoring's result depends only on its inputs.
 """
 
 from __future__ import annotations
@@ -23,11 +29,29 @@ from torch import nn
 
 from .._validation import check_nonnegative
 from ..influence import InfluenceResult, network_influence, ntk_influence
-from ..jacobian_ntk import output_size, train_test_ntk
+from ..jacobian_ntk import output_size, train_test_ntk, updated_ntk
 from ..losses import as_targets_of, loss_for_targets
 from ..models import TwoLayerNet
 from ..settings import setting
 from .base import Attribution, Estimator
+
+
+@dataclass(frozen=True)
+class CleanKernels:
+    """Θ(x, x) (``kernel``) and Θ(x_test, x) (``cross``; ``kernel`` itself when the test
+    points are x) of one model over ``parameters``, at the inputs they were computed on."""
+
+    x: torch.Tensor
+    x_test: torch.Tensor
+    kernel: torch.Tensor
+    cross: torch.Tensor
+    parameters: tuple[str, ...] | None
+
+
+def _names(parameters: Sequence[str] | None) -> tuple[str, ...] | None:
+    if parameters is None:
+        return None
+    return (parameters,) if isinstance(parameters, str) else tuple(parameters)
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,11 @@ class NTKLOO(Estimator):
                                      x_test, as_targets_of(y_test, c, torch.float64),
                                      self.ridge)
         kernel, cross = train_test_ntk(model, x_train, x_test, parameters=parameters)
+        return self._from_kernels(model, kernel, cross, x_train, y_train, y_test)
+
+    def _from_kernels(self, model: nn.Module, kernel: torch.Tensor, cross: torch.Tensor,
+                      x_train: torch.Tensor, y_train: torch.Tensor, y_test: torch.Tensor
+                      ) -> InfluenceResult:
         classes = output_size(model, x_train[:1])
         y, y_t = (as_targets_of(t, classes, torch.float64) for t in (y_train, y_test))
         return ntk_influence(kernel, cross, y, y_t, self.ridge, loss_for_targets(y))
@@ -62,6 +91,49 @@ class NTKLOO(Estimator):
     def attribute(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                   x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
                   parameters: Sequence[str] | None = None) -> Attribution:
-        result = self.influence(model, x_train, y_train, x_test, y_test, parameters)
+        """The scores and A.9 report; on a module other than TwoLayerNet (whose closed-form
+        kernel is cheap) also the kernels, for :meth:`rescore`."""
+        if isinstance(model, TwoLayerNet):
+            result = self.influence(model, x_train, y_train, x_test, y_test, parameters)
+            return Attribution(result.scores, {"stability": result.stability})
+        kernel, cross = train_test_ntk(model, x_train, x_test, parameters=parameters)
+        result = self._from_kernels(model, kernel, cross, x_train, y_train, y_test)
+        return Attribution(result.scores, {"stability": result.stability},
+                           CleanKernels(x_train, x_test, kernel, cross, _names(parameters)))
+
+    def rescore(self, clean: Attribution, model: nn.Module, x_train: torch.Tensor,
+                y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
+                seed: int = 0, parameters: Sequence[str] | None = None) -> Attribution:
+        """:meth:`attribute` on training inputs ``x_train`` that differ from those of
+        ``clean`` (an attribution of this estimator on the same ``model`` weights, test points
+        and ``parameters``) in a few rows: ``clean``'s kernels with the rows and columns of
+        the changed points recomputed (:func:`~malleability.jacobian_ntk.updated_ntk`), or
+        computed afresh when over half the rows changed (then that is cheaper). The result
+        is :meth:`attribute`'s up to float64 summation order."""
+        kept = clean.reuse
+        if not isinstance(kept, CleanKernels):
+            raise ValueError("clean: expected an NTK-LOO attribution holding its kernels")
+        if x_train.shape != kept.x.shape or x_train.dtype != kept.x.dtype:
+            raise ValueError(f"x_train: expected the clean inputs' shape {tuple(kept.x.shape)} "
+                             f"and dtype, got {tuple(x_train.shape)} {x_train.dtype}")
+        if not (x_test is kept.x_test or (x_test.shape == kept.x_test.shape
+                                          and torch.equal(x_test, kept.x_test))):
+            raise ValueError("x_test: expected the test points of the clean attribution")
+        if _names(parameters) != kept.parameters:
+            raise ValueError(f"parameters: expected those of the clean attribution, "
+                             f"{kept.parameters}, got {_names(parameters)}")
+        changed = (x_train != kept.x).reshape(x_train.shape[0], -1).any(1).nonzero().flatten()
+        if 2 * changed.numel() > x_train.shape[0]:
+            return self.attribute(model, x_train, y_train, x_test, y_test, seed=seed,
+                                  parameters=parameters)
+        if changed.numel() == 0:
+            kernel, cross = kept.kernel, kept.cross
+        elif kept.cross is kept.kernel:  # the test points are the clean training points
+            kernel, cross = updated_ntk(model, kept.kernel, kept.x, x_train, changed,
+                                        parameters=parameters)
+        else:
+            kernel, cross = updated_ntk(model, kept.kernel, kept.x, x_train, changed,
+                                        x_test, kept.cross, parameters=parameters)
+        result = self._from_kernels(model, kernel, cross, x_train, y_train, y_test)
         return Attribution(result.scores, {"stability": result.stability})
 
