@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from malleability.attacks import FGSM
+from malleability.attacks import FGSM, RandomSign
 from malleability.audit_run import run_audit
 from malleability.auditing import prepare
 from malleability.estimators import NTKLOO
-from malleability.measure import measure
+from malleability.measure import measure, measure_each
 
 F64 = torch.float64
 jn = importlib.import_module("malleability.jacobian_ntk")
@@ -69,7 +69,7 @@ def test_rescoring_recomputes_only_the_changed_rows_and_equals_a_full_computatio
         x_new = x.clone()
         x_new[changed] += 0.3
         rows.clear()
-        got = NTKLOO().rescore(clean, model, x_new, y, x_t, y_t)
+        (got,) = NTKLOO().rescore(clean, model, [x_new], y, x_t, y_t)
         # S against x_new and the test points (test = train: the clean x[S])
         assert sum(rows) == len(changed) + 12 + (n_t or len(changed))
         full = NTKLOO().attribute(model, x_new, y, x_t, y_t)
@@ -78,8 +78,29 @@ def test_rescoring_recomputes_only_the_changed_rows_and_equals_a_full_computatio
         assert a.max_eigenvalue == pytest.approx(b.max_eigenvalue, rel=1e-10)
         assert a.min_eigenvalue == pytest.approx(b.min_eigenvalue, rel=1e-10)
     rows.clear()
-    same = NTKLOO().rescore(clean, model, x.clone(), y, x_t, y_t)  # nothing changed
+    (same,) = NTKLOO().rescore(clean, model, [x.clone()], y, x_t, y_t)  # nothing changed
     assert rows == [] and torch.equal(same.scores, clean.scores)
+
+
+@pytest.mark.parametrize("separate_test", [True, False])
+def test_several_training_sets_are_rescored_in_one_pass(rows, separate_test):
+    model = Net().to(F64)
+    x, y, x_t, y_t = _data(4)
+    if not separate_test:
+        x_t, y_t = x, y
+    clean = NTKLOO().attribute(model, x, y, x_t, y_t)
+    xs = [x.clone() for _ in range(3)]
+    xs[0][[1, 6]] += 0.3
+    xs[1][[1, 6]] -= 0.2
+    xs[2][6] *= 1.5  # row 1 unchanged: S is the union of the changed rows
+    rows.clear()
+    got = NTKLOO().rescore(clean, model, xs, y, x_t, y_t)
+    # each set's S (3 × 2 rows) against the 10 unchanged rows, the test points (or the
+    # clean x[S]) and every set's S, in one call
+    assert sum(rows) == 3 * 2 + 10 + (4 if separate_test else 2) + 3 * 2
+    for x_new, one in zip(xs, got, strict=True):
+        full = NTKLOO().attribute(model, x_new, y, x_t, y_t)
+        torch.testing.assert_close(one.scores, full.scores, rtol=1e-10, atol=1e-13)
 
 
 def test_rescoring_most_rows_changed_is_a_full_computation(rows):
@@ -87,14 +108,14 @@ def test_rescoring_most_rows_changed_is_a_full_computation(rows):
     x, y, x_t, y_t = _data(1, n=10)
     clean = NTKLOO().attribute(model, x, y, x_t, y_t)
     rows.clear()
-    got = NTKLOO().rescore(clean, model, x + 0.1, y, x_t, y_t)
+    (got,) = NTKLOO().rescore(clean, model, [x + 0.1], y, x_t, y_t)
     assert sum(rows) == 10 + 4
     assert torch.equal(got.scores, NTKLOO().scores(model, x + 0.1, y, x_t, y_t))
 
 
 @pytest.mark.parametrize("case, message", [
     ("other test", r"^x_test: expected the test points of the clean attribution$"),
-    ("other shape", r"^x_train: expected the clean inputs' shape \(12, 5\)"),
+    ("other shape", r"^xs_train: expected the clean inputs' shape \(12, 5\)"),
     ("other parameters", r"^parameters: expected those of the clean attribution, None, "
                          r"got \('head',\)$"),
     ("no kernels", r"^clean: expected an NTK-LOO attribution holding its kernels$"),
@@ -109,7 +130,7 @@ def test_rescoring_refuses_a_clean_attribution_of_something_else(case, message):
     x_new = x[:6] if case == "other shape" else x
     x_t = x_t + 1 if case == "other test" else x_t
     with pytest.raises(ValueError, match=message):
-        NTKLOO().rescore(clean, model, x_new, y[:x_new.shape[0]], x_t, y_t, **kwargs)
+        NTKLOO().rescore(clean, model, [x_new], y[:x_new.shape[0]], x_t, y_t, **kwargs)
 
 
 def test_measure_rescores_from_the_clean_kernels(rows):
@@ -122,6 +143,14 @@ def test_measure_rescores_from_the_clean_kernels(rows):
     assert sum(rows) == 24 + 2 + 24
     full = NTKLOO().scores(model, m.perturbed_inputs, y, x_t, y_t)
     torch.testing.assert_close(m.perturbed_scores, full, rtol=1e-10, atol=1e-13)
+    rows.clear()
+    both = measure_each(model, x, y, x_t, y_t, NTKLOO(), [FGSM(eps=0.2), RandomSign(eps=0.2)],
+                        fraction=0.1, bounds=(-10.0, 10.0))
+    assert sum(rows) == 24 + 2 * 2 + 18 + 4 + 2 * 2  # both sets' S against U, x_t, both S
+    assert torch.equal(both[0].perturbed_inputs, m.perturbed_inputs)
+    for one in both:
+        full = NTKLOO().scores(model, one.perturbed_inputs, y, x_t, y_t)
+        torch.testing.assert_close(one.perturbed_scores, full, rtol=1e-10, atol=1e-13)
 
 
 def _problem():
@@ -136,13 +165,16 @@ def _problem():
 
 def test_the_audit_passes_the_clean_kernels_and_a_resumed_cell_equals_a_fresh_one(
         tmp_path, monkeypatch):
-    kernels = []
-    full = ntk_loo.train_test_ntk
+    kernels, updates = [], []
+    full, update = ntk_loo.train_test_ntk, ntk_loo.updated_ntks
     monkeypatch.setattr(ntk_loo, "train_test_ntk",
                         lambda *a, **k: kernels.append(1) or full(*a, **k))
+    monkeypatch.setattr(ntk_loo, "updated_ntks",
+                        lambda *a, **k: updates.append(len(a[3])) or update(*a, **k))
     out = tmp_path / "run"
     run_audit(out, [_problem()])
-    assert len(kernels) == 1  # one clean kernel for the three seeds; 6 rescorings reuse it
+    # one clean kernel for the three seeds; each seed's attack and control rescored together
+    assert len(kernels) == 1 and updates == [2, 2, 2]
     cells = {s: out / "ntk-loo" / f"checkpoint=model__seed={s}.json" for s in (0, 1, 2)}
     fresh = {s: json.loads(p.read_text())["result"] for s, p in cells.items()}
     for s in (1, 0):  # a later seed without the first seed's kernels, then the first seed

@@ -28,7 +28,7 @@ from .controls import METRICS, metrics
 from .estimator_checks import DAMPED, degenerate_settings, hessian_top_eigenvalue
 from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
 from .jacobian_ntk import output_size
-from .measure import attribute, measure
+from .measure import attribute, measure_each
 from .model_outputs import check_labels
 
 #: A randomized estimator's noise control compares its scores at seed s with those at
@@ -65,8 +65,9 @@ def audit_seed(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEst
     clean = clean_attribution(models, data, estimator, settings, seed, clean)
     common = {"fraction": settings.fraction, "seed": est_seed, "bounds": settings.bounds,
               "before": clean, "parameters": parameters}
-    adversarial = measure(models, *data, estimator, settings.attack_at(seed), **common)
-    random = measure(models, *data, estimator, settings.control_at(seed), **common)
+    adversarial, random = measure_each(models, *data, estimator,
+                                       [settings.attack_at(seed), settings.control_at(seed)],
+                                       **common)
     noise = None
     if estimator.randomized:
         other = attribute(estimator, models, *data, est_seed + NOISE_PARTNER, parameters)

@@ -132,22 +132,52 @@ def measure(
        and features stay (``refit`` returns it), from what ``before`` holds for reuse
        (``Attribution.reuse``: NTK-LOO's clean kernels) by the estimator's ``rescore``.
     """
+    return measure_each(model, x, y, x_test, y_test, estimator, [attack], fraction=fraction,
+                        seed=seed, rows=rows, bounds=bounds, before=before, refit=refit,
+                        parameters=parameters)[0]
+
+
+def measure_each(
+    model: nn.Module | Sequence[nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    estimator: InfluenceEstimator,
+    attacks: Sequence[AttackMethod],
+    *,
+    fraction: float = 0.1,
+    seed: int = 0,
+    rows: torch.Tensor | None = None,
+    bounds: Bounds = UNIT_BOX,
+    before: Attribution | None = None,
+    refit: Refit = same_weights,
+    parameters: Sequence[str] | None = None,
+) -> list[Measurement]:
+    """:func:`measure` of each of ``attacks`` on the same S from the same scores (e.g. an
+    attack and its random control); with ``rescore`` (one model, reusable ``before``) the
+    perturbed training sets are rescored together (NTK-LOO: the unchanged points' Jacobians
+    once for all)."""
     models = [model] if isinstance(model, nn.Module) else list(model)
     rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
     if before is None:
         before = attribute(estimator, models, x[rows], y[rows], x_test, y_test, seed,
                            parameters)
     selected = top_fraction(before.scores, fraction)
-    x_new = perturb_rows(models, x, y, rows[selected], attack, bounds)
-    refitted = [refit(m, x_new) for m in models]
-    if before.reuse is not None and len(models) == 1 and refitted[0] is models[0]:
-        after = estimator.rescore(before, models[0], x_new[rows], y[rows], x_test, y_test,
-                                  seed=seed, parameters=parameters)
+    xs_new = [perturb_rows(models, x, y, rows[selected], attack, bounds) for attack in attacks]
+    refitted = [[refit(m, x_new) for m in models] for x_new in xs_new]
+    if before.reuse is not None and len(models) == 1 and all(r[0] is models[0]
+                                                             for r in refitted):
+        afters = estimator.rescore(before, models[0], [x_new[rows] for x_new in xs_new],
+                                   y[rows], x_test, y_test, seed=seed, parameters=parameters)
     else:
-        after = attribute(estimator, refitted, x_new[rows], y[rows], x_test, y_test, seed,
-                          parameters)
-    delta = float((x_new - x).abs().amax()) if selected.numel() else 0.0
-    settings = {"attack": {"attack": attack.name, **attack.to_dict()},
-                "estimator": {"estimator": estimator.name, **estimator.to_dict()},
-                "fraction": fraction, "seed": seed}
-    return compare(before, after, fraction, x_new, delta, settings=settings)
+        afters = [attribute(estimator, r, x_new[rows], y[rows], x_test, y_test, seed,
+                            parameters) for r, x_new in zip(refitted, xs_new, strict=True)]
+    out = []
+    for attack, x_new, after in zip(attacks, xs_new, afters, strict=True):
+        delta = float((x_new - x).abs().amax()) if selected.numel() else 0.0
+        settings = {"attack": {"attack": attack.name, **attack.to_dict()},
+                    "estimator": {"estimator": estimator.name, **estimator.to_dict()},
+                    "fraction": fraction, "seed": seed}
+        out.append(compare(before, after, fraction, x_new, delta, settings=settings))
+    return out

@@ -14,8 +14,10 @@ memory is bounded by the free memory, never the n × C × P Jacobian.
 Rescoring after an attack on a few training points (:meth:`NTKLOO.rescore`, called by
 :func:`~malleability.measure.measure`): the clean attribution carries its kernels
 (:class:`CleanKernels`, ``Attribution.reuse``), and only the rows and columns of the changed
-points are recomputed (:func:`~malleability.jacobian_ntk.updated_ntk`). The caller passes
-the clean kernels explicitly, so a rescoring's result depends only on its inputs.
+points are recomputed (:func:`~malleability.jacobian_ntk.updated_ntks`). The caller passes
+the clean kernels explicitly, so a rescoring's result depends only on its inputs. Several
+perturbed training sets (the audit's attack and its random control, on the same points) are
+rescored together: the unchanged points' Jacobians are computed once for all.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from torch import nn
 
 from .._validation import check_nonnegative
 from ..influence import InfluenceResult, network_influence, ntk_influence
-from ..jacobian_ntk import output_size, train_test_ntk, updated_ntk
+from ..jacobian_ntk import output_size, train_test_ntk, updated_ntks
 from ..losses import as_targets_of, loss_for_targets
 from ..models import TwoLayerNet
 from ..settings import setting
@@ -101,39 +103,48 @@ class NTKLOO(Estimator):
         return Attribution(result.scores, {"stability": result.stability},
                            CleanKernels(x_train, x_test, kernel, cross, _names(parameters)))
 
-    def rescore(self, clean: Attribution, model: nn.Module, x_train: torch.Tensor,
+    def rescore(self, clean: Attribution, model: nn.Module, xs_train: Sequence[torch.Tensor],
                 y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
-                seed: int = 0, parameters: Sequence[str] | None = None) -> Attribution:
-        """:meth:`attribute` on training inputs ``x_train`` that differ from those of
-        ``clean`` (an attribution of this estimator on the same ``model`` weights, test points
-        and ``parameters``) in a few rows: ``clean``'s kernels with the rows and columns of
-        the changed points recomputed (:func:`~malleability.jacobian_ntk.updated_ntk`), or
-        computed afresh when over half the rows changed (then that is cheaper). The result
-        is :meth:`attribute`'s up to float64 summation order."""
+                seed: int = 0, parameters: Sequence[str] | None = None) -> list[Attribution]:
+        """:meth:`attribute` on each training set of ``xs_train`` (e.g. one per attack), each
+        differing from the inputs of ``clean`` (an attribution of this estimator on the same
+        ``model`` weights, test points and ``parameters``) in a few rows: ``clean``'s kernels
+        with the rows and columns of the changed points recomputed, for all of them in one
+        pass (:func:`~malleability.jacobian_ntk.updated_ntks`), or computed afresh when over
+        half the rows changed (then that is cheaper). Each result is :meth:`attribute`'s up
+        to float64 summation order."""
         kept = clean.reuse
         if not isinstance(kept, CleanKernels):
             raise ValueError("clean: expected an NTK-LOO attribution holding its kernels")
-        if x_train.shape != kept.x.shape or x_train.dtype != kept.x.dtype:
-            raise ValueError(f"x_train: expected the clean inputs' shape {tuple(kept.x.shape)} "
-                             f"and dtype, got {tuple(x_train.shape)} {x_train.dtype}")
+        for x_train in xs_train:
+            if x_train.shape != kept.x.shape or x_train.dtype != kept.x.dtype:
+                raise ValueError(f"xs_train: expected the clean inputs' shape "
+                                 f"{tuple(kept.x.shape)} and dtype, got "
+                                 f"{tuple(x_train.shape)} {x_train.dtype}")
         if not (x_test is kept.x_test or (x_test.shape == kept.x_test.shape
                                           and torch.equal(x_test, kept.x_test))):
             raise ValueError("x_test: expected the test points of the clean attribution")
         if _names(parameters) != kept.parameters:
             raise ValueError(f"parameters: expected those of the clean attribution, "
                              f"{kept.parameters}, got {_names(parameters)}")
-        changed = (x_train != kept.x).reshape(x_train.shape[0], -1).any(1).nonzero().flatten()
-        if 2 * changed.numel() > x_train.shape[0]:
-            return self.attribute(model, x_train, y_train, x_test, y_test, seed=seed,
-                                  parameters=parameters)
+        n = kept.x.shape[0]
+        changed = torch.zeros(n, dtype=torch.bool, device=kept.x.device)
+        for x_train in xs_train:
+            changed |= (x_train != kept.x).reshape(n, -1).any(1)
+        changed = changed.nonzero().flatten()
+        if 2 * changed.numel() > n:
+            return [self.attribute(model, x_train, y_train, x_test, y_test, seed=seed,
+                                   parameters=parameters) for x_train in xs_train]
         if changed.numel() == 0:
-            kernel, cross = kept.kernel, kept.cross
+            kernels = [(kept.kernel, kept.cross)] * len(xs_train)
         elif kept.cross is kept.kernel:  # the test points are the clean training points
-            kernel, cross = updated_ntk(model, kept.kernel, kept.x, x_train, changed,
-                                        parameters=parameters)
+            kernels = updated_ntks(model, kept.kernel, kept.x, xs_train, changed,
+                                   parameters=parameters)
         else:
-            kernel, cross = updated_ntk(model, kept.kernel, kept.x, x_train, changed,
-                                        x_test, kept.cross, parameters=parameters)
-        result = self._from_kernels(model, kernel, cross, x_train, y_train, y_test)
-        return Attribution(result.scores, {"stability": result.stability})
-
+            kernels = updated_ntks(model, kept.kernel, kept.x, xs_train, changed, x_test,
+                                   kept.cross, parameters=parameters)
+        out = []
+        for x_train, (kernel, cross) in zip(xs_train, kernels, strict=True):
+            result = self._from_kernels(model, kernel, cross, x_train, y_train, y_test)
+            out.append(Attribution(result.scores, {"stability": result.stability}))
+        return out
