@@ -101,17 +101,18 @@ def test_rescoring_recomputes_only_changed_rows_and_matches_a_fresh_computation(
     x_new = x.clone()
     changed = torch.tensor([3, 17, 18, 40, 41, 59])
     x_new[changed] += 0.3
-    reused = trak.rescore(models, clean, x, x_new, y, xt, yt, seed=2)
+    (reused,) = trak.rescore(models, clean, x, [x_new], y, xt, yt, seed=2)
     assert counted == [60, 60, 6, 6]  # the clean pass, then each checkpoint's changed rows
-    recomputed = trak.rescore(models, Attribution(clean.scores), x, x_new, y, xt, yt, seed=2)
+    (recomputed,) = trak.rescore(models, Attribution(clean.scores), x, [x_new], y, xt, yt,
+                                 seed=2)
     assert torch.equal(reused.scores, recomputed.scores)
     fresh = trak.ensemble_scores(models, x_new, y, xt, yt, seed=2)
     torch.testing.assert_close(reused.scores, fresh, rtol=0,
                                atol=1e-5 * float(fresh.abs().max()))
     assert not torch.allclose(reused.scores, clean.scores)
-    same = trak.rescore(models, clean, x, x.clone(), y, xt, yt, seed=2)
+    (same,) = trak.rescore(models, clean, x, [x.clone()], y, xt, yt, seed=2)
     assert torch.equal(same.scores, clean.scores)
-    other_seed = trak.rescore(models, clean, x, x_new, y, xt, yt, seed=3)
+    (other_seed,) = trak.rescore(models, clean, x, [x_new], y, xt, yt, seed=3)
     torch.testing.assert_close(other_seed.scores,
                                trak.ensemble_scores(models, x_new, y, xt, yt, seed=3),
                                rtol=0, atol=1e-5 * float(fresh.abs().max()))
@@ -138,6 +139,6 @@ def test_measure_rescores_trak_from_the_clean_features(counted):
     model, trak = _mlp(0), TRAK(proj_dim=12)
     m = measure(model, x, y, xt, yt, trak, RandomSign(eps=0.05, seed=1), fraction=0.1, seed=4)
     assert counted == [60, 6]
-    want = trak.rescore([model], Attribution(m.scores), x, m.perturbed_inputs, y, xt, yt,
-                        seed=4)
+    (want,) = trak.rescore([model], Attribution(m.scores), x, [m.perturbed_inputs], y, xt,
+                           yt, seed=4)
     assert torch.equal(m.perturbed_scores, want.scores)

@@ -28,7 +28,7 @@ from .controls import METRICS, metrics
 from .estimator_checks import DAMPED, degenerate_settings, hessian_top_eigenvalue
 from .estimators import Attribution, InfluenceEstimator, check_estimator, make_estimator
 from .jacobian_ntk import output_size
-from .measure import attribute, measure
+from .measure import attribute, measure_each
 from .model_outputs import check_labels
 
 #: A randomized estimator's noise control compares its scores at seed s with those at
@@ -36,23 +36,38 @@ from .model_outputs import check_labels
 NOISE_PARTNER = 7919
 
 
+def clean_attribution(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
+                      settings: AuditSettings, seed: int, clean: Attribution | None = None
+                      ) -> Attribution:
+    """The clean attribution at ``seed`` that :func:`audit_seed` perturbs from: ``clean``, or
+    computed (estimator seed: ``seed``, or the first seed for a deterministic estimator) if
+    ``clean`` is None or holds scores only where the estimator's rescoring reuses more (one
+    model and a ``rescore``: NTK-LOO's kernels, ``Attribution.reuse``), so the rescoring takes
+    the same path whether ``clean`` came from an earlier cell in memory or from a file."""
+    if clean is None or (clean.reuse is None and len(models) == 1
+                         and hasattr(estimator, "rescore")):
+        est_seed = seed if estimator.randomized else settings.seeds[0]
+        clean = attribute(estimator, models, *data, est_seed, settings.parameters or None)
+    return clean
+
+
 def audit_seed(models: Sequence[nn.Module], data: tuple, estimator: InfluenceEstimator,
                settings: AuditSettings, seed: int, clean: Attribution | None = None
                ) -> dict[str, Any]:
     """The three measurements of :mod:`~malleability.controls` at one seed on ``models``
     (one network, or checkpoints: scores averaged): the adversarial attack and the random-sign
-    control on the same top points from the same clean scores (``clean``, computed if None),
-    and for a randomized estimator its noise (clean scores at seed s and s + NOISE_PARTNER; None
-    for a deterministic one). Also the clean scores, S and the scores of S after each
-    perturbation, as lists (JSON-ready)."""
+    control on the same top points from the same clean attribution
+    (:func:`clean_attribution` of ``clean``), and for a randomized estimator its noise (clean
+    scores at seed s and s + NOISE_PARTNER; None for a deterministic one). Also the clean
+    scores, S and the scores of S after each perturbation, as lists (JSON-ready)."""
     est_seed = seed if estimator.randomized else settings.seeds[0]
     parameters = settings.parameters or None
-    if clean is None:
-        clean = attribute(estimator, models, *data, est_seed, parameters)
+    clean = clean_attribution(models, data, estimator, settings, seed, clean)
     common = {"fraction": settings.fraction, "seed": est_seed, "bounds": settings.bounds,
               "before": clean, "parameters": parameters}
-    adversarial = measure(models, *data, estimator, settings.attack_at(seed), **common)
-    random = measure(models, *data, estimator, settings.control_at(seed), **common)
+    adversarial, random = measure_each(models, *data, estimator,
+                                       [settings.attack_at(seed), settings.control_at(seed)],
+                                       **common)
     noise = None
     if estimator.randomized:
         other = attribute(estimator, models, *data, est_seed + NOISE_PARTNER, parameters)

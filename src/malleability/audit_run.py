@@ -24,14 +24,14 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .audit_problem import AuditProblem, audit_seed, estimator_warnings
+from .audit_problem import AuditProblem, audit_seed, clean_attribution, estimator_warnings
 from .audit_setup import representation, spectral_step
 from .controls import METRICS
 from .estimators import Attribution
@@ -122,17 +122,20 @@ def spectrum_cell(p: AuditProblem) -> dict[str, Any]:
     return out
 
 
-def estimator_cell(p: AuditProblem, label: str, seed: int,
-                   clean: Attribution | None = None) -> dict[str, Any]:
-    """:func:`~malleability.auditing.audit_seed` on the checkpoint ``label``; the first seed's
-    cell of the model also holds the estimator's warnings and the Hessian's |λ|max."""
+def estimator_cell(p: AuditProblem, label: str, seed: int, clean: Attribution | None = None
+                   ) -> tuple[dict[str, Any], Attribution]:
+    """:func:`~malleability.auditing.audit_seed` on the checkpoint ``label``, and the clean
+    attribution it started from (:func:`~malleability.audit_problem.clean_attribution`); the
+    first seed's cell of the model also holds the estimator's warnings and the Hessian's
+    |λ|max."""
     models = _models(p, label)
+    clean = clean_attribution(models, p.data, p.estimator, p.settings, seed, clean)
     out = audit_seed(models, p.data, p.estimator, p.settings, seed, clean)
     if label == MODEL and seed == p.settings.seeds[0]:
         warnings, top = estimator_warnings(p.estimator, p.model, p.data[0], p.data[1],
                                            len(p.checkpoints or [p.model]), p.settings)
         out.update(warnings=warnings, hessian_top_eigenvalue=top)
-    return out
+    return out, clean
 
 
 def _numbers(value: Any) -> bool:
@@ -202,13 +205,18 @@ class AuditContext:
     """What every cell of an audit reads, in this process or on a Dask worker: the problems
     by estimator name (the first's model gives the spectrum), the settings document
     (:func:`document`), the device, and the run folder (None: in memory; workers write
-    nothing)."""
+    nothing). ``kept``: the clean attribution of the last first-seed cell computed here whose
+    rescoring reuses more than its scores (NTK-LOO's kernels), by (estimator, checkpoint),
+    for the later seeds' cells; a cell that does not find it computes it
+    (:func:`~malleability.audit_problem.clean_attribution`), to the same values."""
 
     problems: dict[str, AuditProblem]
     settings: dict[str, Any]
     device: str = "cpu"
     out: Path | None = None
     progress: bool = False
+    kept: dict[tuple[str, str], Attribution] = field(default_factory=dict, compare=False,
+                                                     repr=False)
 
 
 Results = dict[tuple[str, str], dict[int, dict[str, Any]]]
@@ -257,9 +265,13 @@ def compute_audit_cell(job: AuditJob, ctx: AuditContext) -> dict[str, Any]:
             result = {"scores": attribute(p.estimator, _models(p, label), *p.data, seed,
                                           p.settings.parameters or None).scores.tolist()}
         else:
-            clean = (None if job.clean is None else
+            key = (job.experiment, label)
+            clean = (None if job.clean is None else ctx.kept.get(key) or
                      Attribution(torch.tensor(job.clean, dtype=torch.float64)))
-            result = estimator_cell(p, label, seed, clean)
+            result, used = estimator_cell(p, label, seed, clean)
+            if used.reuse is not None and not p.estimator.randomized:
+                ctx.kept.clear()  # one entry: the plan runs a checkpoint's seeds in a row
+                ctx.kept[key] = used
     settings = ctx.settings[job.experiment]
     return {"experiment": job.experiment, "cell": job.cell, "result": result,
             "settings": settings, "settings_hash": settings_key(settings),

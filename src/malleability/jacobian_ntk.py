@@ -221,33 +221,62 @@ def updated_ntk(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Θ(x_new, x_new) and Θ(x_test, x_new) from ``kernel`` = Θ(x, x) and ``cross`` =
     Θ(x_test, x), when x_new equals x except in the rows ``changed`` (indices S, e.g. the
-    attacked points). Only the kernel rows of S are computed, R = Θ(x_new[S], [x_new; x_test])
+    attacked points). Only the kernel rows of S are computed, Θ(x_new[S], [x_new; x_test])
     by :func:`jacobian_ntk` (``kwargs``): |S|·(n + n_t) entries instead of (n + n_t)²/2.
-    Without ``x_test`` the test points are x itself (``cross`` is ``kernel``; then R's columns
-    are [x_new; x[S]]). The caller's tensors are not modified.
+    Without ``x_test`` the test points are x itself (``cross`` is ``kernel``; then the rows'
+    columns are [x_new; x[S]]). The caller's tensors are not modified.
     """
+    return updated_ntks(model, kernel, x, [x_new], changed, x_test, cross, **kwargs)[0]
+
+
+def updated_ntks(
+    model: nn.Module,
+    kernel: torch.Tensor,
+    x: torch.Tensor,
+    xs_new: Sequence[torch.Tensor],
+    changed: torch.Tensor,
+    x_test: torch.Tensor | None = None,
+    cross: torch.Tensor | None = None,
+    **kwargs,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`updated_ntk` for K training sets x¹ … xᴷ that each equal x outside the same rows
+    S, in one :func:`jacobian_ntk` call: R = Θ([x¹[S]; …; xᴷ[S]], [x[U]; x_test; x¹[S]; …;
+    xᴷ[S]]) with U the other rows, so the Jacobians of U and of the test points are computed
+    once for all K (R's blocks between different k, K(K − 1)·|S|² entries, go unused)."""
     changed = torch.as_tensor(changed, dtype=torch.long, device=kernel.device).unique()
     n = x.shape[0]
-    if kernel.shape != (n, n) or x_new.shape != x.shape:
+    if kernel.shape != (n, n) or any(x_new.shape != x.shape for x_new in xs_new):
+        shapes = ", ".join(str(tuple(x_new.shape)) for x_new in xs_new)
         raise ValueError(f"kernel: expected Θ(x, x) of shape ({n}, {n}) and x_new shaped as x, "
-                         f"got {tuple(kernel.shape)} and {tuple(x_new.shape)}")
+                         f"got {tuple(kernel.shape)} and {shapes}")
     if (x_test is None) != (cross is None):
         raise ValueError("cross: expected x_test and cross = Θ(x_test, x) together (or neither)")
     if cross is not None and cross.shape != (x_test.shape[0], n):
         raise ValueError(f"cross: expected Θ(x_test, x) of shape ({x_test.shape[0]}, {n}), "
                          f"got {tuple(cross.shape)}")
-    others = x[changed] if x_test is None else x_test.to(x_new.dtype)
-    rows = jacobian_ntk(model, x_new[changed], torch.cat([x_new, others]), **kwargs)
-    new = kernel.clone()
-    new[changed], new[:, changed] = rows[:, :n], rows[:, :n].T
-    if x_test is None:
-        cross = kernel.clone()
-        cross[:, changed] = rows[:, :n].T
-        cross[changed[:, None], changed[None, :]] = rows[:, n:].T
-    else:
-        cross = cross.clone()
-        cross[:, changed] = rows[:, n:].T
-    return new, cross
+    kept = torch.ones(n, dtype=torch.bool, device=kernel.device)
+    kept[changed] = False
+    kept = kept.nonzero().flatten()
+    others = x[changed] if x_test is None else x_test.to(x.dtype)
+    rows = torch.cat([x_new[changed] for x_new in xs_new])
+    r = jacobian_ntk(model, rows, torch.cat([x[kept], others, rows]), **kwargs)
+    s, u, m = changed.numel(), kept.numel(), others.shape[0]
+    out = []
+    for k in range(len(xs_new)):
+        r_k = r[k * s:(k + 1) * s]
+        row = torch.empty(s, n, dtype=r.dtype, device=r.device)  # Θ(xᵏ[S], xᵏ)
+        row[:, kept], row[:, changed] = r_k[:, :u], r_k[:, u + m + k * s:u + m + (k + 1) * s]
+        new = kernel.clone()
+        new[changed], new[:, changed] = row, row.T
+        if x_test is None:
+            new_cross = kernel.clone()
+            new_cross[:, changed] = row.T
+            new_cross[changed[:, None], changed[None, :]] = r_k[:, u:u + m].T
+        else:
+            new_cross = cross.clone()
+            new_cross[:, changed] = r_k[:, u:u + m].T
+        out.append((new, new_cross))
+    return out
 
 
 class _Jacobians:

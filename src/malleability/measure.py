@@ -129,25 +129,57 @@ def measure(
        indices or one-hot / ±1 targets).
     3. Scores again on the perturbed rows, with ``refit(model, x_perturbed)`` (default: the
        same weights, attending to the perturbed training set). With the same weights on a
-       model that is not :class:`Transductive`, an estimator with a ``rescore`` method
-       (TRAK) recomputes only the rows that changed, from what ``before.reuse`` holds.
+       model that is not :class:`Transductive` (one model, or the estimator's own ensemble),
+       an estimator with a ``rescore`` method (NTK-LOO, TRAK) recomputes only the rows that
+       changed, from what ``before.reuse`` holds (its kernels or features; recomputed when it
+       holds nothing, so the result does not depend on the caller having them).
     """
+    return measure_each(model, x, y, x_test, y_test, estimator, [attack], fraction=fraction,
+                        seed=seed, rows=rows, bounds=bounds, before=before, refit=refit,
+                        parameters=parameters)[0]
+
+
+def measure_each(
+    model: nn.Module | Sequence[nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    estimator: InfluenceEstimator,
+    attacks: Sequence[AttackMethod],
+    *,
+    fraction: float = 0.1,
+    seed: int = 0,
+    rows: torch.Tensor | None = None,
+    bounds: Bounds = UNIT_BOX,
+    before: Attribution | None = None,
+    refit: Refit = same_weights,
+    parameters: Sequence[str] | None = None,
+) -> list[Measurement]:
+    """:func:`measure` of each of ``attacks`` on the same S from the same scores (e.g. an
+    attack and its random control); with ``rescore`` (one model, reusable ``before``) the
+    perturbed training sets are rescored together (NTK-LOO: the unchanged points' Jacobians
+    once for all)."""
     models = [model] if isinstance(model, nn.Module) else list(model)
     rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
     if before is None:
         before = attribute(estimator, models, x[rows], y[rows], x_test, y_test, seed,
                            parameters)
     selected = top_fraction(before.scores, fraction)
-    x_new = perturb_rows(models, x, y, rows[selected], attack, bounds)
+    xs_new = [perturb_rows(models, x, y, rows[selected], attack, bounds) for attack in attacks]
     if (refit is same_weights and hasattr(estimator, "rescore")
+            and (len(models) == 1 or hasattr(estimator, "ensemble_attribute"))
             and not any(isinstance(m, Transductive) for m in models)):
-        after = estimator.rescore(models, before, x[rows], x_new[rows], y[rows], x_test,
-                                  y_test, seed=seed, parameters=parameters)
+        afters = estimator.rescore(models, before, x[rows], [x_new[rows] for x_new in xs_new],
+                                   y[rows], x_test, y_test, seed=seed, parameters=parameters)
     else:
-        after = attribute(estimator, [refit(m, x_new) for m in models], x_new[rows], y[rows],
-                          x_test, y_test, seed, parameters)
-    delta = float((x_new - x).abs().amax()) if selected.numel() else 0.0
-    settings = {"attack": {"attack": attack.name, **attack.to_dict()},
-                "estimator": {"estimator": estimator.name, **estimator.to_dict()},
-                "fraction": fraction, "seed": seed}
-    return compare(before, after, fraction, x_new, delta, settings=settings)
+        afters = [attribute(estimator, [refit(m, x_new) for m in models], x_new[rows], y[rows],
+                            x_test, y_test, seed, parameters) for x_new in xs_new]
+    out = []
+    for attack, x_new, after in zip(attacks, xs_new, afters, strict=True):
+        delta = float((x_new - x).abs().amax()) if selected.numel() else 0.0
+        settings = {"attack": {"attack": attack.name, **attack.to_dict()},
+                    "estimator": {"estimator": estimator.name, **estimator.to_dict()},
+                    "fraction": fraction, "seed": seed}
+        out.append(compare(before, after, fraction, x_new, delta, settings=settings))
+    return out

@@ -26,7 +26,7 @@ class Attribution:
     """Scores (n_train,) float64 and what the estimator reports beside them (e.g. NTK-LOO's
     A.9 stability report under ``"stability"``); ``reuse``: what the estimator's ``rescore``
     may take from these scores when a few training rows change (in memory only, never
-    written; TRAK's features)."""
+    written; NTK-LOO's kernels, TRAK's features); None: the estimator recomputes it."""
 
     scores: torch.Tensor
     diagnostics: dict[str, Any] = field(default_factory=dict)

@@ -178,18 +178,24 @@ class TRAK(PerExampleEstimator):
                               parameters=parameters).scores
 
     def rescore(self, models: Sequence[nn.Module], before: Attribution, x_old: torch.Tensor,
-                x_new: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                xs_new: Sequence[torch.Tensor], y_train: torch.Tensor, x_test: torch.Tensor,
                 y_test: torch.Tensor, *, seed: int = 0,
-                parameters: Sequence[str] | None = None) -> Attribution:
-        """TRAK on training inputs ``x_new`` with the weights of ``models`` unchanged, from the
-        features of the clean inputs ``x_old`` (``before.reuse`` when it holds them at this
-        seed, else recomputed) with the rows where ``x_new`` differs recomputed."""
+                parameters: Sequence[str] | None = None) -> list[Attribution]:
+        """TRAK on each training set of ``xs_new`` with the weights of ``models`` unchanged,
+        from the features of the clean inputs ``x_old`` (``before.reuse`` when it holds them
+        at this seed, else recomputed) with the rows where it differs recomputed."""
         models = evaluated(models)
         feats = before.reuse
         if not (isinstance(feats, Features) and feats.seed == seed and len(feats.phi) ==
                 len(models) and feats.phi[0].shape[0] == x_old.shape[0]):
             feats = self.features(models, x_old, y_train, x_test, y_test, seed=seed,
                                   parameters=parameters)
+        return [self._updated(models, feats, x_old, x_new, y_train, seed, parameters)
+                for x_new in xs_new]
+
+    def _updated(self, models: list[nn.Module], feats: Features, x_old: torch.Tensor,
+                 x_new: torch.Tensor, y_train: torch.Tensor, seed: int,
+                 parameters: Sequence[str] | None) -> Attribution:
         changed = (x_new != x_old).reshape(x_new.shape[0], -1).any(1).nonzero().flatten()
         if changed.numel() == 0:
             return Attribution(self._checked(self.from_features(feats)), reuse=feats)
