@@ -7,10 +7,12 @@ first n CIFAR-10 training images, audited as documented: PGD-40 at ε = 8/255 on
 call of its scores (seed 0) on the same model and data. ``trak-3ckpt`` is TRAK's ensemble over
 the checkpoints after each of the 3 epochs (``checkpoints=``; the audit then adds step 2b).
 
-Each figure is one subprocess with one torch thread: wall seconds, CPU seconds
-(``time.process_time``, what other jobs on the cores disturb least) and the high-water RSS
-(``ru_maxrss``) of that process, so estimators do not share a peak; a cell is stopped after
-``--limit-s`` seconds. The 1-minute load average is recorded before and after each cell.
+Each figure is one subprocess with one torch thread (``--threads``: more for the audit and
+the estimator alone; training keeps one, so the model is the same): wall seconds, CPU
+seconds (``time.process_time``, summed over threads; what other jobs on the cores disturb
+least) and the high-water RSS (``ru_maxrss``) of that process, so estimators do not share a
+peak; a cell is stopped after ``--limit-s`` seconds. The 1-minute load average is recorded
+before and after each cell.
 Results go to ``audit_scale.json`` (written after every cell; a rerun skips the cells it has,
 ``--redo`` recomputes them); ``--readme`` rewrites the table in benchmarks/README.md.
 
@@ -90,7 +92,7 @@ def cell(n: int, estimator: str, what: str, folder: Path) -> dict:
     from malleability.measure import attribute
     from malleability.model_outputs import as_classifier
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     x, y, xt, yt = data(n)
     name, ensemble = estimator.removesuffix("-3ckpt"), estimator.endswith("-3ckpt")
     states = [torch.load(folder / f"epoch{k}.pt", weights_only=True)
@@ -115,9 +117,10 @@ def cell(n: int, estimator: str, what: str, folder: Path) -> dict:
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **out}
 
 
-def _run_cell(n: int, estimator: str, what: str, folder: Path, limit_s: float) -> dict:
+def _run_cell(n: int, estimator: str, what: str, folder: Path, limit_s: float,
+              threads: int = 1) -> dict:
     cmd = [sys.executable, __file__, "--cell", str(n), estimator, what, str(folder)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=limit_s)
     except subprocess.TimeoutExpired:
@@ -130,7 +133,7 @@ def _run_cell(n: int, estimator: str, what: str, folder: Path, limit_s: float) -
 
 
 def run(sizes: list[int], estimators: list[str], limit_s: float, redo: bool,
-        path: Path = RESULTS) -> None:
+        path: Path = RESULTS, threads: int = 1) -> None:
     results = json.loads(path.read_text()) if path.exists() else {"cells": {}}
     results["settings"] = {
         "model": "transformers ViTForImageClassification, 32x32, patch 8, width 48, "
@@ -145,13 +148,13 @@ def run(sizes: list[int], estimators: list[str], limit_s: float, redo: bool,
                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
             results.setdefault("models", {})[str(n)] = json.loads(proc.stdout.splitlines()[-1])
             for est in estimators:
-                key = f"{n}/{est}"
+                key = f"{n}/{est}" + (f"/{threads} threads" if threads > 1 else "")
                 if key in results["cells"] and not redo:
                     continue
                 row = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                       "load_before": os.getloadavg()[0]}
+                       "load_before": os.getloadavg()[0], "threads": threads}
                 for what in ("estimator", "audit"):
-                    row[what] = _run_cell(n, est, what, folder, limit_s)
+                    row[what] = _run_cell(n, est, what, folder, limit_s, threads)
                     print(key, what, row[what], flush=True)
                 row["load_after"] = os.getloadavg()[0]
                 results["cells"][key] = row
@@ -173,18 +176,21 @@ def _figure(part: dict) -> str:
 def table(path: Path = RESULTS) -> str:
     """The markdown table of benchmarks/README.md from the results file."""
     results = json.loads(path.read_text())
-    rows = ["| n | estimator | audit: wall / CPU s | audit peak GiB | alone: wall / CPU s | "
-            "alone peak GiB | flip rate | Spearman ρ | load avg (1 min) | date |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---|---|"]
+    rows = ["| n | estimator | threads | audit: wall / CPU s | audit peak GiB | "
+            "alone: wall / CPU s | alone peak GiB | flip rate | Spearman ρ | load avg (1 min) | "
+            "date |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     cells = sorted(results["cells"].items(),
-                   key=lambda kv: (int(kv[0].split("/")[0]), ESTIMATORS.index(kv[0].split("/")[1])))
+                   key=lambda kv: (int(kv[0].split("/")[0]),
+                                   ESTIMATORS.index(kv[0].split("/")[1]),
+                                   kv[1].get("threads", 1)))
     for key, row in cells:
-        n, est = key.split("/")
-        a, e = row["audit"], row["estimator"]
+        n, est = key.split("/")[:2]
+        a, e, t = row["audit"], row["estimator"], row.get("threads", 1)
         done = "seconds" in a
         rows.append(
-            f"| {n} | {est} | {_figure(a)} | {a['peak_rss_gib']:.2f} | " if done else
-            f"| {n} | {est} | {_figure(a)} | | ")
+            f"| {n} | {est} | {t} | {_figure(a)} | {a['peak_rss_gib']:.2f} | " if done else
+            f"| {n} | {est} | {t} | {_figure(a)} | | ")
         rows[-1] += (f"{_figure(e)} | {e['peak_rss_gib']:.2f} | " if "seconds" in e
                      else f"{_figure(e)} | | ")
         rows[-1] += (f"{a['flip_rate']:.2f} | {a['spearman']:.3f} | " if done else "| | ")
@@ -207,6 +213,8 @@ if __name__ == "__main__":
                         choices=ESTIMATORS)
     parser.add_argument("--limit-s", type=float, default=3600.0)
     parser.add_argument("--redo", action="store_true", help="Recompute the cells it has.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="Torch threads of each audit and estimator (cells keyed apart).")
     parser.add_argument("--readme", action="store_true", help="Rewrite the README's table.")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Results file.")
     parser.add_argument("--merge", type=Path, nargs="+",
@@ -228,4 +236,4 @@ if __name__ == "__main__":
         n, est, what, folder = args.cell
         print(json.dumps(cell(int(n), est, what, Path(folder))))
     else:
-        run(args.n, args.estimators, args.limit_s, args.redo, args.out)
+        run(args.n, args.estimators, args.limit_s, args.redo, args.out, args.threads)
