@@ -13,10 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
 from malleability.auditing import audit, prepare
-from malleability.controls import MALLEABLE, METRICS, NOISE, NOISELESS, NOT_MALLEABLE
+from malleability.controls import (
+    MALLEABLE,
+    METRICS,
+    NOISE,
+    NOISELESS,
+    NOT_MALLEABLE,
+    UNDECIDED,
+)
 from malleability.estimators import ESTIMATORS
 from malleability.measure import measure
 
@@ -34,7 +42,8 @@ realistic = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(realistic)
 
 CLASSES, N = 3, 150
-SETTINGS = {"eps": 8 / 255, "steps": 5, "fraction": 0.1, "seeds": (0, 1)}
+# three seeds: the fewest whose interval may decide a verdict (malleability.intervals)
+SETTINGS = {"eps": 8 / 255, "steps": 5, "fraction": 0.1, "seeds": (0, 1, 2)}
 LAYERS = {"timm-vit": "blocks.0", "resnet": "layer4"}
 
 
@@ -106,7 +115,7 @@ def test_audit_contracts_on_timm_and_torchvision(trained, estimator):
     assert 1 <= report.rank <= min(N, columns) and 1 <= report.kappa < math.inf
     assert ("per_token" in report.representation) == (rep.ndim == 3) == (name == "timm-vit")
 
-    # the three flip rates, each over both seeds, and the excess paired by seed
+    # the three flip rates, each over the three seeds, and the excess paired by seed
     noise, random = report.controls["noise"], report.controls["random"]
     randomized = ESTIMATORS[estimator].randomized  # TRAK's projection, EK-FAC's sampled labels
     assert randomized == (estimator != "tracin")
@@ -118,23 +127,44 @@ def test_audit_contracts_on_timm_and_torchvision(trained, estimator):
             assert noise[metric] == NOISELESS[metric]
     for values in (report.flip_rate.values, random["flip_rate"].values):
         assert all(0 <= v <= 1 for v in values)
-    noise_flips = (noise["flip_rate"].values if randomized else (0.0, 0.0))
+    k = len(SETTINGS["seeds"])
+    noise_flips = noise["flip_rate"].values if randomized else (0.0,) * k
     want = [a - max(r, z) for a, r, z in zip(report.flip_rate.values,
                                               random["flip_rate"].values, noise_flips,
                                               strict=True)]
     assert report.excess["flip_rate"].values == pytest.approx(want)
     want_rho = [min(r, z) - a for a, r, z in zip(
         report.spearman.values, random["spearman"].values,
-        noise["spearman"].values if randomized else (1.0, 1.0), strict=True)]
+        noise["spearman"].values if randomized else (1.0,) * k, strict=True)]
     assert report.excess["spearman"].values == pytest.approx(want_rho)
 
-    # the verdict, by its rule on the excess's interval (two seeds: there is one)
-    low, high = report.excess["flip_rate"].interval
+    # the verdict, by its rule on the excess's 95 % Student-t interval over the three seeds
+    # (computed here from the per-seed excess), undecided only where every seed agrees
+    values = report.excess["flip_rate"].values
+    half = stats.t.ppf(0.975, k - 1) * stats.tstd(values) / math.sqrt(k)
+    low, high = sum(values) / k - half, sum(values) / k + half
+    assert report.excess["flip_rate"].interval == pytest.approx((low, high))
     margin = report.settings["margin"]
-    rule = MALLEABLE if low > 0 else NOT_MALLEABLE if high < margin else NOISE
+    rule = (UNDECIDED if len(set(values)) == 1 else MALLEABLE if low > 0
+            else NOT_MALLEABLE if high < margin else NOISE)
     assert report.verdicts["flip_rate"] == rule
     assert report.verdict.startswith(rule)
     assert report.diagnostics["rank_stability"] == noise["spearman"]
+
+
+def test_two_seeds_have_an_interval_but_decide_no_verdict(trained):
+    """Two seeds give a (wide) interval but fewer than the three a verdict needs: TRAK, whose
+    excess differs between seeds, so it is the seed count, not a zero-width interval, that
+    leaves the verdict undecided."""
+    name, model, x, y, xt, yt = trained
+    report = audit(model, x, y, xt, yt, estimator="trak", layer=LAYERS[name],
+                   **{**SETTINGS, "seeds": (0, 1)})
+    assert len(set(report.excess["flip_rate"].values)) == 2
+    for metric in METRICS:
+        assert report.excess[metric].seeds == (0, 1)
+        assert report.excess[metric].interval is not None
+        assert report.verdicts[metric] == UNDECIDED
+    assert report.verdict == UNDECIDED
 
 
 def test_pgd_and_its_control_stay_in_the_eps_ball_on_the_top_points(trained):
