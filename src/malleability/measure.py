@@ -157,9 +157,9 @@ def measure_each(
     parameters: Sequence[str] | None = None,
 ) -> list[Measurement]:
     """:func:`measure` of each of ``attacks`` on the same S from the same scores (e.g. an
-    attack and its random control); with ``rescore`` (one model, reusable ``before``) the
-    perturbed training sets are rescored together (NTK-LOO: the unchanged points' Jacobians
-    once for all)."""
+    attack and its random control); where :func:`measure` would call the estimator's
+    ``rescore``, the perturbed training sets are rescored in one call (NTK-LOO: the unchanged
+    points' Jacobians once for all)."""
     models = [model] if isinstance(model, nn.Module) else list(model)
     rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
     if before is None:
