@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._validation import check_positive, check_positive_int
 from ..jacobian_ntk import select_parameters
@@ -82,11 +83,14 @@ class DattriEstimator(Estimator):
                x_test: torch.Tensor, y_test: torch.Tensor, *, seed: int = 0,
                parameters: Sequence[str] | None = None) -> torch.Tensor:
         """``_attribute`` on a copy of ``model`` (dattri may leave hooks behind), seeded and
-        without dattri's bars, its failures and non-finite scores as one-line errors."""
+        without dattri's bars, its failures and non-finite scores as one-line errors; fused
+        attention (``scaled_dot_product_attention``) on its math backend, as Hessian-vector
+        products need its double backward and Arnoldi its forward AD, which the fused CPU
+        kernels lack."""
         model = copy.deepcopy(model).eval()
         y_train, y_test = as_labels(y_train), as_labels(y_test)
         try:
-            with torch.random.fork_rng(devices=[]), _SILENT_BARS:
+            with torch.random.fork_rng(devices=[]), _SILENT_BARS, sdpa_kernel([SDPBackend.MATH]):
                 torch.manual_seed(seed)
                 scores = self._attribute(model, x_train, y_train, x_test, y_test,
                                          parameters, seed).detach()
