@@ -130,6 +130,20 @@ def test_hessian_top_eigenvalue_matches_the_explicit_hessian():
         exact_last, rel=1e-4)
 
 
+    # a parameter outside the graph (as some of a BERT's are) adds a zero block
+    assert hessian_top_eigenvalue(_WithUnused(model), x, y, iterations=300) == pytest.approx(
+        exact, rel=1e-4)
+
+
+class _WithUnused(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.ones(2, dtype=torch.float64))
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
 
 def test_hessian_top_eigenvalue_through_fused_attention():
     """A float32 model on scaled_dot_product_attention (the fused CPU kernel, which has no

@@ -213,3 +213,17 @@ def test_rescoring_after_changing_rows_reuses_the_clean_kernel():
     reused = labelled_influence(k_new, k_cross, y, y, 1e-2, 3)
     direct = module_influence(net, x_adv, y, x, y, 1e-2)  # train = x_adv, test = clean x
     torch.testing.assert_close(reused.scores, direct.scores, rtol=1e-9, atol=1e-12)
+
+
+def test_cross_entropy_with_logits_too_large_for_exp_equals_refitting():
+    """Test kernel rows scaled by 10⁴: the logits and their leave-one-out changes reach past
+    exp's range (about ±709), so the log-sum-exp takes its shifted path."""
+    k, k_t, y, y_t = _problem(seed=4)
+    k_t = k_t * 1e4
+    result = ntk_influence(k, k_t, y, y_t, 1e-3, "ce")
+    alpha = np.linalg.solve(k.numpy() + 1e-3 * np.eye(k.shape[0]), y.numpy())
+    assert np.abs(k_t.numpy() @ alpha).max() > 709  # the direct exp would overflow
+    base = per_example_loss(torch.from_numpy(k_t.numpy() @ alpha), y_t, "ce")
+    for i in (0, 7, 17):
+        expected = _refit_loss(k, k_t, y, y_t, 1e-3, i, "ce") - base
+        torch.testing.assert_close(result.matrix[:, i], expected, rtol=1e-7, atol=1e-6)

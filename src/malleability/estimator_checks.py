@@ -43,8 +43,11 @@ def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         out = [torch.zeros_like(p) for p in params]
         for rows in torch.arange(x.shape[0], device=x.device).split(chunk):
             loss = training_loss(model(x[rows]), y[rows]).sum() / x.shape[0]
-            grads = torch.autograd.grad(loss, params, create_graph=True)
-            for o, h in zip(out, torch.autograd.grad(grads, params, grad_outputs=v),
+            # A parameter outside the graph (or of constant gradient) has a zero Hessian block.
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True,
+                                        materialize_grads=True)
+            for o, h in zip(out, torch.autograd.grad(grads, params, grad_outputs=v,
+                                                     allow_unused=True, materialize_grads=True),
                             strict=True):
                 o += h
         return out

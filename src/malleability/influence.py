@@ -62,10 +62,11 @@ def ntk_influence(
     B = K_t H = (K_t L⁻ᵀ) L⁻¹ (with α and the A.9 probes stacked on K_t's rows, one pass) and
     diag(H) = column norms² of L⁻¹ (peak memory: K, L⁻¹ and
     n_t × n matrices). For MSE the loss change has the closed form B ⊙ (R βᵀ) + ½ B² ⊙ ‖β‖²
-    with β_i = −α_i/H_ii and R = f − Y_test; for cross-entropy the log-sum-exp is evaluated in
-    test-row blocks of at most ``block_bytes`` (classes first, small enough to stay in
-    cache). ``exact_report`` computes the A.9 report exactly (see :func:`fit_kernel_ridge`)
-    instead of estimating it. A non-finite influence (overflow) raises NonFiniteError.
+    with β_i = −α_i/H_ii and R = f − Y_test; for cross-entropy it is
+    log E_softmax(f_t)[exp(B_ti β_i)] − B_ti (y_t·β_i), evaluated in test-row blocks of at most
+    ``block_bytes`` (classes first, small enough to stay in cache). ``exact_report`` computes
+    the A.9 report exactly (see :func:`fit_kernel_ridge`) instead of estimating it. A
+    non-finite influence (overflow) raises NonFiniteError.
     """
     loss = parse_enum(loss, Loss, "loss")
     k, y, ridge = checked_problem(k_train, y_train, ridge)
@@ -88,16 +89,13 @@ def ntk_influence(
     if loss is Loss.MSE:
         matrix = b * ((f - y_t) @ beta.T) + 0.5 * b**2 * (beta**2).sum(1)[None, :]
     else:
-        # L(f + B_ti β_i) − L(f) = lse(f_t + B_ti β_i) − lse(f_t) − B_ti (y_t·β_i): only the
-        # log-sum-exp needs the (rows × n × C) block.
+        # L(f + B_ti β_i) − L(f) = log Σ_c p_tc exp(B_ti β_ic) − B_ti (y_t·β_i), p = softmax(f):
+        # one exp per (row, i, class) on a block z = log p + B β, classes first.
         matrix = -b * (y_t @ beta.T)
-        matrix -= torch.logsumexp(f, dim=1)[:, None]
         rows = max(1, block_bytes // (8 * n * beta.shape[1]))
-        f_c, beta_c = f.T.contiguous(), beta.T.contiguous()  # classes first: C × rows × n
+        log_p, beta_c = torch.log_softmax(f, dim=1).T.contiguous(), beta.T.contiguous()
         for s in range(0, b.shape[0], rows):
-            z = torch.addcmul(f_c[:, s:s + rows, None], beta_c[:, None, :], b[None, s:s + rows])
-            top = z.amax(0)
-            matrix[s:s + rows] += torch.log(z.sub_(top).exp_().sum(0)).add_(top)
+            matrix[s:s + rows] += _log_expected_exp(log_p[:, s:s + rows], beta_c, b[s:s + rows])
     check_finite(matrix, "k_test_train", "the leave-one-out influence matrix", k_t)
     return InfluenceResult(matrix=matrix, scores=matrix.mean(0), predictions=f,
                            alpha=fit.alpha, stability=fit.stability)
@@ -116,6 +114,22 @@ def loo_influence(
     See :func:`ntk_influence` for the scores and the stability report.
     """
     return ntk_influence(k_train, k_test_train, y_train, y_test, ridge, loss).matrix
+
+
+def _log_expected_exp(log_p: torch.Tensor, beta_c: torch.Tensor, b: torch.Tensor
+                      ) -> torch.Tensor:
+    """log E_p[exp(b β)] = log Σ_c exp(log p[c, t] + b[t, i] β[c, i]) for a block of test rows
+    t (log p: C × rows, β: C × n, b: rows × n): directly where no term over- or underflows (the
+    result finite and above −600), else shifted by the largest term."""
+    def block() -> torch.Tensor:
+        return torch.addcmul(log_p[:, :, None], beta_c[:, None, :], b[None])
+
+    direct = block().exp_().sum(0).log_()
+    if bool(torch.isfinite(direct).all()) and float(direct.min()) > -600.0:
+        return direct
+    z = block()
+    top = z.amax(0)
+    return torch.log(z.sub_(top).exp_().sum(0)).add_(top)
 
 
 def _check_one_hot(y: torch.Tensor, name: str) -> None:

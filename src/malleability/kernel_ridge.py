@@ -17,7 +17,6 @@ from .linalg import tri_inverse_, tri_matmul_left_, tri_matmul_right_
 # Random probe vectors for the residual, symmetry and spectrum estimates, and Krylov blocks
 # for the extreme eigenvalues (so p × blocks Ritz vectors per end of the spectrum).
 PROBES, KRYLOV_BLOCKS, PROBE_SEED = 8, 3, 0
-_THIN_ROWS = 32  # up to this many right-hand sides, products with L⁻¹ are plain GEMMs
 
 
 @dataclass(frozen=True)
@@ -156,10 +155,8 @@ def times_thin(a: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 def _times_inverse(l_inv: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """R H = (R L⁻ᵀ) L⁻¹ for R (k × n): two in-place triangular products on a copy of R
-    (for a few rows, two dense products: bound by reading L⁻¹ either way, in two calls)."""
-    if rows.shape[0] <= _THIN_ROWS:
-        return (rows @ l_inv.T) @ l_inv
+    """R H = (R L⁻ᵀ) L⁻¹ for R (k × n): two in-place triangular products on a copy of R (for
+    8 rows at n = 3,000 these took 14 ms, two dense products 20 ms)."""
     out = rows.clone()
     tri_matmul_left_(l_inv, out.T)  # out ← out L⁻ᵀ
     return tri_matmul_right_(out, l_inv)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from scipy.linalg import lapack
+from threadpoolctl import threadpool_limits
 
 
 def rownorm(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -13,10 +16,30 @@ def rownorm(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return z / z.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
-# In-place products with and inversion of a lower-triangular matrix, recursive so that almost
-# all the work is large GEMMs (torch has no trmm/trtri). Each touches only the lower triangle of
-# ``t`` and allocates at most one block of size ``_TRI_BLOCK``² × columns.
+# In-place products with and inversion of a lower-triangular matrix, each touching only the
+# lower triangle of ``t``: recursions whose work is almost all large GEMMs (torch has no
+# trmm/trtri), allocating at most one block of size ``_TRI_BLOCK``² × columns. On the CPU the
+# inversion is LAPACK's trtri instead (SciPy's, on the tensor's memory, with as many BLAS threads
+# as torch has): 296 ms against the recursion's 322 ms at n = 3,000 on one thread. For the
+# products, SciPy's BLAS trmm was no faster (232 against 216 ms for 500 rows, 20 against 14 ms
+# for 8).
 _TRI_BLOCK = 128  # 256 and 512 ran 10–20 % slower at n = 3000 (one thread)
+_LAPACK_DTYPES = (torch.float32, torch.float64)
+
+
+def _fortran(t: torch.Tensor) -> tuple[np.ndarray, bool] | None:
+    """``t``'s memory as a Fortran-ordered numpy array, and whether that array is tᵀ (t
+    row-major) rather than t (t column-major); None where LAPACK cannot work on ``t`` in
+    place (not on the CPU, not float32/64, not contiguous either way, conjugated or needing
+    grad)."""
+    if (t.device.type != "cpu" or t.dtype not in _LAPACK_DTYPES or t.requires_grad
+            or t.is_conj() or t.ndim != 2 or min(t.shape) == 0):
+        return None
+    if t.is_contiguous():
+        return t.numpy().T, True
+    if t.T.is_contiguous():
+        return t.numpy(), False
+    return None
 
 
 def tri_matmul_right_(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -46,8 +69,19 @@ def tri_matmul_left_(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def tri_inverse_(t: torch.Tensor) -> torch.Tensor:
     """T ← T⁻¹ in place for lower-triangular T with a non-zero diagonal (n³/3 flops).
 
-    [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]], applied recursively.
+    On the CPU, LAPACK's trtri; elsewhere [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹ C A⁻¹, D⁻¹]],
+    applied recursively.
     """
+    ft = _fortran(t)
+    if ft is not None and t.shape[0] == t.shape[1]:
+        with threadpool_limits(torch.get_num_threads(), user_api="blas"):
+            out, info = lapack.get_lapack_funcs("trtri", (ft[0],))(
+                ft[0], lower=0 if ft[1] else 1, overwrite_c=1)
+        if info != 0:
+            raise ValueError(f"t: expected a non-zero diagonal, got a zero at row {info}")
+        if not np.shares_memory(out, ft[0]):  # SciPy copied rather than overwrote
+            ft[0][...] = out
+        return t
     m = t.shape[0]
     if m <= _TRI_BLOCK:
         eye = torch.eye(m, dtype=t.dtype, device=t.device)
@@ -60,4 +94,3 @@ def tri_inverse_(t: torch.Tensor) -> torch.Tensor:
     tri_matmul_left_(d, c)
     c.neg_()
     return t
-
