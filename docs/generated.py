@@ -35,7 +35,7 @@ from malleability.repro.blocks import Block, Table, Text, fmt, group
 from malleability.repro.claims import claims_section, experiment_cells, section_records
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.collapse import KINDS
-from malleability.repro.experiments.flip_controls import NOT_RUN, changes_table
+from malleability.repro.experiments.flip_controls import NOT_RUN, PENDING, changes_table
 from malleability.repro.experiments.numerics import A9_CAPTION, a9_table, top_k_table
 from malleability.repro.loading import Run, load_run
 from malleability.repro.report import to_markdown
@@ -111,15 +111,17 @@ def sensitivity_gap(table: Table) -> Table:
 def controls_text(table: Table) -> Text:
     """What the control changes, counted from :func:`changes_table`'s rows."""
     change = table.header.index("what the control changes")
-    run = [row for row in table.rows if row[change] != NOT_RUN]
+    run = [row for row in table.rows if row[change] not in (NOT_RUN, PENDING)]
     tasks = list(dict.fromkeys(row[0] for row in table.rows))
     missing = list(dict.fromkeys(row[0] for row in table.rows if row[change] == NOT_RUN))
+    pending = list(dict.fromkeys(row[0] for row in table.rows if row[change] == PENDING))
     changed = [f"{row[0]} {row[1]} ({row[change]})" for row in run if row[change] != "unchanged"]
-    return Text(f"Control cells exist for {len(tasks) - len(missing)} of the {len(tasks)} tasks "
-                f"({len(run)} of {len(table.rows)} Table 2 verdicts); not yet run: "
-                f"{', '.join(missing) or 'none'}. Of the verdicts with a control, "
-                f"{len(run) - len(changed)} stay as they are and {len(changed)} change"
-                + (f": {'; '.join(changed)}." if changed else "."))
+    return Text(f"Control cells exist for {len(tasks) - len(missing)} of the {len(tasks)} tasks; "
+                f"not yet run: {', '.join(missing) or 'none'}"
+                + (f"; on fewer than 3 seeds so far: {', '.join(pending)}" if pending else "")
+                + f". Of the {len(run)} of {len(table.rows)} Table 2 verdicts whose control has "
+                f"at least 3 seeds, {len(run) - len(changed)} stay as they are and "
+                f"{len(changed)} change" + (f": {'; '.join(changed)}." if changed else "."))
 
 
 def table_only(blocks: list[Block]) -> str:

@@ -14,6 +14,7 @@ from malleability.controls import (
     NOISE,
     NOISELESS,
     NOT_MALLEABLE,
+    SAME_IN_EVERY_SEED,
     UNDECIDED,
     against_controls,
     excess,
@@ -69,7 +70,8 @@ def test_verdict_rules():
     assert verdict(spread) == NOISE
     assert verdict(Estimate([0.5], (0,))) == UNDECIDED  # one seed: no interval
     assert verdict(0.5) == UNDECIDED
-    assert verdict(Estimate([0.2] * 3, SEEDS)) == UNDECIDED  # zero width: too few seeds
+    assert verdict(Estimate([0.2] * 3, SEEDS)) == SAME_IN_EVERY_SEED  # zero width
+    assert verdict(Estimate([0.2] * 2, SEEDS[:2])) == UNDECIDED
     assert verdict(Estimate([0.2, 0.3, 0.2], SEEDS)) == MALLEABLE  # ties between seeds are kept
     with pytest.raises(ValueError, match="margin"):
         verdict(near(0.1), margin=-1)

@@ -134,7 +134,7 @@ def test_paper_values_sit_beside_matching_tasks(tmp_path: Path,
         "| 0 [-248, 248] | 1 | 0.941 | no (≈ equal) | inconclusive |")
     # the gap is −25 in every seed: a zero-width interval, which never decides a verdict
     assert row("| cifar10 1,0 | PGD |").endswith("| -25 [-25, -25] | 0.5 | 0.903 | no (≈ equal) "
-                                                 "| too few seeds |")
+                                                 "| no spread over seeds |")
     assert row("| mnist | FGSM |").endswith("| 44.4 [-41.7, 131] | 9 | 8.44 | yes | inconclusive |")
     # 3 seeds, two of them tied: the interval decides (it contains 0)
     assert row("| mnist | PGD |").endswith("| 22.2 [-73.4, 118] | 3 | 8.76 | yes | inconclusive |")

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from malleability.intervals import TOO_FEW_SEEDS
+from malleability.intervals import NO_SPREAD, TOO_FEW_SEEDS
 from malleability.repro.blocks import fmt, pct
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import decide, trend, verdict
@@ -39,12 +39,15 @@ def test_verdict_overlap_is_inconclusive_and_decided_intervals_agree_or_disagree
 
 
 def test_too_few_seeds_or_equal_values_never_decide():
-    """Fewer than 3 seeds, or the same value in every seed (a zero-width interval): "too few
-    seeds", although the t interval itself would lie above 0. Ties between some seeds decide."""
+    """Fewer than 3 seeds: "too few seeds"; the same value in every one of 3 or more seeds (a
+    zero-width interval): "no spread over seeds", although the t interval itself would lie
+    above 0. Ties between some seeds decide."""
     two = Estimate([1.0, 2.0], [0, 1])
     assert two.interval[0] < 0 and verdict(two, (0.0, math.inf)) == TOO_FEW_SEEDS
     constant = Estimate([0.5, 0.5, 0.5], [0, 1, 2])  # zero width at 0.5 > 0
-    assert constant.interval == (0.5, 0.5) and verdict(constant, (0.0, math.inf)) == TOO_FEW_SEEDS
+    assert constant.interval == (0.5, 0.5) and verdict(constant, (0.0, math.inf)) == NO_SPREAD
+    two_equal = Estimate([0.5, 0.5], [0, 1])
+    assert verdict(two_equal, (0.0, math.inf)) == TOO_FEW_SEEDS
     ties = Estimate([0.2, 0.3, 0.2, 0.3, 0.2], SEEDS)  # 5 seeds, 2 distinct values: decides
     assert ties.interval[0] > 0 and verdict(ties, (0.0, math.inf)) == "agrees"
     assert verdict(3.0, (0.0, math.inf)) == TOO_FEW_SEEDS  # a plain number has no interval

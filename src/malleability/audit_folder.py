@@ -34,7 +34,14 @@ from .auditing import (  # noqa: E402
     assemble,
     prepare,
 )
-from .controls import MALLEABLE, METRICS, NOISE, NOT_MALLEABLE, UNDECIDED  # noqa: E402
+from .controls import (  # noqa: E402
+    MALLEABLE,
+    METRICS,
+    NOISE,
+    NOT_MALLEABLE,
+    SAME_IN_EVERY_SEED,
+    UNDECIDED,
+)
 from .repro import figures  # noqa: E402
 from .repro.blocks import Block, Heading, Image, Table, Text  # noqa: E402
 from .repro.report import to_html, to_markdown  # noqa: E402
@@ -63,8 +70,11 @@ def answer_blocks(summaries: Mapping[str, Mapping[str, Any]], problem: AuditProb
                              "contains 0)"),
                             (NOT_MALLEABLE, f"Not malleable (the excess's interval lies below "
                              f"{s.margin:g})"),
-                            (UNDECIDED, "Too few seeds (fewer than 3 seeds, or the same "
-                             "value in every seed: the interval does not decide)")):
+                            (UNDECIDED, "Too few seeds (fewer than 3: the interval does not "
+                             "decide)"),
+                            (SAME_IN_EVERY_SEED, "No spread over seeds (every seed gave the "
+                             "same excess, so its interval has zero width and does not decide; "
+                             "the table shows that value)")):
         if groups.get(verdict):
             said.append(f"{phrase}: {', '.join(groups[verdict])}.")
     rows = []

@@ -19,9 +19,9 @@ the excess's 95 % interval over seeds (:attr:`~malleability.intervals.Estimate.i
 - "not malleable": the interval lies below ``margin`` (the attack adds at most ``margin``
   beyond the controls, e.g. 0.05 = 5 points of flip rate) without lying above 0;
 - "not distinguishable from noise": the interval contains 0 and reaches above ``margin``;
-- "too few seeds": the interval may not decide (fewer than 3 seeds, the same value in every
-  seed, or a number not measured per seed:
-  :func:`~malleability.intervals.deciding_interval`).
+- "too few seeds": fewer than 3 seeds, or a number not measured per seed;
+- "no spread over seeds": 3 or more seeds gave the same excess, so the interval has zero
+  width and may not decide (:func:`~malleability.intervals.undecided`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from .intervals import TOO_FEW_SEEDS, combine, deciding_interval
+from .intervals import NO_SPREAD, TOO_FEW_SEEDS, combine, deciding_interval, undecided
 from .metrics import flip_rate, spearman, top_k_overlap
 
 #: The metrics of Definition 3.4, in report order.
@@ -49,6 +49,7 @@ MALLEABLE = "malleable"
 NOT_MALLEABLE = "not malleable"
 NOISE = "not distinguishable from noise"
 UNDECIDED = TOO_FEW_SEEDS
+SAME_IN_EVERY_SEED = NO_SPREAD
 
 
 def metrics(scores: torch.Tensor, other: torch.Tensor, fraction: float) -> dict[str, float]:
@@ -72,12 +73,13 @@ def excess(metric: str, adversarial: float, *controls: float) -> float:
 
 def verdict(value: float, margin: float = MARGIN) -> str:
     """The verdict of an excess from its 95 % interval (module docstring); a plain number
-    (not measured per seed), or too few seeds to decide, is :data:`UNDECIDED`."""
+    (not measured per seed), or too few seeds to decide, is :data:`UNDECIDED`; the same excess
+    in every one of 3 or more seeds is :data:`SAME_IN_EVERY_SEED`."""
     if margin < 0:
         raise ValueError(f"margin: expected a number ≥ 0, got {margin!r}")
     interval = deciding_interval(value)
     if interval is None:
-        return UNDECIDED
+        return undecided(value) or UNDECIDED
     low, high = interval
     if low > 0:
         return MALLEABLE

@@ -11,8 +11,10 @@ bootstrap, which with 3, 5 and 10 seeds covered the mean of normal data in about
 91 % of samples (tests/test_intervals.py measures both).
 
 An interval decides a verdict only with at least :data:`MIN_DECIDING` seeds whose values are
-not all equal (:func:`deciding_interval`): with fewer seeds, or with a zero-width interval
-(every seed the same value, as a copied cell would give), the verdict is :data:`TOO_FEW_SEEDS`.
+not all equal (:func:`deciding_interval`): with fewer seeds the verdict is
+:data:`TOO_FEW_SEEDS`; with a zero-width interval (every seed the same value: a discrete
+quantity such as a flip rate can do that, and so would a cell copied under another seed's name,
+which the run folder refuses before this) it is :data:`NO_SPREAD` (:func:`undecided`).
 Ties between some seeds are kept: a flip rate on |S| points moves in steps of 1/|S|. A quantity
 with a bounded range (a rate in [0, 1], a correlation in [−1, 1]) carries it as
 ``Estimate.bounds``; its interval is printed clipped to that range
@@ -38,11 +40,14 @@ MIN_SEEDS = 2
 MIN_DECIDING = 3
 #: The verdict where the interval may not decide (:func:`deciding_interval`).
 TOO_FEW_SEEDS = "too few seeds"
+#: The verdict where at least MIN_DECIDING seeds gave the same value (a zero-width interval).
+NO_SPREAD = "no spread over seeds"
 CI_METHOD = (f"{CONFIDENCE:.0%} Student-t interval of the mean over the k seeds, "
              "mean ± t(0.975, k − 1)·s/√k, comparisons paired by seed (the interval of the "
              "per-seed differences); from 2 seeds on (t = 12.7 at k = 2: wide); one seed has "
              f"no interval; it decides a verdict only with at least {MIN_DECIDING} seeds "
-             f"whose values are not all equal, else the verdict is \"{TOO_FEW_SEEDS}\"")
+             f"whose values are not all equal, else the verdict is \"{TOO_FEW_SEEDS}\" "
+             f"(fewer seeds) or \"{NO_SPREAD}\" (the same value in every seed)")
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE
@@ -150,10 +155,16 @@ def deciding_interval(value: float | None) -> tuple[float, float] | None:
     return value.interval if len(finite) >= MIN_DECIDING and len(set(finite)) > 1 else None
 
 
-def too_few_seeds(value: float | None) -> bool:
-    """A measured value (not None or NaN) whose interval may not decide a verdict."""
-    return (value is not None and not (isinstance(value, float) and math.isnan(value))
-            and deciding_interval(value) is None)
+def undecided(value: float | None) -> str | None:
+    """Why the interval of a measured value (not None or NaN) may not decide a verdict:
+    :data:`NO_SPREAD` where at least MIN_DECIDING seeds gave one and the same value,
+    :data:`TOO_FEW_SEEDS` where fewer seeds (or a plain number) did; None where it decides, or
+    where nothing was measured."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or \
+            deciding_interval(value) is not None:
+        return None
+    finite = [v for v in value.values if math.isfinite(v)] if isinstance(value, Estimate) else []
+    return NO_SPREAD if len(finite) >= MIN_DECIDING else TOO_FEW_SEEDS
 
 
 def combine(fn: Callable[..., float], *args: float,

@@ -107,8 +107,9 @@ def claims_section(run: Run) -> list[Block]:
             Text("Each claim of the paper that this run measures, as the paper states it, with "
                  "the paper's value, ours with its 95 % interval over seeds, and the verdict: "
                  "agrees / disagrees only where the interval decides it, else inconclusive; "
-                 "too few seeds where fewer than 3 seeds (or the same value in every seed: a "
-                 "zero-width interval) leave the interval unfit to decide. Sensitivity: how "
+                 "too few seeds where fewer than 3 seeds leave the interval unfit to decide, "
+                 "no spread over seeds where every seed gave the same value (a zero-width "
+                 "interval). Sensitivity: how "
                  "many points of the sensitivity sweep (one unstated setting moved at a "
                  "time) give the same verdict; — where the claim was not swept."),
             Table(HEADER, rows, "The paper's claims against this run.")]

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..intervals import TOO_FEW_SEEDS
+from ..intervals import NO_SPREAD, TOO_FEW_SEEDS
 from .blocks import Block, Heading, Table, Text, fmt
 from .claims import experiment_cells, section_records, with_claims
 from .experiments import EXPERIMENTS
@@ -242,7 +242,7 @@ STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;l
 NUMBER = re.compile(r"^[−+-]?[\d.,]+(e[−+-]?\d+)?( ?%)?( \[[^\]]*\])?$")
 #: A cell that is a verdict: shaded by it (green agrees, red disagrees, grey undecided).
 VERDICTS = {"agrees": "agrees", "disagrees": "disagrees", "inconclusive": "undecided",
-            TOO_FEW_SEEDS: "undecided"}
+            TOO_FEW_SEEDS: "undecided", NO_SPREAD: "undecided"}
 
 
 #: A text cell is at least as wide as this many of its characters (0.6 em each), so

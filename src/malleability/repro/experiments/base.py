@@ -19,7 +19,7 @@ from ...attacks import AttackSettings
 from ...data import DataSettings
 from ...estimators import NTKLOO
 from ...influence import InfluenceSettings
-from ...intervals import TOO_FEW_SEEDS, deciding_interval, too_few_seeds
+from ...intervals import deciding_interval, undecided
 from ...measure import Measurement, Refit, measure, same_weights
 from ...models import ARCHITECTURE_NAMES, ModelSettings, TwoLayerNet, check_architecture
 from ...settings import Settings, setting
@@ -202,9 +202,11 @@ def verdict(ours: float | None, band: tuple[float, float], paper_inside: bool = 
     (``paper_inside``) or outside it; "agrees" / "disagrees" only when our 95 % CI decides
     (:func:`decide`), else "inconclusive". A directional claim "x > 0" is ``band=(0, inf)``;
     "near the paper's p" is ``band=(p - tol, p + tol)``. A measured value whose interval may
-    not decide is "too few seeds" (:func:`~malleability.intervals.too_few_seeds`)."""
-    if too_few_seeds(ours):
-        return TOO_FEW_SEEDS
+    not decide is "too few seeds" or "no spread over seeds" (:func:`~malleability.intervals.
+    undecided`)."""
+    reason = undecided(ours)
+    if reason is not None:
+        return reason
     return agreement(decide(ours, band), paper_inside)
 
 

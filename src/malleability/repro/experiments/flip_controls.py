@@ -19,6 +19,7 @@ from pathlib import Path
 from ...attacks import RandomSign
 from ...controls import NOISELESS, excess
 from ...controls import verdict as control_verdict
+from ...intervals import TOO_FEW_SEEDS
 from .. import figures
 from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..problem import RunContext, trained_model
@@ -104,13 +105,16 @@ def excess_gaps(records: list[dict], attack: str = "pgd") -> list[tuple[str, flo
 
 #: The change column where a task has no control cells for both architectures.
 NOT_RUN = "not yet run"
+PENDING = "pending (control on fewer than 3 seeds)"
 
 
 def table2_changes(records: list[dict]) -> list[list[str]]:
     """What the control changes in each verdict of Table 2 (flip_rates' cells): per task and
     attack, the verdict of the raw MLP-Attn − 2L-ReLU gap (:func:`~.flip_rates.gap_check`) and
     that of the gap of the excesses over the random control (:func:`excess_gaps`, on the seeds
-    both have), or :data:`NOT_RUN` where the task lacks control cells."""
+    both have), :data:`NOT_RUN` where the task lacks control cells, or :data:`PENDING` where
+    its control cells cover fewer than 3 seeds (so the verdict with the control is not yet a
+    change)."""
     own, adversarial = split(records)
     rates: dict[tuple[str, str], dict[str, float]] = {}
     for (task, model, attack), result in adversarial.items():
@@ -129,8 +133,10 @@ def table2_changes(records: list[dict]) -> list[list[str]]:
                 continue
             ex_gap, judged = excess[task, attack]
             seeds = ", ".join(map(str, getattr(ex_gap, "seeds", ())))
+            change = (PENDING if judged == TOO_FEW_SEEDS else
+                      "unchanged" if judged == raw else f"{raw} → {judged}")
             rows.append([task, attack.upper(), gap, raw, seeds or "—", fmt(ex_gap), judged,
-                         "unchanged" if judged == raw else f"{raw} → {judged}"])
+                         change])
     return rows
 
 
