@@ -175,7 +175,7 @@ def test_robustness_rule_and_verdicts():
 
 def test_relative_robustness_is_the_two_proportion_interval_plus_the_seeds():
     """Equal seeds: the Wald interval of two independent proportions, d ± 1.96·√((p_a q_a +
-    p_s q_s)/n); paired: McNemar's, d ± 1.96·√((q − d²)/n); one seed: no interval."""
+    p_s q_s)/n); paired: McNemar's, d ± 1.96·√((q − d²)/n); fewer than 3 seeds: no interval."""
     seeds = (0, 1, 2)
     std, adv = Estimate([0.3] * 3, seeds), Estimate([0.5] * 3, seeds)
     gain, (lo, hi) = at.relative_robustness(std, adv, 500)
@@ -191,6 +191,9 @@ def test_relative_robustness_is_the_two_proportion_interval_plus_the_seeds():
     assert wide == pytest.approx((0.2 - (t_half**2 + b_half**2) ** 0.5,
                                   0.2 + (t_half**2 + b_half**2) ** 0.5), rel=1e-5)
     assert at.relative_robustness(0.3, 0.5, 500) == (pytest.approx(0.2), None)
+    two = (0, 1)  # two seeds may not decide, as everywhere
+    assert at.relative_robustness(Estimate([0.3, 0.31], two), Estimate([0.5, 0.52], two),
+                                  500) == (pytest.approx(0.205), None)
     assert at.relative_text(0.2, (0.15, 0.25), 0.1).startswith("yes (+20.0 [15.0, 25.0]")
     assert at.relative_text(0.2, (0.05, 0.35), 0.1).startswith("undecided")  # straddles 10
     assert at.relative_text(0.05, (0.02, 0.08), 0.1).startswith("no")  # above 0, below 10

@@ -23,6 +23,7 @@ from scipy import stats
 
 from ..._validation import check_nonnegative, check_positive, check_positive_int
 from ...attacks import AttackSettings, check_eps, perturb_rows
+from ...intervals import MIN_DECIDING
 from ...interventions import adversarial_train
 from ...settings import setting
 from ...training import evaluate
@@ -149,10 +150,12 @@ def relative_robustness(standard: float, adversarial: float, n_test: int,
     points' binomial error of the k-seed mean, v_s = p_a(1 − p_a) + p_s(1 − p_s) (the two
     accuracies as independent proportions of n points: conservative), or, given the
     ``discordant`` share q_s of points robust under one network only, the paired
-    (McNemar) v_s = q_s − d_s². No interval (None) with fewer than 2 seeds."""
+    (McNemar) v_s = q_s − d_s². No interval (None) with fewer than MIN_DECIDING (3) seeds, as
+    for every verdict (:func:`~malleability.intervals.deciding_interval`); the binomial term
+    keeps an interval where every seed gave the same gain."""
     gain = combine(lambda a, b: b - a, standard, adversarial)
     interval = getattr(gain, "interval", None)
-    if interval is None:
+    if interval is None or len(gain.values) < MIN_DECIDING:
         return float(gain), None
     mean, half_t = float(gain), (interval[1] - interval[0]) / 2
     pairs = zip(standard.values, adversarial.values, strict=True)
