@@ -4,7 +4,9 @@ The ViT and data of ``audit_scale.py`` (trained the same way at ``--n``), one es
 (seed 0) per subprocess: wall and CPU seconds and the high-water RSS (``ru_maxrss``), and its
 scores, compared with those of the first configuration of the same estimator that finished
 (listed first: dattri's ``attribute`` on one batch each, the package's call before). A cell
-whose resident memory passes ``--cap-gib`` is stopped. Results go to ``dattri_chunks.json``.
+whose resident memory passes ``--cap-gib`` is stopped. ``--logra``: LoGra's dattri phases
+instead (time and peak memory of each); ``--lissa-hessians``: |λ|max of the Hessians LiSSA
+samples (one training point each). Results go to ``dattri_chunks.json``.
 
 Run: ``PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/dattri_chunks.py --n 300``.
 """
@@ -104,7 +106,76 @@ def _watched(cmd: list[str], limit_s: float, cap_gib: float) -> dict:
         err.seek(0)
         if proc.returncode == 0:
             return json.loads(out.read().strip().splitlines()[-1])
-        return {"error": (err.read().strip().splitlines() or ["?"])[-1][:300]}
+        return {"error": (err.read().strip().splitlines() or ["?"])[-1][:300],
+                "seconds_at_error": time.perf_counter() - start, "rss_polled_peak_gib": rss}
+
+
+def logra_phases(n: int, folder: Path) -> dict:
+    """LoGra's scores (seed 0) with dattri's phases timed and their peak resident memory
+    (``/proc`` polled every 20 ms: ``ru_maxrss`` cannot be reset between phases)."""
+    import threading
+
+    from dattri.algorithm.block_projected_if.block_projected_if import (
+        BlockProjectedIFAttributor as Block,
+    )
+
+    from malleability.estimators import make_estimator
+    from malleability.model_outputs import as_classifier
+
+    torch.set_num_threads(1)
+    x, y, xt, yt = audit_scale.data(n)
+    model = audit_scale.vit()
+    model.load_state_dict(torch.load(folder / f"epoch{audit_scale.EPOCHS}.pt",
+                                     weights_only=True))
+    model = as_classifier(model.eval())
+    peak, phases, done = [0.0], {}, threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_gib(os.getpid()))
+            time.sleep(0.02)
+
+    def timed(name: str):
+        method = getattr(Block, name)
+
+        def wrapper(self, *args, **kwargs):
+            before, start = _rss_gib(os.getpid()), time.perf_counter()
+            peak[0] = before
+            out = method(self, *args, **kwargs)
+            phases[name] = {"seconds": time.perf_counter() - start, "rss_before_gib": before,
+                            "peak_rss_gib": peak[0], "rss_after_gib": _rss_gib(os.getpid()),
+                            "layer_dims": list(self.layer_dims or [])}
+            return out
+        return wrapper
+
+    for name in ("compute_preconditioners", "compute_ifvp", "attribute"):
+        setattr(Block, name, timed(name))
+    threading.Thread(target=poll, daemon=True).start()
+    start = time.perf_counter()
+    make_estimator("logra").scores(model, x, y, xt, yt, seed=0)
+    done.set()
+    return {"seconds": time.perf_counter() - start, "phases": phases,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def lissa_hessians(n: int, folder: Path, count: int = 40) -> dict:
+    """|λ|max of the Hessian of one training point's loss (what LiSSA samples per step) for
+    ``count`` points drawn with seed 0, and of the mean training loss (power iteration of
+    :func:`~malleability.estimator_checks.hessian_top_eigenvalue`)."""
+    from malleability.estimator_checks import hessian_top_eigenvalue
+    from malleability.model_outputs import as_classifier
+
+    torch.set_num_threads(1)
+    x, y, _, _ = audit_scale.data(n)
+    model = audit_scale.vit()
+    model.load_state_dict(torch.load(folder / f"epoch{audit_scale.EPOCHS}.pt",
+                                     weights_only=True))
+    model = as_classifier(model.eval())
+    rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:count].tolist()
+    tops = torch.tensor([hessian_top_eigenvalue(model, x[i:i + 1], y[i:i + 1]) for i in rows])
+    return {"points": count, "max": float(tops.max()), "median": float(tops.median()),
+            "above_100": int((tops > 100).sum()),
+            "mean_loss": hessian_top_eigenvalue(model, x, y)}
 
 
 def run(n: int, configs: list[tuple[str, int, int]], limit_s: float, cap_gib: float) -> None:
@@ -147,10 +218,34 @@ if __name__ == "__main__":
                         help="Stop a cell whose resident memory passes this.")
     parser.add_argument("--configs", nargs="+", type=int, default=None,
                         help="Indices into CONFIGS (default: all of --estimators).")
+    parser.add_argument("--logra", action="store_true",
+                        help="LoGra's phases (time, peak memory) at --n instead.")
+    parser.add_argument("--lissa-hessians", action="store_true",
+                        help="|λ|max of single training points' Hessians at --n instead.")
+    parser.add_argument("--logra-cell", nargs=2, metavar=("N", "FOLDER"))
+    parser.add_argument("--lissa-cell", nargs=2, metavar=("N", "FOLDER"))
     parser.add_argument("--cell", nargs=6,
                         metavar=("N", "ESTIMATOR", "CHUNK", "TEST_CHUNK", "FOLDER", "OUT"))
     args = parser.parse_args()
-    if args.cell:
+    if args.logra_cell:
+        print(json.dumps(logra_phases(int(args.logra_cell[0]), Path(args.logra_cell[1]))))
+    elif args.lissa_cell:
+        print(json.dumps(lissa_hessians(int(args.lissa_cell[0]), Path(args.lissa_cell[1]))))
+    elif args.logra or args.lissa_hessians:
+        what = "logra" if args.logra else "lissa"
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, audit_scale.__file__, "--train", str(args.n), tmp],
+                           capture_output=True, text=True, check=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+            row = _watched([sys.executable, __file__, f"--{what}-cell", str(args.n), tmp],
+                           args.limit_s, args.cap_gib)
+        results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"cells": {}}
+        key = "logra/phases" if args.logra else "if-lissa/single-point Hessians"
+        results["cells"][f"{args.n}/{key}"] = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **row}
+        RESULTS.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n")
+        print(row)
+    elif args.cell:
         n, est, chunk, test_chunk, folder, out = args.cell
         print(json.dumps(cell(int(n), est, int(chunk), int(test_chunk), Path(folder),
                               Path(out))))

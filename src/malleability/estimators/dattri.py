@@ -216,8 +216,17 @@ class IFLiSSA(DattriEstimator):
     randomized: ClassVar[bool] = True
     attributor: ClassVar[str] = "IFAttributorLiSSA"
 
+    scaling: float = setting(50.0, "LiSSA's scale s (dattri's 50): each step is x ← v + (1 − δ)x "
+                             "− H_i x / s on one sampled training point's Hessian H_i, which "
+                             "converges only where s > λmax(H_i)/2.", check_positive)
+
     def options(self, seed: int) -> dict[str, Any]:
-        return {"damping": self.damping, "recursion_depth": 100}
+        return {"damping": self.damping, "recursion_depth": 100, "scaling": self.scaling}
+
+    def nonfinite_cause(self) -> str:
+        return (f"LiSSA's recursion diverges once a sampled training point's Hessian has an "
+                f"eigenvalue above 2·scaling = {2 * self.scaling:g}; raise scaling above half "
+                f"of the largest (benchmarks/dattri_chunks.py --lissa-hessians measures them)")
 
 
 @dataclass(frozen=True)
