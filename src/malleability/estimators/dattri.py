@@ -144,10 +144,11 @@ class DattriEstimator(Estimator):
         dattri's transforms (the inverse-Hessian product of each block of ``test_chunk``
         test gradients, computed once; dattri's loop redoes it per training batch) and the
         per-example gradients of :func:`~.gradients.per_example_gradients`, ``chunk`` rows at
-        a time, flattened in dattri's parameter order. dattri's own (``vmap`` of ``grad`` in
-        one flat parameter vector) holds about 50 MB per example on an 86k-parameter ViT, as
-        every parameter slice's gradient is a P-vector per example
-        (benchmarks/dattri_chunks.py)."""
+        a time, flattened in dattri's parameter order: dattri's own (``vmap`` of ``grad`` in
+        one flat parameter vector) holds a P-vector per parameter tensor per example, the
+        gradient of each slice. Under ``no_grad``: dattri's solvers differentiate with
+        torch.func, and plain autograd would also record their steps through the parameters
+        (CG's result kept all its Hessian-vector product graphs; benchmarks/README.md)."""
         names = attributor.layer_name or select_parameters(model)
         named = dict(model.named_parameters())
         params = {k: named[k].detach() for k in names}
