@@ -166,7 +166,7 @@ def run(sizes: list[int], estimators: list[str], limit_s: float, redo: bool,
 
 def _figure(part: dict) -> str:
     if "error" in part:
-        return f"fails: {part['error']}"
+        return "fails: " + part["error"].replace("|", "\\|")  # a table cell
     if "not_finished" in part:
         return part["not_finished"]
     def fmt(v: float) -> str:

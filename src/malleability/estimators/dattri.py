@@ -30,6 +30,7 @@ from ..jacobian_ntk import select_parameters
 from ..losses import as_labels, training_loss
 from ..settings import setting
 from .base import Estimator
+from .gradients import flat, per_example_gradients
 
 
 class _SilentBars:
@@ -74,6 +75,11 @@ class DattriEstimator(Estimator):
     attributor: ClassVar[str] = ""
     damping: float = setting(1e-3, "Damping δ of the Hessian inverse (influence functions).",
                              check_positive)
+    chunk: int = setting(256, "Training examples whose gradients dattri computes at once "
+                         "(memory only).", check_positive_int)
+    test_chunk: int | None = setting(None, "Test examples whose inverse-Hessian products "
+                                     "dattri computes at once (memory only); none: all.",
+                                     check_positive_int)
 
     def options(self, seed: int) -> dict[str, Any]:
         """Keyword arguments of the attributor."""
@@ -124,23 +130,49 @@ class DattriEstimator(Estimator):
         return AttributionTask(loss_func=loss_fn, model=model, checkpoints=model.state_dict())
 
     @staticmethod
-    def _loaders(x_train, y_train, x_test, y_test):
-        """One full batch each of the training and the test set."""
+    def _full_batch(x: torch.Tensor, y: torch.Tensor):
+        """The training set as one batch: dattri's cache sums one inverse-Hessian product per
+        batch of its loader, so only one batch gives the influence function."""
         from torch.utils.data import DataLoader, TensorDataset
 
-        return (DataLoader(TensorDataset(x, y), batch_size=x.shape[0], shuffle=False)
-                for x, y in ((x_train, y_train), (x_test, y_test)))
+        return DataLoader(TensorDataset(x, y), batch_size=x.shape[0], shuffle=False)
+
+    def _inner_products(self, attributor, model, x_train, y_train, x_test,
+                        y_test) -> torch.Tensor:
+        """dattri's ``BaseInnerProductAttributor.attribute`` at one checkpoint, mean over the
+        test points: transformed training gradients · transformed test gradients, with
+        dattri's transforms (the inverse-Hessian product of each block of ``test_chunk``
+        test gradients, computed once; dattri's loop redoes it per training batch) and the
+        per-example gradients of :func:`~.gradients.per_example_gradients`, ``chunk`` rows at
+        a time, flattened in dattri's parameter order: dattri's own (``vmap`` of ``grad`` in
+        one flat parameter vector) holds a P-vector per parameter tensor per example, the
+        gradient of each slice. Under ``no_grad``: dattri's solvers differentiate with
+        torch.func, and plain autograd would also record their steps through the parameters
+        (CG's result kept all its Hessian-vector product graphs; benchmarks/README.md)."""
+        names = attributor.layer_name or select_parameters(model)
+        named = dict(model.named_parameters())
+        params = {k: named[k].detach() for k in names}
+
+        def reps(x, y, size, transform):
+            for rows, g in per_example_gradients(model, params, x, y, size or x.shape[0]):
+                yield transform(0, flat(g, len(rows)))
+
+        with torch.no_grad():
+            test = torch.cat(list(reps(x_test, y_test, self.test_chunk,
+                                       attributor.transform_test_rep)))
+            return torch.cat([(g @ test.T).mean(1) for g in reps(
+                x_train, y_train, self.chunk, attributor.transform_train_rep)]).to(torch.float64)
 
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import influence_function as dif
         task = self._task(model, x_train)
-        train, test = self._loaders(x_train, y_train, x_test, y_test)
-        device = str(x_train.device)
         cls = getattr(dif, self.attributor)
         names = None if parameters is None else select_parameters(model, parameters)
-        attributor = cls(task, layer_name=names, device=device, **self.options(seed))
-        attributor.cache(train)
-        return attributor.attribute(train, test).mean(1).to(torch.float64)
+        attributor = cls(task, layer_name=names, device=str(x_train.device),
+                         **self.options(seed))
+        with torch.no_grad():  # torch.func's transforms differentiate; nothing else need
+            attributor.cache(self._full_batch(x_train, y_train))
+        return self._inner_products(attributor, model, x_train, y_train, x_test, y_test)
 
 
 @dataclass(frozen=True)
@@ -167,6 +199,11 @@ class IFCG(DattriEstimator):
 
     name: ClassVar[str] = "if-cg"
     attributor: ClassVar[str] = "IFAttributorCG"
+    test_chunk: int | None = setting(1, "Test examples whose inverse-Hessian products dattri "
+                                     "computes at once (memory only; CG holds a Hessian-"
+                                     "vector product graph on all n training examples per "
+                                     "test example, and vmapping more is no faster); none: "
+                                     "all.", check_positive_int)
 
     def options(self, seed: int) -> dict[str, Any]:
         return {"regularization": self.damping, "max_iter": 10}
@@ -180,8 +217,17 @@ class IFLiSSA(DattriEstimator):
     randomized: ClassVar[bool] = True
     attributor: ClassVar[str] = "IFAttributorLiSSA"
 
+    scaling: float = setting(50.0, "LiSSA's scale s (dattri's 50): each step is x ← v + (1 − δ)x "
+                             "− H_i x / s on one sampled training point's Hessian H_i, which "
+                             "converges only where s > λmax(H_i)/2.", check_positive)
+
     def options(self, seed: int) -> dict[str, Any]:
-        return {"damping": self.damping, "recursion_depth": 100}
+        return {"damping": self.damping, "recursion_depth": 100, "scaling": self.scaling}
+
+    def nonfinite_cause(self) -> str:
+        return (f"LiSSA's recursion diverges once a sampled training point's Hessian has an "
+                f"eigenvalue above 2·scaling = {2 * self.scaling:g}; raise scaling above half "
+                f"of the largest (benchmarks/dattri_chunks.py --lissa-hessians measures them)")
 
 
 @dataclass(frozen=True)
@@ -242,12 +288,11 @@ class IFEKFAC(DattriEstimator):
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import influence_function as dif
         task = self._task(model, x_train)
-        train, test = self._loaders(x_train, y_train, x_test, y_test)
         attributor = dif.IFAttributorEKFAC(
             task, module_name=None if parameters is None else list(parameters),
             device=str(x_train.device), damping=self.damping)
-        attributor.cache(train)
-        return attributor.attribute(train, test).mean(1).to(torch.float64)
+        attributor.cache(self._full_batch(x_train, y_train))
+        return self._inner_products(attributor, model, x_train, y_train, x_test, y_test)
 
 
 #: dattri's estimators, in the order the audit lists them.
