@@ -1,6 +1,13 @@
-"""The field's influence functions through dattri 0.3.0: ∇L_t · (H + δI)⁻¹ ∇L_i with the Hessian
-H inverted explicitly, by CG, LiSSA, Arnoldi or EK-FAC (damping δ = ``damping``, 1e-3 by
-default). TracIn, TRAK and DataInf are the package's own on batched per-example gradients
+"""The field's influence functions through dattri 0.3.0: the score of training point i is
+∇L_i · (H + δI)⁻¹ ḡ, ḡ the mean test-loss gradient (the mean over test points t of
+∇L_i · (H + δI)⁻¹ ∇L_t), with the Hessian H inverted explicitly, by CG, LiSSA, Arnoldi or
+EK-FAC (damping δ = ``damping``, 1e-3 by default). One inverse-Hessian product, of ḡ, serves
+every test point: exact for the explicit, Arnoldi and EK-FAC inverses and for LiSSA's
+recursion on given draws (all linear in the vector); CG's 10 iterations solve for ḡ itself,
+where dattri's ``attribute`` would run them once per test point and average (Koh & Liang's
+influence on a test set's loss takes the same single solve).
+
+TracIn, TRAK and DataInf are the package's own on batched per-example gradients
 (:mod:`.tracin`, :mod:`.trak`, :mod:`.datainf`; TRAK and DataInf take dattri's formulas).
 
 The loss is the model's training loss (:func:`~malleability.losses.training_loss`):
@@ -75,11 +82,8 @@ class DattriEstimator(Estimator):
     attributor: ClassVar[str] = ""
     damping: float = setting(1e-3, "Damping δ of the Hessian inverse (influence functions).",
                              check_positive)
-    chunk: int = setting(256, "Training examples whose gradients dattri computes at once "
-                         "(memory only).", check_positive_int)
-    test_chunk: int | None = setting(None, "Test examples whose inverse-Hessian products "
-                                     "dattri computes at once (memory only); none: all.",
-                                     check_positive_int)
+    chunk: int = setting(256, "Training and test examples whose gradients are computed at "
+                         "once (memory only).", check_positive_int)
 
     def options(self, seed: int) -> dict[str, Any]:
         """Keyword arguments of the attributor."""
@@ -140,28 +144,27 @@ class DattriEstimator(Estimator):
     def _inner_products(self, attributor, model, x_train, y_train, x_test,
                         y_test) -> torch.Tensor:
         """dattri's ``BaseInnerProductAttributor.attribute`` at one checkpoint, mean over the
-        test points: transformed training gradients · transformed test gradients, with
-        dattri's transforms (the inverse-Hessian product of each block of ``test_chunk``
-        test gradients, computed once; dattri's loop redoes it per training batch) and the
-        per-example gradients of :func:`~.gradients.per_example_gradients`, ``chunk`` rows at
-        a time, flattened in dattri's parameter order: dattri's own (``vmap`` of ``grad`` in
-        one flat parameter vector) holds a P-vector per parameter tensor per example, the
-        gradient of each slice. Under ``no_grad``: dattri's solvers differentiate with
-        torch.func, and plain autograd would also record their steps through the parameters
-        (CG's result kept all its Hessian-vector product graphs; benchmarks/README.md)."""
+        test points, with one inverse-Hessian product: dattri's transform of the mean test
+        gradient ḡ (module docstring), dotted with dattri's transform of each training
+        gradient. Per-example gradients come from :func:`~.gradients.per_example_gradients`,
+        ``chunk`` rows at a time, flattened in dattri's parameter order: dattri's own (``vmap``
+        of ``grad`` in one flat parameter vector) holds a P-vector per parameter tensor per
+        example. Under ``no_grad``: dattri's solvers differentiate with torch.func, and plain
+        autograd would also record their steps through the parameters (CG's result kept all
+        its Hessian-vector product graphs; benchmarks/README.md)."""
         names = attributor.layer_name or select_parameters(model)
         named = dict(model.named_parameters())
         params = {k: named[k].detach() for k in names}
 
-        def reps(x, y, size, transform):
-            for rows, g in per_example_gradients(model, params, x, y, size or x.shape[0]):
-                yield transform(0, flat(g, len(rows)))
+        def flat_gradients(x, y):
+            for rows, g in per_example_gradients(model, params, x, y, self.chunk):
+                yield flat(g, len(rows))
 
         with torch.no_grad():
-            test = torch.cat(list(reps(x_test, y_test, self.test_chunk,
-                                       attributor.transform_test_rep)))
-            return torch.cat([(g @ test.T).mean(1) for g in reps(
-                x_train, y_train, self.chunk, attributor.transform_train_rep)]).to(torch.float64)
+            mean_test = sum(g.sum(0) for g in flat_gradients(x_test, y_test)) / x_test.shape[0]
+            solved = attributor.transform_test_rep(0, mean_test[None])[0]
+            return torch.cat([attributor.transform_train_rep(0, g) @ solved
+                              for g in flat_gradients(x_train, y_train)]).to(torch.float64)
 
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import influence_function as dif
@@ -199,11 +202,6 @@ class IFCG(DattriEstimator):
 
     name: ClassVar[str] = "if-cg"
     attributor: ClassVar[str] = "IFAttributorCG"
-    test_chunk: int | None = setting(1, "Test examples whose inverse-Hessian products dattri "
-                                     "computes at once (memory only; CG holds a Hessian-"
-                                     "vector product graph on all n training examples per "
-                                     "test example, and vmapping more is no faster); none: "
-                                     "all.", check_positive_int)
 
     def options(self, seed: int) -> dict[str, Any]:
         return {"regularization": self.damping, "max_iter": 10}
