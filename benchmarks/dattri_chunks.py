@@ -54,9 +54,9 @@ def one_batch(est, model, x, y, xt, yt) -> torch.Tensor:
         return attributor.attribute(train, test).mean(1).detach().to(torch.float64)
 
 
-def cell(n: int, estimator: str, chunk: int, folder: Path, out: Path) -> dict:
-    """One call of the estimator's scores in this process; the scores are saved to ``out``."""
-    from malleability.estimators import make_estimator
+def _trained(n: int, folder: Path):
+    """The data of ``audit_scale.py`` at ``n`` and its ViT with the weights trained into
+    ``folder``, as a classifier, on one thread."""
     from malleability.model_outputs import as_classifier
 
     torch.set_num_threads(1)
@@ -64,7 +64,14 @@ def cell(n: int, estimator: str, chunk: int, folder: Path, out: Path) -> dict:
     model = audit_scale.vit()
     model.load_state_dict(torch.load(folder / f"epoch{audit_scale.EPOCHS}.pt",
                                      weights_only=True))
-    model = as_classifier(model.eval())
+    return x, y, xt, yt, as_classifier(model.eval())
+
+
+def cell(n: int, estimator: str, chunk: int, folder: Path, out: Path) -> dict:
+    """One call of the estimator's scores in this process; the scores are saved to ``out``."""
+    from malleability.estimators import make_estimator
+
+    x, y, xt, yt, model = _trained(n, folder)
     est = make_estimator(estimator, chunk=chunk or n)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start, cpu = time.perf_counter(), time.process_time()
@@ -119,14 +126,8 @@ def logra_phases(n: int, folder: Path) -> dict:
     )
 
     from malleability.estimators import make_estimator
-    from malleability.model_outputs import as_classifier
 
-    torch.set_num_threads(1)
-    x, y, xt, yt = audit_scale.data(n)
-    model = audit_scale.vit()
-    model.load_state_dict(torch.load(folder / f"epoch{audit_scale.EPOCHS}.pt",
-                                     weights_only=True))
-    model = as_classifier(model.eval())
+    x, y, xt, yt, model = _trained(n, folder)
     peak, phases, done = [0.0], {}, threading.Event()
 
     def poll() -> None:
@@ -162,14 +163,8 @@ def lissa_hessians(n: int, folder: Path, count: int = 40) -> dict:
     ``count`` points drawn with seed 0, and of the mean training loss (power iteration of
     :func:`~malleability.estimator_checks.hessian_top_eigenvalue`)."""
     from malleability.estimator_checks import hessian_top_eigenvalue
-    from malleability.model_outputs import as_classifier
 
-    torch.set_num_threads(1)
-    x, y, _, _ = audit_scale.data(n)
-    model = audit_scale.vit()
-    model.load_state_dict(torch.load(folder / f"epoch{audit_scale.EPOCHS}.pt",
-                                     weights_only=True))
-    model = as_classifier(model.eval())
+    x, y, _, _, model = _trained(n, folder)
     rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:count].tolist()
     tops = torch.tensor([hessian_top_eigenvalue(model, x[i:i + 1], y[i:i + 1]) for i in rows])
     return {"points": count, "max": float(tops.max()), "median": float(tops.median()),
