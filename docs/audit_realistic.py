@@ -44,6 +44,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from malleability.auditing import audit, load_split
+from malleability.controls import BOUNDS
 from malleability.data import load_dataset
 from malleability.jsonsafe import loads_strict, to_strict_json
 from malleability.model_outputs import as_classifier
@@ -267,10 +268,13 @@ def merge(other: Path, path: Path = RESULTS) -> None:
     write_atomic(path, mine)
 
 
-def _estimate(e: dict | float) -> str:
+def _estimate(e: dict | float, metric: str | None = None) -> str:
+    """mean [low, high], the interval clipped to ``metric``'s range (controls.BOUNDS)."""
     if not isinstance(e, dict):
         return f"{e:.2f}"
     low, high = e["low"], e["high"]
+    if low is not None and metric is not None:
+        low, high = max(low, BOUNDS[metric][0]), min(high, BOUNDS[metric][1])
     return f"{e['mean']:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
 
 
@@ -347,11 +351,13 @@ def tables(path: Path = RESULTS) -> str:
             continue
         noise, random = c["controls"]["noise"], c["controls"]["random"]
         out.append(
-            f"| {name} | {est} | {_estimate(noise['flip_rate'])} | "
-            f"{_estimate(random['flip_rate'])} | {_estimate(c['flip_rate'])} | "
+            f"| {name} | {est} | {_estimate(noise['flip_rate'], 'flip_rate')} | "
+            f"{_estimate(random['flip_rate'], 'flip_rate')} | "
+            f"{_estimate(c['flip_rate'], 'flip_rate')} | "
             f"{_estimate(c['excess']['flip_rate'])} | {c['verdict']} | "
-            f"{_estimate(random['spearman'])} | {_estimate(c['spearman'])} | "
-            f"{_estimate(c['diagnostics']['rank_stability'])} | "
+            f"{_estimate(random['spearman'], 'spearman')} | "
+            f"{_estimate(c['spearman'], 'spearman')} | "
+            f"{_estimate(c['diagnostics']['rank_stability'], 'spearman')} | "
             f"{'; '.join(c['diagnostics']['warnings']) or '—'} | {c['seconds']:.0f} |")
     missing = {name: [e for e in ESTIMATORS if f"{name}/{e}" not in cells]
                for name, m in results["models"].items() if "skipped" not in m}

@@ -25,11 +25,12 @@ def fmt_number(v: float | None) -> str:
 
 
 def fmt_estimate(value: float, deterministic: str = "") -> str:
-    """``mean [low, high]`` of an Estimate (``mean (n seeds, no interval)`` without one); a
-    plain number (an exact control) with ``deterministic`` beside it."""
+    """``mean [low, high]`` of an Estimate, the interval clipped to the metric's range
+    (``Estimate.shown_interval``; ``mean (values …)`` without one); a plain number (an exact
+    control) with ``deterministic`` beside it."""
     if not isinstance(value, Estimate):
         return f"{float(value):.3g}{deterministic}"
-    interval = value.interval
+    interval = value.shown_interval()
     if interval is None:
         return f"{float(value):.2f} (values {', '.join(f'{v:.2f}' for v in value.values)})"
     return f"{float(value):.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"

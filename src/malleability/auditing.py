@@ -41,7 +41,7 @@ from .audit_setup import load_split as load_split
 from .audit_setup import prepare_model as prepare_model
 from .audit_setup import representation as representation
 from .audit_setup import spectral_step as spectral_step
-from .controls import METRICS, NOISELESS, against_controls, summary_verdict
+from .controls import BOUNDS, METRICS, NOISELESS, against_controls, summary_verdict
 from .estimators import InfluenceEstimator
 from .intervals import CI_METHOD, Estimate
 from .jsonsafe import dumps_strict
@@ -118,7 +118,8 @@ def assemble(per_seed: Mapping[int, Mapping[str, Any]], margin: float) -> dict[s
     def over_seeds(kind: str) -> dict[str, Any] | None:
         if any(per_seed[s][kind] is None for s in seeds):
             return None
-        return {m: Estimate([per_seed[s][kind][m] for s in seeds], seeds) for m in METRICS}
+        return {m: Estimate([per_seed[s][kind][m] for s in seeds], seeds, BOUNDS[m])
+                for m in METRICS}
 
     values = {"adversarial": over_seeds("adversarial"), "random": over_seeds("random"),
               "noise": over_seeds("noise") or dict(NOISELESS)}

@@ -36,6 +36,8 @@ from .metrics import flip_rate, spearman, top_k_overlap
 
 #: The metrics of Definition 3.4, in report order.
 METRICS = ("flip_rate", "spearman", "top_k_overlap")
+#: The range each metric cannot leave (``Estimate.bounds``: its printed interval is clipped to it).
+BOUNDS = {"flip_rate": (0.0, 1.0), "spearman": (-1.0, 1.0), "top_k_overlap": (0.0, 1.0)}
 #: +1 where a larger value means more malleable (flip rate), −1 where a smaller one does.
 DIRECTION = {"flip_rate": 1, "spearman": -1, "top_k_overlap": -1}
 #: The metrics between a deterministic estimator's scores and themselves.
