@@ -72,10 +72,10 @@ def _tick_label(value: float) -> str:
 
 
 def _yerr(values: Sequence[float]) -> np.ndarray | None:
-    """Asymmetric error bars (2 × n) from values carrying a 95 % ``interval`` (an Estimate
-    over seeds); None when no value has one. Clipped at 0: the bootstrap's interval of nearly
-    equal values can miss the mean by round-off."""
-    bounds = [getattr(v, "interval", None) for v in values]
+    """Asymmetric error bars (2 × n) from values carrying a 95 % interval (an Estimate over
+    seeds), as a reader sees it (``Estimate.shown_interval``: clipped to the quantity's
+    range); None when no value has one. Lengths clipped at 0 (round-off around the mean)."""
+    bounds = [v.shown_interval() if hasattr(v, "shown_interval") else None for v in values]
     if not any(bounds):
         return None
     return np.maximum(np.array([[float(v) - b[0], b[1] - float(v)] if b else [0.0, 0.0]
