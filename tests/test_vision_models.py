@@ -23,6 +23,7 @@ from malleability.controls import (
     NOISE,
     NOISELESS,
     NOT_MALLEABLE,
+    SAME_IN_EVERY_SEED,
     UNDECIDED,
 )
 from malleability.estimators import ESTIMATORS
@@ -139,13 +140,13 @@ def test_audit_contracts_on_timm_and_torchvision(trained, estimator):
     assert report.excess["spearman"].values == pytest.approx(want_rho)
 
     # the verdict, by its rule on the excess's 95 % Student-t interval over the three seeds
-    # (computed here from the per-seed excess), undecided only where every seed agrees
+    # (computed here from the per-seed excess), "no spread" where every seed agrees
     values = report.excess["flip_rate"].values
     half = stats.t.ppf(0.975, k - 1) * stats.tstd(values) / math.sqrt(k)
     low, high = sum(values) / k - half, sum(values) / k + half
     assert report.excess["flip_rate"].interval == pytest.approx((low, high))
     margin = report.settings["margin"]
-    rule = (UNDECIDED if len(set(values)) == 1 else MALLEABLE if low > 0
+    rule = (SAME_IN_EVERY_SEED if len(set(values)) == 1 else MALLEABLE if low > 0
             else NOT_MALLEABLE if high < margin else NOISE)
     assert report.verdicts["flip_rate"] == rule
     assert report.verdict.startswith(rule)
