@@ -1,7 +1,7 @@
 """dattri's influence functions as the package computes them (per-example gradients ``chunk``
 rows at a time, one inverse-Hessian product of the mean test gradient) equal dattri's own
 ``attribute`` on one batch of each set, mean over the test points (the package's call before),
-wherever the inverse is linear in the vector (explicit, Arnoldi, LiSSA on given draws); CG,
+wherever the inverse is linear in the vector (explicit, Arnoldi, EK-FAC, LiSSA on given draws); CG,
 which solves for the mean gradient itself, equals the explicit inverse it approximates."""
 
 from __future__ import annotations
@@ -73,3 +73,20 @@ def test_cg_on_the_mean_test_gradient_equals_the_explicit_influence_function():
     got = make_estimator("if-cg", damping=1.0, chunk=4).scores(model, x, y, xt, yt, seed=3)
     want = _one_batch(make_estimator("if-explicit", damping=1.0), model, x, y, xt, yt)
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max()))
+
+
+def test_ekfac_equals_dattris_one_batch():
+    """EK-FAC's inverse is linear too: one product of the mean test gradient equals dattri's
+    own ``attribute`` averaged over the test points."""
+    from dattri.algorithm import influence_function as dif
+
+    model, x, y, xt, yt = _data()
+    est = make_estimator("if-ekfac", damping=1.0, chunk=4)
+    got = est.scores(model, x, y, xt, yt)
+    attributor = dif.IFAttributorEKFAC(est._task(model, x), device="cpu", damping=1.0)
+    train, test = (DataLoader(TensorDataset(a, b), batch_size=len(a)) for a, b in
+                   ((x, y), (xt, yt)))
+    attributor.cache(train)
+    want = attributor.attribute(train, test).mean(1).detach().to(torch.float64)
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))

@@ -173,7 +173,7 @@ class DattriEstimator(Estimator):
         names = None if parameters is None else select_parameters(model, parameters)
         attributor = cls(task, layer_name=names, device=str(x_train.device),
                          **self.options(seed))
-        with torch.no_grad():  # torch.func's transforms differentiate; nothing else need
+        with torch.no_grad():  # torch.func differentiates inside; nothing else needs autograd
             attributor.cache(self._full_batch(x_train, y_train))
         return self._inner_products(attributor, model, x_train, y_train, x_test, y_test)
 
