@@ -92,19 +92,11 @@ def test_tracin_equals_hand_written_gradient_dot_products(mlp, digits):
 
 
 @pytest.mark.parametrize("estimator", [e for e in ESTIMATORS if e not in
-                                       ("ntk-loo", "tracin", "if-arnoldi")])
+                                       ("ntk-loo", "tracin")])
 def test_dattri_estimators_give_finite_scores(mlp, digits, estimator):
     x, y, xt, yt = digits
     scores = influence_scores(mlp, x, y, xt, yt, estimator)
     assert scores.shape == (40,) and bool(torch.isfinite(scores).all())
-
-
-def test_arnoldi_failure_is_reported_in_one_line(mlp, digits):
-    # dattri 0.3.0's Arnoldi IF returns NaN on these models (docs/audit.md); if this starts
-    # passing scores, move if-arnoldi to the working list in the docs.
-    with pytest.raises(ValueError, match=r"^estimator: if-arnoldi returned non-finite scores "
-                       r"\(dattri keeps .* so a negative eigenvalue .* raise damping"):
-        influence_scores(mlp, *digits, "if-arnoldi")
 
 
 def test_token_representation_gets_both_grams():

@@ -93,3 +93,22 @@ def test_arnoldi_with_proj_dim_at_the_parameter_count_meets_a_spurious_ritz_valu
     r = 1.1 * float(-torch.linalg.eigvalsh(h)[0])
     assert float(torch.linalg.eigvalsh(h)[0]) + r > 0.02  # positive definite, yet:
     assert bool(_arnoldi(task, train, test, r, len(h)).isnan().all())
+
+
+def test_package_arnoldi_is_the_top_k_influence_function_where_dattris_is_nan(case):
+    """The package divides the test side by λ_j instead of both sides by √λ_j: the top-k
+    (by |λ|) influence function of the indefinite H + rI, mean over the test points."""
+    from malleability.estimators import make_estimator
+
+    task, train, test, h, g_train, g_test = case
+    r, k = 1e-3, 20
+    w, v = torch.linalg.eigh(h + r * torch.eye(len(h), dtype=h.dtype))
+    top = w.abs().argsort()[-k:]
+    assert int((w[top] < 0).sum()) > 0
+    expected = ((g_train @ v[:, top]) / w[top] @ (v[:, top].T @ g_test.T)).mean(1)
+    (x, y), (xt, yt) = next(iter(train)), next(iter(test))
+    estimator = make_estimator("if-arnoldi", damping=r, proj_dim=k, iterations=200)
+    scores = estimator.scores(task.model, x, y, xt, yt, seed=0)
+    assert bool(_arnoldi(task, train, test, r, k).isnan().all())
+    torch.testing.assert_close(scores, expected, rtol=0,
+                               atol=1e-4 * float(expected.abs().max()))

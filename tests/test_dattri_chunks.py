@@ -33,8 +33,13 @@ def _one_batch(est, model, x, y, xt, yt, seed: int = 0) -> torch.Tensor:
                    ((x, y), (xt, yt)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        attributor = getattr(dif, est.attributor)(est._task(model, x), device="cpu",
-                                                   **est.options(seed))
+        if est.name == "if-arnoldi":  # the package builds dattri's projector itself
+            attributor = dif.IFAttributorArnoldi(
+                est._task(model, x), device="cpu", regularization=est.damping, seed=seed,
+                proj_dim=est.proj_dim, max_iter=est.iterations)
+        else:
+            attributor = getattr(dif, est.attributor)(est._task(model, x), device="cpu",
+                                                       **est.options(seed))
         attributor.cache(train)
         return attributor.attribute(train, test).mean(1).detach().to(torch.float64)
 
@@ -90,3 +95,27 @@ def test_ekfac_equals_dattris_one_batch():
     want = attributor.attribute(train, test).mean(1).detach().to(torch.float64)
     assert want.abs().max() > 0
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_lissa_is_refused_where_its_recursion_diverges():
+    """The audit's check (|λ|max(H) + δ > 2·scaling) against LiSSA itself on a full-batch
+    Hessian (no sampling): at scaling = |λ|max/5 the top eigenvector's factor is about 4 and
+    100 steps overflow float32; at scaling = |λ|max every factor is within [−1, 1]."""
+    from malleability.audit_problem import estimator_warnings
+    from malleability.auditing import AuditSettings
+    from malleability.estimator_checks import hessian_top_eigenvalue
+
+    model, x, y, xt, yt = _data()
+    for p in model.parameters():  # steep logits: |λ|max(H) of several units
+        p.data *= 6
+    top = hessian_top_eigenvalue(model, x, y, iterations=200)
+    assert top > 1
+    low, high = (_FullBatchLiSSA(scaling=top / 5), _FullBatchLiSSA(scaling=top))
+    with pytest.raises(ValueError, match=r"^estimator: if-lissa diverges on this model: the "
+                       r"training loss's Hessian has \|λ\|max \+ δ ≈ [\d.]+ > 2·scaling"):
+        estimator_warnings(low, model, x, y, 1, AuditSettings())
+    with pytest.raises(ValueError, match="returned non-finite scores"):
+        low.scores(model, x, y, xt, yt, seed=0)
+    assert estimator_warnings(high, model, x, y, 1, AuditSettings())[1] == pytest.approx(
+        top, rel=1e-2)
+    assert bool(torch.isfinite(high.scores(model, x, y, xt, yt, seed=0)).all())

@@ -85,12 +85,15 @@ def estimator_warnings(estimator: InfluenceEstimator, model: nn.Module, x: torch
                        y: torch.Tensor, n_checkpoints: int, settings: AuditSettings
                        ) -> tuple[list[str], float | None]:
     """:func:`~malleability.estimator_checks.degenerate_settings` for this audit, and the
-    Hessian's |λ|max where the estimator is damped (else None)."""
+    Hessian's |λ|max where the estimator is damped (else None), which an estimator with a
+    ``check_hessian`` (LiSSA: its convergence) may refuse with a one-line error."""
     projection = None
     if estimator.name == "trak":
         projection = estimator.projection(int(x.shape[0]))  # the k TRAK projects to
     top = (hessian_top_eigenvalue(model, x, y, settings.parameters or None)
            if estimator.name in DAMPED else None)
+    if top is not None and hasattr(estimator, "check_hessian"):
+        estimator.check_hessian(top)
     return degenerate_settings(estimator.name, int(x.shape[0]), n_checkpoints, projection,
                                getattr(estimator, "damping", None), top), top
 

@@ -127,13 +127,15 @@ def estimator_cell(p: AuditProblem, label: str, seed: int, clean: Attribution | 
     """:func:`~malleability.auditing.audit_seed` on the checkpoint ``label``, and the clean
     attribution it started from (:func:`~malleability.audit_problem.clean_attribution`); the
     first seed's cell of the model also holds the estimator's warnings and the Hessian's
-    |λ|max."""
+    |λ|max, computed before the estimator runs (LiSSA refuses a Hessian it cannot invert)."""
+    first = label == MODEL and seed == p.settings.seeds[0]
+    if first:  # before the estimator runs: LiSSA refuses a Hessian it cannot invert
+        warnings, top = estimator_warnings(p.estimator, p.model, p.data[0], p.data[1],
+                                           len(p.checkpoints or [p.model]), p.settings)
     models = _models(p, label)
     clean = clean_attribution(models, p.data, p.estimator, p.settings, seed, clean)
     out = audit_seed(models, p.data, p.estimator, p.settings, seed, clean)
-    if label == MODEL and seed == p.settings.seeds[0]:
-        warnings, top = estimator_warnings(p.estimator, p.model, p.data[0], p.data[1],
-                                           len(p.checkpoints or [p.model]), p.settings)
+    if first:
         out.update(warnings=warnings, hessian_top_eigenvalue=top)
     return out, clean
 

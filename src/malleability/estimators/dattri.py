@@ -24,6 +24,7 @@ import copy
 import functools
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -82,8 +83,9 @@ class DattriEstimator(Estimator):
     attributor: ClassVar[str] = ""
     damping: float = setting(1e-3, "Damping δ of the Hessian inverse (influence functions).",
                              check_positive)
-    chunk: int = setting(256, "Training and test examples whose gradients are computed at "
-                         "once (memory only).", check_positive_int)
+    chunk: int = setting(256, "Training and test examples whose gradients (Arnoldi: Hessian-"
+                         "vector products) are computed at once (memory only).",
+                         check_positive_int)
 
     def options(self, seed: int) -> dict[str, Any]:
         """Keyword arguments of the attributor."""
@@ -222,6 +224,16 @@ class IFLiSSA(DattriEstimator):
     def options(self, seed: int) -> dict[str, Any]:
         return {"damping": self.damping, "recursion_depth": 100, "scaling": self.scaling}
 
+    def check_hessian(self, top: float) -> None:
+        """Refuse a model whose mean training loss has |λ|max(H) + δ > 2·``scaling``: the
+        mean of the recursion then grows as |1 − (λ + δ)/s|^depth > 1 along the top
+        eigenvector, so its scores overflow."""
+        if top + self.damping > 2 * self.scaling:
+            raise ValueError(f"estimator: if-lissa diverges on this model: the training loss's "
+                             f"Hessian has |λ|max + δ ≈ {top + self.damping:.3g} > 2·scaling = "
+                             f"{2 * self.scaling:g}; set scaling above "
+                             f"{(top + self.damping) / 2:.3g}")
+
     def nonfinite_cause(self) -> str:
         return (f"LiSSA's recursion diverges once a sampled training point's Hessian has an "
                 f"eigenvalue above 2·scaling = {2 * self.scaling:g}; raise scaling above half "
@@ -230,16 +242,20 @@ class IFLiSSA(DattriEstimator):
 
 @dataclass(frozen=True)
 class IFArnoldi(DattriEstimator):
-    """Influence function on Arnoldi's top eigenspace (IFAttributorArnoldi); random start."""
+    """Influence function on the top ``proj_dim`` eigenpairs (λ_j, v_j) of H + δI by |λ|,
+    from dattri's Arnoldi iteration (random start): score_i = Σ_j (v_j·∇L_i)(v_j·ḡ)/λ_j.
+
+    dattri's own projector scales both sides by 1/√λ_j, which is NaN for a negative λ_j (a
+    model not at a minimum; tests/test_dattri_arnoldi.py); dividing one side by λ_j is the
+    same number wherever that is defined, and the restricted influence function elsewhere."""
 
     name: ClassVar[str] = "if-arnoldi"
     randomized: ClassVar[bool] = True
-    attributor: ClassVar[str] = "IFAttributorArnoldi"
     proj_dim: int = setting(100, "Eigenpairs Arnoldi keeps (dattri's 100); below the number "
                             "of parameters.", check_positive_int)
-
-    def options(self, seed: int) -> dict[str, Any]:
-        return {"regularization": self.damping, "seed": seed, "proj_dim": self.proj_dim}
+    iterations: int = setting(100, "Arnoldi iterations (dattri's max_iter, 100): Hessian-vector "
+                              "products on the whole training set; at least proj_dim.",
+                              check_positive_int)
 
     def check(self, model: nn.Module, x: torch.Tensor,
               parameters: Sequence[str] | None = None) -> None:
@@ -249,11 +265,62 @@ class IFArnoldi(DattriEstimator):
             raise ValueError(f"proj_dim: if-arnoldi keeps {self.proj_dim} eigenpairs of a "
                              f"Hessian of {count} parameters, where Arnoldi meets spurious "
                              f"Ritz values; use fewer than {count}")
+        if self.iterations < self.proj_dim:
+            raise ValueError(f"iterations: if-arnoldi needs at least proj_dim = "
+                             f"{self.proj_dim} iterations for {self.proj_dim} eigenpairs, "
+                             f"got {self.iterations}")
 
     def nonfinite_cause(self) -> str:
-        return ("dattri keeps the top proj_dim Hessian eigenvalues by |λ| and scales by 1/√λ, "
-                "so a negative eigenvalue (a model not at a minimum) gives NaN; raise damping "
-                "above |λ_min(H)|, or use if-explicit, ekfac or kfac; tests/test_dattri_arnoldi.py")
+        return ("an eigenvalue of H + δI among the top proj_dim is zero to float32 precision; "
+                "raise damping")
+
+    def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
+        from dattri.func.projection import ArnoldiProjector
+
+        names = None if parameters is None else select_parameters(model, parameters)
+        task = self._task(model, x_train)
+        point = task.get_param(0, layer_name=names)[0].detach()
+        with torch.no_grad(), warnings.catch_warnings():
+            # its "adjusting proj_dim" on negative eigenvalues concerns its own 1/√λ only
+            warnings.filterwarnings("ignore", "Encountered many negative eigenvalues")
+            projector = ArnoldiProjector(len(point), self.proj_dim, None, point,
+                                         max_iter=self.iterations, seed=seed,
+                                         device=str(x_train.device))
+            # its product on the whole batch, replaced by the same sum over chunks
+            projector.hvp_at_x_func = self._hessian_product(task, names, point, x_train,
+                                                            y_train)
+            projector.get_eigenspace()
+        return self._inner_products(_Eigenspace(names, projector.eigvals, projector.eigvecs),
+                                    model, x_train, y_train, x_test, y_test)
+
+    def _hessian_product(self, task, names, point, x, y):
+        """v ↦ (H + δI)v, H the Hessian of the mean training loss at ``point``, as the sum of
+        dattri's forward-over-reverse products on ``chunk`` rows weighted by their share of
+        n: memory O(chunk) where one product on all n rows holds every row's graph."""
+        from dattri.func.hessian import hvp_at_x
+
+        loss, n = task.get_loss_func(layer_name=names, ckpt_idx=0), x.shape[0]
+        parts = [(hvp_at_x(functools.partial(loss, **{task.loss_func_data_key:
+                                                      (x[i:i + self.chunk], y[i:i + self.chunk])}),
+                           x=(point,), mode="rev-fwd"), min(self.chunk, n - i) / n)
+                 for i in range(0, n, self.chunk)]
+        return lambda v: sum(w * product(v) for product, w in parts) + self.damping * v
+
+
+@dataclass(frozen=True)
+class _Eigenspace:
+    """dattri's attributor transforms for the top-k influence function: training gradients
+    onto the eigenvectors V (k × P), the test gradient onto them divided by the eigenvalues."""
+
+    layer_name: list[str] | None
+    eigvals: torch.Tensor
+    eigvecs: torch.Tensor
+
+    def transform_train_rep(self, ckpt_idx: int, rep: torch.Tensor) -> torch.Tensor:
+        return rep @ self.eigvecs.T
+
+    def transform_test_rep(self, ckpt_idx: int, rep: torch.Tensor) -> torch.Tensor:
+        return rep @ self.eigvecs.T / self.eigvals
 
 
 @dataclass(frozen=True)
