@@ -13,6 +13,7 @@ number in them is typed by hand:
 - docs/table2_controls.md: what the random-perturbation control changes in each Table 2
   verdict (flip_controls' cells; "not yet run" where a task has none);
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
+- docs/progress.md: per experiment of docs/runs/paper, the cells committed against the plan;
 
 and docs/verdict_changes.md, docs/verdict_changes_seeds.md,
 docs/verdict_changes_geometric.md, docs/interval_coverage.md and
@@ -38,12 +39,12 @@ from malleability.repro.experiments.collapse import KINDS
 from malleability.repro.experiments.flip_controls import NOT_RUN, PENDING, changes_table
 from malleability.repro.experiments.numerics import A9_CAPTION, a9_table, top_k_table
 from malleability.repro.loading import Run, load_run
-from malleability.repro.report import to_markdown
+from malleability.repro.report import planned_cells, to_markdown
 from malleability.repro.seeds import combine
 
 DOCS = Path(__file__).parent
 RUNS = DOCS / "runs"
-SPLICED = ("claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
+SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
            "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
            "c4_split.md", "table1.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
@@ -136,6 +137,18 @@ def splice(doc: str, name: str, text: str) -> str:
     return doc[:doc.index(begin) + len(begin)] + text + doc[doc.index(end):]
 
 
+def progress_table(run: Run) -> Table:
+    """Each experiment the run's settings plan: its cells committed, planned, and left."""
+    rows = []
+    for name in sorted(n for n in run.settings if n in EXPERIMENTS):
+        done, planned = len(run.cells.get(name, [])), planned_cells(run, name)
+        left = "?" if planned is None else ("complete" if done >= planned else
+                                            f"{planned - done} left")
+        rows.append([f"`{name}`", str(done), "?" if planned is None else str(planned), left])
+    return Table(["experiment", "cells committed", "cells planned", "status"], rows,
+                 "Cells of docs/runs/paper per experiment, counted from the files.")
+
+
 def main() -> None:
     paper, sensitivity = load_run(RUNS / "paper"), load_run(RUNS / "sensitivity")
     records = {name: section_records(EXPERIMENTS[name], paper.cells[name])
@@ -154,6 +167,7 @@ def main() -> None:
     flips = section_records(EXPERIMENTS["flip_rates"], paper.cells["flip_rates"])
     changes = section_records(EXPERIMENTS["interventions"], paper.cells["interventions"])
     generated = {
+        "progress.md": [progress_table(paper)],
         "table1.md": [captioned(section_tables(paper, "ntk_distance"), "Table 1:")],
         "table2.md": [captioned(table2, "Table 2:"), captioned(table2, "Flip rate of MLP-Attn")],
         "table2_controls.md": [controls_text(controls), controls],
