@@ -194,6 +194,8 @@ def test_bad_inputs_are_refused_in_one_line_before_computation(vit, bert):
         (dict(model=model, x=x, estimator=TRAK(proj_dim=24)), r"^proj_dim: TRAK's kernel"),
         (dict(model=model, x=x, estimator=IFArnoldi(proj_dim=10**6)),
          r"^proj_dim: if-arnoldi keeps 1000000 eigenpairs of a Hessian of \d+ parameters"),
+        (dict(model=model, x=x, estimator=IFArnoldi(proj_dim=20, iterations=10)),
+         r"^iterations: if-arnoldi needs at least proj_dim = 20 iterations"),
         (dict(model=Gain(), x=x, estimator="kfac"),
          r"^estimator: kfac cannot audit Gain \(model: kronfluence tracks nn.Linear"),
         (dict(model=model, x=x, checkpoints=[nn.Linear(2, 2).state_dict()]),
