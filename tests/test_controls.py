@@ -186,5 +186,8 @@ def test_degenerate_settings():
     assert len(warn) == 1 and "damping 1" in warn[0]
     assert degenerate_settings("if-explicit", 100, damping=1e-3, hessian_top=0.5) == []
     assert degenerate_settings("tracin", 10, 1, damping=1.0, hessian_top=0.0) == []
+    warn = degenerate_settings("if-arnoldi", 100, ritz=(100, 100))
+    assert len(warn) == 1 and warn[0].startswith("Arnoldi keeps 100 of the Ritz pairs of 100")
+    assert degenerate_settings("if-arnoldi", 100, ritz=(100, 200)) == []
     assert not math.isnan(hessian_top_eigenvalue(nn.Linear(2, 2), torch.rand(4, 2),
                                                   torch.tensor([0, 1, 0, 1])))

@@ -112,3 +112,26 @@ def test_package_arnoldi_is_the_top_k_influence_function_where_dattris_is_nan(ca
     assert bool(_arnoldi(task, train, test, r, k).isnan().all())
     torch.testing.assert_close(scores, expected, rtol=0,
                                atol=1e-4 * float(expected.abs().max()))
+
+
+def test_arnoldi_keeping_every_ritz_pair_follows_its_random_start(case):
+    """Why the audit warns when proj_dim > iterations / 2: with k = iterations = 20 the last
+    Ritz pairs are unconverged, and two start vectors give scores far from the exact top-k
+    influence function and from each other; with iterations = P = 43 (the whole Krylov space)
+    every start gives it."""
+    from malleability.estimators import make_estimator
+
+    task, train, test, h, g_train, g_test = case
+    r, k = 1e-3, 20
+    w, v = torch.linalg.eigh(h + r * torch.eye(len(h), dtype=h.dtype))
+    top = w.abs().argsort()[-k:]
+    exact = ((g_train @ v[:, top]) / w[top] @ (v[:, top].T @ g_test.T)).mean(1)
+    (x, y), (xt, yt) = next(iter(train)), next(iter(test))
+
+    def error(iterations, seed):
+        est = make_estimator("if-arnoldi", damping=r, proj_dim=k, iterations=iterations)
+        scores = est.scores(task.model, x, y, xt, yt, seed=seed)
+        return float((scores - exact).abs().max() / exact.abs().max())
+
+    assert min(error(k, 0), error(k, 1)) > 0.2
+    assert max(error(len(h), 0), error(len(h), 1)) < 1e-3

@@ -94,8 +94,10 @@ def estimator_warnings(estimator: InfluenceEstimator, model: nn.Module, x: torch
            if estimator.name in DAMPED else None)
     if top is not None and hasattr(estimator, "check_hessian"):
         estimator.check_hessian(top)
+    ritz = ((estimator.proj_dim, estimator.iterations) if estimator.name == "if-arnoldi"
+            else None)
     return degenerate_settings(estimator.name, int(x.shape[0]), n_checkpoints, projection,
-                               getattr(estimator, "damping", None), top), top
+                               getattr(estimator, "damping", None), top, ritz), top
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,11 @@
 - an influence function whose damping δ dominates the Hessian: δ ≥ |λ|max(H) (estimated by
   power iteration on Hessian-vector products of the mean training loss), so
   (H + δI)⁻¹ ≈ δ⁻¹I within a factor 2 on every direction and the "influence" is a scaled
-  gradient dot product (TracIn's score), not the curvature-corrected one.
+  gradient dot product (TracIn's score), not the curvature-corrected one;
+- Arnoldi keeping more than half the Ritz pairs of its Krylov space (``proj_dim`` >
+  ``iterations`` / 2; dattri's defaults keep all 100 of 100): the last pairs kept are
+  unconverged, so its scores follow the random start (tests/test_dattri_arnoldi.py: over 20 %
+  of the largest score off the exact top-k influence function at k = iterations).
 """
 
 from __future__ import annotations
@@ -70,9 +74,11 @@ def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def degenerate_settings(estimator: str, n_train: int, n_checkpoints: int = 1,
                         projection_dim: int | None = None, damping: float | None = None,
-                        hessian_top: float | None = None) -> list[str]:
+                        hessian_top: float | None = None,
+                        ritz: tuple[int, int] | None = None) -> list[str]:
     """Warnings (one sentence each) for the estimator's setting on this audit; see the module
-    docstring. ``projection_dim``: TRAK's k; ``hessian_top``: |λ|max(H) of the model."""
+    docstring. ``projection_dim``: TRAK's k; ``hessian_top``: |λ|max(H) of the model;
+    ``ritz``: Arnoldi's (proj_dim, iterations)."""
     warnings = []
     if estimator == "trak":
         if projection_dim is not None:
@@ -89,4 +95,8 @@ def degenerate_settings(estimator: str, n_train: int, n_checkpoints: int = 1,
             and damping >= hessian_top:
         warnings.append(f"damping {damping:g} ≥ |λ|max(H) ≈ {hessian_top:.3g}: (H + δI)⁻¹ is "
                         "≈ δ⁻¹I, so the scores are scaled gradient dot products.")
+    if estimator == "if-arnoldi" and ritz is not None and 2 * ritz[0] > ritz[1]:
+        warnings.append(f"Arnoldi keeps {ritz[0]} of the Ritz pairs of {ritz[1]} iterations: "
+                        "the last are unconverged, so its scores follow the random start "
+                        "(give iterations ≥ 2·proj_dim; the noise control measures it).")
     return warnings
