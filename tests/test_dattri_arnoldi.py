@@ -6,7 +6,9 @@ projected gradients by 1/√λ. On a trained but unconverged non-convex model H 
 eigenvalues; those among the top k give NaN in every score. Its warning "adjusting proj_dim"
 changes only the attribute, not the pairs it keeps. With r above |λ_min(H)| and k well below
 the number of parameters, its scores are the influence function restricted to the top-k
-eigenspace of H + rI.
+eigenspace of H + rI. The package's `if-arnoldi` takes dattri's eigenpairs and divides one
+side by λ (no square root), so it gives that restricted influence function on indefinite
+Hessians too; and the last tests show why the audit warns when it keeps all its Ritz pairs.
 """
 
 from __future__ import annotations
