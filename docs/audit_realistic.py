@@ -46,6 +46,7 @@ from torch.nn import functional as F
 from malleability.auditing import audit, load_split
 from malleability.controls import BOUNDS
 from malleability.data import load_dataset
+from malleability.intervals import clip_interval
 from malleability.jsonsafe import loads_strict, to_strict_json
 from malleability.model_outputs import as_classifier
 
@@ -272,10 +273,10 @@ def _estimate(e: dict | float, metric: str | None = None) -> str:
     """mean [low, high], the interval clipped to ``metric``'s range (controls.BOUNDS)."""
     if not isinstance(e, dict):
         return f"{e:.2f}"
-    low, high = e["low"], e["high"]
-    if low is not None and metric is not None:
-        low, high = max(low, BOUNDS[metric][0]), min(high, BOUNDS[metric][1])
-    return f"{e['mean']:.2f}" + ("" if low is None else f" [{low:.2f}, {high:.2f}]")
+    if e["low"] is None:
+        return f"{e['mean']:.2f}"
+    low, high = clip_interval((e["low"], e["high"]), metric and BOUNDS[metric])
+    return f"{e['mean']:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def _rank(estimator: str) -> int:

@@ -33,13 +33,13 @@ def _one_batch(est, model, x, y, xt, yt, seed: int = 0) -> torch.Tensor:
                    ((x, y), (xt, yt)))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        task = est._task(model, x)
         if est.name == "if-arnoldi":  # the package builds dattri's projector itself
-            attributor = dif.IFAttributorArnoldi(
-                est._task(model, x), device="cpu", regularization=est.damping, seed=seed,
-                proj_dim=est.proj_dim, max_iter=est.iterations)
+            attributor = dif.IFAttributorArnoldi(task, device="cpu", regularization=est.damping,
+                                                 seed=seed, proj_dim=est.proj_dim,
+                                                 max_iter=est.iterations)
         else:
-            attributor = getattr(dif, est.attributor)(est._task(model, x), device="cpu",
-                                                       **est.options(seed))
+            attributor = getattr(dif, est.attributor)(task, device="cpu", **est.options(seed))
         attributor.cache(train)
         return attributor.attribute(train, test).mean(1).detach().to(torch.float64)
 
@@ -83,16 +83,10 @@ def test_cg_on_the_mean_test_gradient_equals_the_explicit_influence_function():
 def test_ekfac_equals_dattris_one_batch():
     """EK-FAC's inverse is linear too: one product of the mean test gradient equals dattri's
     own ``attribute`` averaged over the test points."""
-    from dattri.algorithm import influence_function as dif
-
     model, x, y, xt, yt = _data()
     est = make_estimator("if-ekfac", damping=1.0, chunk=4)
     got = est.scores(model, x, y, xt, yt)
-    attributor = dif.IFAttributorEKFAC(est._task(model, x), device="cpu", damping=1.0)
-    train, test = (DataLoader(TensorDataset(a, b), batch_size=len(a)) for a, b in
-                   ((x, y), (xt, yt)))
-    attributor.cache(train)
-    want = attributor.attribute(train, test).mean(1).detach().to(torch.float64)
+    want = _one_batch(est, model, x, y, xt, yt)
     assert want.abs().max() > 0
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 

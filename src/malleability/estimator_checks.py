@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -32,43 +32,51 @@ from .trak_projection import check_trak_projection
 DAMPED = ("if-explicit", "if-cg", "if-lissa", "if-arnoldi", "if-datainf", "if-ekfac")
 
 
+def mean_loss_hvp(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  params: Sequence[torch.Tensor], chunk: int = 256
+                  ) -> Callable[[Sequence[torch.Tensor]], list[torch.Tensor]]:
+    """v ↦ Hv, H the Hessian of the mean training loss over (``x``, ``y``) in ``params`` (the
+    model's own tensors), by double backward summed over ``chunk`` rows at a time (memory
+    O(chunk)). Attention runs on the composite math backend, whose double backward exists
+    (the fused CPU kernel has none)."""
+    def hvp(v: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        out = [torch.zeros_like(p) for p in params]
+        with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
+            for rows in torch.arange(x.shape[0], device=x.device).split(chunk):
+                loss = training_loss(model(x[rows]), y[rows]).sum() / x.shape[0]
+                # A parameter outside the graph (or of constant gradient) has a zero block.
+                grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True,
+                                            materialize_grads=True)
+                for o, h in zip(out, torch.autograd.grad(grads, params, grad_outputs=v,
+                                                         allow_unused=True,
+                                                         materialize_grads=True), strict=True):
+                    o += h
+        return out
+
+    return hvp
+
+
 def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                            parameters: Sequence[str] | None = None, iterations: int = 20,
                            seed: int = 0, chunk: int = 256) -> float:
     """|λ|max of the Hessian of the mean training loss over (``x``, ``y``) in the chosen
-    ``parameters``: power iteration from a seeded Gaussian start, the last Rayleigh quotient's
-    magnitude (a lower bound that converges to |λ|max). Each Hessian-vector product sums
-    those of ``chunk`` rows at a time (memory O(chunk)). Attention runs on the composite math
-    backend, whose double backward exists (the fused CPU kernel has none)."""
+    ``parameters``: power iteration on :func:`mean_loss_hvp` from a seeded Gaussian start,
+    the last Rayleigh quotient's magnitude (a lower bound that converges to |λ|max)."""
     names = set(select_parameters(model, parameters))
     params = [p for k, p in model.named_parameters() if k in names]
-
-    def hvp(v: list[torch.Tensor]) -> list[torch.Tensor]:
-        out = [torch.zeros_like(p) for p in params]
-        for rows in torch.arange(x.shape[0], device=x.device).split(chunk):
-            loss = training_loss(model(x[rows]), y[rows]).sum() / x.shape[0]
-            # A parameter outside the graph (or of constant gradient) has a zero Hessian block.
-            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True,
-                                        materialize_grads=True)
-            for o, h in zip(out, torch.autograd.grad(grads, params, grad_outputs=v,
-                                                     allow_unused=True, materialize_grads=True),
-                            strict=True):
-                o += h
-        return out
-
+    hvp = mean_loss_hvp(model, x, y, params, chunk)
     gen = torch.Generator().manual_seed(seed)
     v = [torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params]
     norm = math.sqrt(sum(float(t.pow(2).sum()) for t in v))
     v = [t / norm for t in v]
     rayleigh = 0.0
-    with torch.enable_grad(), sdpa_kernel([SDPBackend.MATH]):
-        for _ in range(iterations):
-            hv = hvp(v)
-            rayleigh = sum(float((a * b).sum()) for a, b in zip(v, hv, strict=True))
-            norm = math.sqrt(sum(float(t.pow(2).sum()) for t in hv))
-            if norm == 0:
-                return 0.0
-            v = [t.detach() / norm for t in hv]
+    for _ in range(iterations):
+        hv = hvp(v)
+        rayleigh = sum(float((a * b).sum()) for a, b in zip(v, hv, strict=True))
+        norm = math.sqrt(sum(float(t.pow(2).sum()) for t in hv))
+        if norm == 0:
+            return 0.0
+        v = [t.detach() / norm for t in hv]
     return abs(rayleigh)
 
 

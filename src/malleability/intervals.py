@@ -63,6 +63,15 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE
     return mean - half, mean + half
 
 
+def clip_interval(interval: tuple[float, float] | None,
+                  bounds: tuple[float, float] | None) -> tuple[float, float] | None:
+    """``interval`` clipped to ``bounds`` (the range the quantity cannot leave); unchanged
+    without bounds or without an interval."""
+    if interval is None or bounds is None:
+        return interval
+    return max(interval[0], bounds[0]), min(interval[1], bounds[1])
+
+
 class Estimate(float):
     """A number measured once per seed: its value (as a float) is the mean over the seeds;
     ``values`` and ``seeds`` keep the per-seed measurements (None/NaN → NaN); ``bounds``, where
@@ -100,10 +109,7 @@ class Estimate(float):
     def shown_interval(self) -> tuple[float, float] | None:
         """The interval as a reader sees it: clipped to ``bounds`` (a rate's interval never
         below 0); the interval itself without bounds."""
-        if self.interval is None or self.bounds is None:
-            return self.interval
-        low, high = self.interval
-        return max(low, self.bounds[0]), min(high, self.bounds[1])
+        return clip_interval(self.interval, self.bounds)
 
     def scaled(self, factor: float) -> Estimate:
         bounds = (None if self.bounds is None else

@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._validation import check_positive, check_positive_int
+from ..estimator_checks import mean_loss_hvp
 from ..jacobian_ntk import select_parameters
 from ..losses import as_labels, training_loss
 from ..settings import setting
@@ -277,34 +278,27 @@ class IFArnoldi(DattriEstimator):
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.func.projection import ArnoldiProjector
 
-        names = None if parameters is None else select_parameters(model, parameters)
-        task = self._task(model, x_train)
-        point = task.get_param(0, layer_name=names)[0].detach()
+        names = select_parameters(model, parameters)
+        named = dict(model.named_parameters())
+        params = [named[k] for k in names]
+        product = mean_loss_hvp(model, x_train, y_train, params, self.chunk)
+
+        def damped(v: torch.Tensor) -> torch.Tensor:  # (H + δI)v on the flat vector
+            parts = product([t.reshape(p.shape) for t, p in
+                             zip(v.split([p.numel() for p in params]), params, strict=True)])
+            return torch.cat([h.reshape(-1) for h in parts]) + self.damping * v
+
+        point = torch.cat([p.detach().reshape(-1) for p in params])
         with torch.no_grad(), warnings.catch_warnings():
             # its "adjusting proj_dim" on negative eigenvalues concerns its own 1/√λ only
             warnings.filterwarnings("ignore", "Encountered many negative eigenvalues")
             projector = ArnoldiProjector(len(point), self.proj_dim, None, point,
                                          max_iter=self.iterations, seed=seed,
                                          device=str(x_train.device))
-            # its product on the whole batch, replaced by the same sum over chunks
-            projector.hvp_at_x_func = self._hessian_product(task, names, point, x_train,
-                                                            y_train)
+            projector.hvp_at_x_func = damped  # the package's chunked product, not dattri's
             projector.get_eigenspace()
         return self._inner_products(_Eigenspace(names, projector.eigvals, projector.eigvecs),
                                     model, x_train, y_train, x_test, y_test)
-
-    def _hessian_product(self, task, names, point, x, y):
-        """v ↦ (H + δI)v, H the Hessian of the mean training loss at ``point``, as the sum of
-        dattri's forward-over-reverse products on ``chunk`` rows weighted by their share of
-        n: memory O(chunk) where one product on all n rows holds every row's graph."""
-        from dattri.func.hessian import hvp_at_x
-
-        loss, n = task.get_loss_func(layer_name=names, ckpt_idx=0), x.shape[0]
-        parts = [(hvp_at_x(functools.partial(loss, **{task.loss_func_data_key:
-                                                      (x[i:i + self.chunk], y[i:i + self.chunk])}),
-                           x=(point,), mode="rev-fwd"), min(self.chunk, n - i) / n)
-                 for i in range(0, n, self.chunk)]
-        return lambda v: sum(w * product(v) for product, w in parts) + self.damping * v
 
 
 @dataclass(frozen=True)
@@ -331,6 +325,9 @@ class IFEKFAC(DattriEstimator):
     name: ClassVar[str] = "if-ekfac"
     attributor: ClassVar[str] = "IFAttributorEKFAC"
 
+    def options(self, seed: int) -> dict[str, Any]:
+        return {"damping": self.damping}  # dattri's EK-FAC names its damping so
+
     def check(self, model: nn.Module, x: torch.Tensor,
               parameters: Sequence[str] | None = None) -> None:
         """dattri 0.3.0's EK-FAC takes 2-d activations only (``UnboundLocalError: a_prev``
@@ -355,7 +352,7 @@ class IFEKFAC(DattriEstimator):
         task = self._task(model, x_train)
         attributor = dif.IFAttributorEKFAC(
             task, module_name=None if parameters is None else list(parameters),
-            device=str(x_train.device), damping=self.damping)
+            device=str(x_train.device), **self.options(seed))
         attributor.cache(self._full_batch(x_train, y_train))
         return self._inner_products(attributor, model, x_train, y_train, x_test, y_test)
 
