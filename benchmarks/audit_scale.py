@@ -6,6 +6,8 @@ first n CIFAR-10 training images, audited as documented: PGD-40 at ε = 8/255 on
 2 seeds, κ at ``vit.layers.0``, 50 test images. Beside each audit, the estimator alone: one
 call of its scores (seed 0) on the same model and data. ``trak-3ckpt`` is TRAK's ensemble over
 the checkpoints after each of the 3 epochs (``checkpoints=``; the audit then adds step 2b).
+An estimator may carry settings other than its defaults, ``NAME[key=value,...]`` (e.g.
+``if-arnoldi[hessian_points=500,proj_dim=50]``); they are keyed and shown apart.
 
 Each figure is one subprocess with one torch thread (``--threads``: more for the audit and
 the estimator alone; training keeps one, so the model is the same): wall seconds, CPU
@@ -86,6 +88,20 @@ def train(n: int, folder: Path) -> dict:
     return {"parameters": sum(p.numel() for p in model.parameters()), "test_accuracy": acc}
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, int | float]]:
+    """``NAME[key=value,...]`` → the estimator's name (``-3ckpt`` kept) and its settings."""
+    name, _, rest = spec.partition("[")
+    if name.removesuffix("-3ckpt") not in {e.removesuffix("-3ckpt") for e in ESTIMATORS} \
+            or (rest and not rest.endswith("]")):
+        raise SystemExit(f"--estimators: expected NAME or NAME[key=value,...] with NAME one "
+                         f"of {', '.join(ESTIMATORS)}, got {spec!r}")
+    settings = {}
+    for item in filter(None, rest[:-1].split(",")):
+        key, _, value = item.partition("=")
+        settings[key] = float(value) if "." in value or "e" in value else int(value)
+    return name, settings
+
+
 def cell(n: int, estimator: str, what: str, folder: Path) -> dict:
     """One measurement in this process: the estimator alone, or the whole audit."""
     from malleability.auditing import audit
@@ -95,7 +111,11 @@ def cell(n: int, estimator: str, what: str, folder: Path) -> dict:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     x, y, xt, yt = data(n)
-    name, ensemble = estimator.removesuffix("-3ckpt"), estimator.endswith("-3ckpt")
+    spec, settings = parse_spec(estimator)
+    name, ensemble = spec.removesuffix("-3ckpt"), spec.endswith("-3ckpt")
+    est = make_estimator(name, **settings)
+    if settings and {k: getattr(est, k, None) for k in settings} != settings:
+        raise SystemExit(f"--estimators: {name} has not all of the settings {settings}")
     states = [torch.load(folder / f"epoch{k}.pt", weights_only=True)
               for k in range(1, EPOCHS + 1)]
     model = vit()
@@ -108,10 +128,10 @@ def cell(n: int, estimator: str, what: str, folder: Path) -> dict:
             m = vit()
             m.load_state_dict(state)
             models.append(as_classifier(m.eval()))
-        attribute(make_estimator(name), models, x, y, xt, yt, 0)
+        attribute(est, models, x, y, xt, yt, 0)
         out = {}
     else:
-        report = audit(model, x, y, xt, yt, estimator=name, seeds=SEEDS, eps=EPS, steps=40,
+        report = audit(model, x, y, xt, yt, estimator=est, seeds=SEEDS, eps=EPS, steps=40,
                        fraction=0.1, layer=LAYER, checkpoints=states if ensemble else None)
         out = {"flip_rate": float(report.flip_rate), "spearman": float(report.spearman)}
     return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
@@ -185,7 +205,8 @@ def table(path: Path = RESULTS) -> str:
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     cells = sorted(results["cells"].items(),
                    key=lambda kv: (int(kv[0].split("/")[0]),
-                                   ESTIMATORS.index(kv[0].split("/")[1]),
+                                   ESTIMATORS.index(parse_spec(kv[0].split("/")[1])[0]),
+                                   kv[0].split("/")[1],
                                    kv[1].get("threads", 1)))
     for key, row in cells:
         n, est = key.split("/")[:2]
@@ -213,7 +234,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[500, 2000])
     parser.add_argument("--estimators", nargs="+", default=list(ESTIMATORS),
-                        choices=ESTIMATORS)
+                        help="NAME or NAME[key=value,...] (settings other than the defaults)")
     parser.add_argument("--limit-s", type=float, default=3600.0)
     parser.add_argument("--redo", action="store_true", help="Recompute the cells it has.")
     parser.add_argument("--threads", type=int, default=1,
@@ -239,4 +260,6 @@ if __name__ == "__main__":
         n, est, what, folder = args.cell
         print(json.dumps(cell(int(n), est, what, Path(folder))))
     else:
+        for spec in args.estimators:
+            parse_spec(spec)
         run(args.n, args.estimators, args.limit_s, args.redo, args.out, args.threads)

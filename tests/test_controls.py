@@ -189,5 +189,26 @@ def test_degenerate_settings():
     warn = degenerate_settings("if-arnoldi", 100, ritz=(100, 100))
     assert len(warn) == 1 and warn[0].startswith("Arnoldi keeps 100 of the Ritz pairs of 100")
     assert degenerate_settings("if-arnoldi", 100, ritz=(100, 200)) == []
+    layers = {"a": 3136, "b": 2304, "c": 640}
+    warn = degenerate_settings("logra", 2000, projected_layers=layers)
+    assert len(warn) == 1 and warn[0].startswith("LoGra projects 2 of 3 layers' gradients to "
+                                                 "≥ n = 2000 dimensions (3136 for a)")
+    assert degenerate_settings("logra", 4000, projected_layers=layers) == []
     assert not math.isnan(hessian_top_eigenvalue(nn.Linear(2, 2), torch.rand(4, 2),
                                                   torch.tensor([0, 1, 0, 1])))
+
+
+def test_logra_projected_dims_are_the_projections_rank_per_layer():
+    """k = √proj_dim rows per factor: a layer's projected gradients P_out G P_inᵀ span
+    min(k, out)·min(k, in + bias) dimensions (the rank of P_out ⊗ P_in on out × (in + 1))."""
+    from malleability.estimators import make_estimator
+
+    model = nn.Sequential(nn.Linear(48, 96), nn.ReLU(), nn.Linear(96, 10, bias=False))
+    assert make_estimator("logra", proj_dim=4096).projected_dims(model) == {
+        "0": 64 * 49, "2": 10 * 64}
+    assert make_estimator("logra", proj_dim=256).projected_dims(model, ["2.weight"]) == {
+        "2": 10 * 16}
+    # measured: the rank of P_out ⊗ P_in (16 rows each) on the second layer's 10 × 96 weights
+    g = torch.Generator().manual_seed(0)
+    p_out, p_in = (torch.randn(16, d, generator=g, dtype=torch.float64) for d in (10, 96))
+    assert int(torch.linalg.matrix_rank(torch.kron(p_out, p_in))) == 160

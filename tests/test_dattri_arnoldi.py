@@ -57,7 +57,8 @@ def case():
     task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
     train = DataLoader(TensorDataset(x, y), batch_size=len(x))
     test = DataLoader(TensorDataset(x_test, y_test), batch_size=len(x_test))
-    return task, train, test, h, g_train, g_test
+    return task, train, test, h, g_train, g_test, lambda rows: hessian(flat_loss)(
+        flat, x[rows], y[rows])
 
 
 def _arnoldi(task, train, test, regularization, proj_dim):
@@ -70,7 +71,7 @@ def _arnoldi(task, train, test, regularization, proj_dim):
 
 
 def test_arnoldi_is_nan_when_its_top_k_holds_a_negative_eigenvalue(case):
-    task, train, test, h, _, _ = case
+    task, train, test, h, *_ = case
     r, k = 1e-3, 20
     eigenvalues = torch.linalg.eigvalsh(h) + r
     top = eigenvalues[eigenvalues.abs().argsort()[-k:]]
@@ -79,7 +80,7 @@ def test_arnoldi_is_nan_when_its_top_k_holds_a_negative_eigenvalue(case):
 
 
 def test_arnoldi_above_the_negative_curvature_is_the_top_k_influence_function(case):
-    task, train, test, h, g_train, g_test = case
+    task, train, test, h, g_train, g_test, _ = case
     k = 20
     r = 1.1 * float(-torch.linalg.eigvalsh(h)[0])  # H + rI positive definite
     w, v = torch.linalg.eigh(h + r * torch.eye(len(h), dtype=h.dtype))
@@ -91,7 +92,7 @@ def test_arnoldi_above_the_negative_curvature_is_the_top_k_influence_function(ca
 
 
 def test_arnoldi_with_proj_dim_at_the_parameter_count_meets_a_spurious_ritz_value(case):
-    task, train, test, h, _, _ = case
+    task, train, test, h, *_ = case
     r = 1.1 * float(-torch.linalg.eigvalsh(h)[0])
     assert float(torch.linalg.eigvalsh(h)[0]) + r > 0.02  # positive definite, yet:
     assert bool(_arnoldi(task, train, test, r, len(h)).isnan().all())
@@ -102,7 +103,7 @@ def test_package_arnoldi_is_the_top_k_influence_function_where_dattris_is_nan(ca
     (by |λ|) influence function of the indefinite H + rI, mean over the test points."""
     from malleability.estimators import make_estimator
 
-    task, train, test, h, g_train, g_test = case
+    task, train, test, h, g_train, g_test, _ = case
     r, k = 1e-3, 20
     w, v = torch.linalg.eigh(h + r * torch.eye(len(h), dtype=h.dtype))
     top = w.abs().argsort()[-k:]
@@ -123,7 +124,7 @@ def test_arnoldi_keeping_every_ritz_pair_follows_its_random_start(case):
     every start gives it."""
     from malleability.estimators import make_estimator
 
-    task, train, test, h, g_train, g_test = case
+    task, train, test, h, g_train, g_test, _ = case
     r, k = 1e-3, 20
     w, v = torch.linalg.eigh(h + r * torch.eye(len(h), dtype=h.dtype))
     top = w.abs().argsort()[-k:]
@@ -137,3 +138,41 @@ def test_arnoldi_keeping_every_ritz_pair_follows_its_random_start(case):
 
     assert min(error(k, 0), error(k, 1)) > 0.2
     assert max(error(len(h), 0), error(len(h), 1)) < 1e-3
+
+
+def test_arnoldi_on_a_sample_of_the_training_set_is_that_samples_top_k_influence_function(case):
+    """``hessian_points``: the eigenpairs are those of the Hessian of the mean loss over a
+    seeded sample of the rows (the explicit Hessian of those rows here), while the gradients
+    are every training point's; the sample changes with the seed, and 0 or n means all."""
+    from malleability.estimators import make_estimator
+    from malleability.estimators.dattri import hessian_sample
+
+    task, train, test, h, g_train, g_test, sample_hessian = case
+    r, k, points = 1e-3, 10, 25
+    (x, y), (xt, yt) = next(iter(train)), next(iter(test))
+    for seed in (0, 1):
+        rows = hessian_sample(len(x), points, seed)
+        assert len(set(rows.tolist())) == points and int(rows.max()) < len(x)
+        w, v = torch.linalg.eigh(sample_hessian(rows) + r * torch.eye(len(h), dtype=h.dtype))
+        top = w.abs().argsort()[-k:]
+        expected = ((g_train @ v[:, top]) / w[top] @ (v[:, top].T @ g_test.T)).mean(1)
+        est = make_estimator("if-arnoldi", damping=r, proj_dim=k, iterations=len(h),
+                             hessian_points=points)
+        scores = est.scores(task.model, x, y, xt, yt, seed=seed)
+        torch.testing.assert_close(scores, expected, rtol=0,
+                                   atol=1e-4 * float(expected.abs().max()))
+    assert not torch.equal(hessian_sample(len(x), points, 0), hessian_sample(len(x), points, 1))
+    assert torch.equal(hessian_sample(len(x), 0, 3), torch.arange(len(x)))
+    assert torch.equal(hessian_sample(len(x), len(x), 3), torch.arange(len(x)))
+
+
+def test_arnoldi_refuses_more_hessian_points_than_training_points(case):
+    from malleability.estimators import make_estimator
+
+    task, train, *_ = case
+    x, _ = next(iter(train))
+    est = make_estimator("if-arnoldi", proj_dim=5, iterations=10, hessian_points=len(x) + 1)
+    with pytest.raises(ValueError, match=r"^hessian_points: expected at most n = 40 "):
+        est.check(task.model, x)
+    with pytest.raises(ValueError, match=r"^hessian_points: expected a non-negative integer"):
+        make_estimator("if-arnoldi", hessian_points=-1)

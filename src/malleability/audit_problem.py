@@ -96,8 +96,10 @@ def estimator_warnings(estimator: InfluenceEstimator, model: nn.Module, x: torch
         estimator.check_hessian(top)
     ritz = ((estimator.proj_dim, estimator.iterations) if estimator.name == "if-arnoldi"
             else None)
+    layers = (estimator.projected_dims(model, settings.parameters or None)
+              if estimator.name == "logra" else None)
     return degenerate_settings(estimator.name, int(x.shape[0]), n_checkpoints, projection,
-                               getattr(estimator, "damping", None), top, ritz), top
+                               getattr(estimator, "damping", None), top, ritz, layers), top
 
 
 @dataclass(frozen=True)

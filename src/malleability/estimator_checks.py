@@ -12,7 +12,11 @@
 - Arnoldi keeping more than half the Ritz pairs of its Krylov space (``proj_dim`` >
   ``iterations`` / 2; dattri's defaults keep all 100 of 100): the last pairs kept are
   unconverged, so its scores follow the random start (tests/test_dattri_arnoldi.py: over 20 %
-  of the largest score off the exact top-k influence function at k = iterations).
+  of the largest score off the exact top-k influence function at k = iterations);
+- LoGra whose projected gradients of some layer span at least n dimensions (dattri's default
+  proj_dim = 4,096 on layers of width ≥ 64, against n in the thousands): that layer's
+  projected Fisher F = ĜᵀĜ/n has rank ≤ n, so, as for TRAK's k ≥ n, each training point's
+  leverage ĝ_i(nF + nλI)⁻¹ĝ_iᵀ is near 1 and (F + λI)⁻¹ interpolates the training gradients.
 """
 
 from __future__ import annotations
@@ -83,10 +87,12 @@ def hessian_top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 def degenerate_settings(estimator: str, n_train: int, n_checkpoints: int = 1,
                         projection_dim: int | None = None, damping: float | None = None,
                         hessian_top: float | None = None,
-                        ritz: tuple[int, int] | None = None) -> list[str]:
+                        ritz: tuple[int, int] | None = None,
+                        projected_layers: dict[str, int] | None = None) -> list[str]:
     """Warnings (one sentence each) for the estimator's setting on this audit; see the module
     docstring. ``projection_dim``: TRAK's k; ``hessian_top``: |λ|max(H) of the model;
-    ``ritz``: Arnoldi's (proj_dim, iterations)."""
+    ``ritz``: Arnoldi's (proj_dim, iterations); ``projected_layers``: LoGra's dimension per
+    layer (``LoGra.projected_dims``)."""
     warnings = []
     if estimator == "trak":
         if projection_dim is not None:
@@ -107,4 +113,12 @@ def degenerate_settings(estimator: str, n_train: int, n_checkpoints: int = 1,
         warnings.append(f"Arnoldi keeps {ritz[0]} of the Ritz pairs of {ritz[1]} iterations: "
                         "the last are unconverged, so its scores follow the random start "
                         "(give iterations ≥ 2·proj_dim; the noise control measures it).")
+    full = {k: d for k, d in (projected_layers or {}).items() if d >= n_train}
+    if estimator == "logra" and full:
+        widest = max(full, key=full.__getitem__)
+        warnings.append(f"LoGra projects {len(full)} of {len(projected_layers or {})} layers' "
+                        f"gradients to ≥ n = {n_train} dimensions ({full[widest]} for "
+                        f"{widest}): their Fisher has rank ≤ n, so every training point has "
+                        "leverage ≈ 1 and the scores interpolate, as TRAK's with k ≥ n "
+                        "(give a smaller proj_dim).")
     return warnings

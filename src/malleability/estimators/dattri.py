@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .._validation import check_positive, check_positive_int
+from .._validation import check_positive, check_positive_int, check_seed
 from ..estimator_checks import mean_loss_hvp
 from ..jacobian_ntk import select_parameters
 from ..losses import as_labels, training_loss
@@ -244,7 +244,9 @@ class IFLiSSA(DattriEstimator):
 @dataclass(frozen=True)
 class IFArnoldi(DattriEstimator):
     """Influence function on the top ``proj_dim`` eigenpairs (λ_j, v_j) of H + δI by |λ|,
-    from dattri's Arnoldi iteration (random start): score_i = Σ_j (v_j·∇L_i)(v_j·ḡ)/λ_j.
+    from dattri's Arnoldi iteration (random start): score_i = Σ_j (v_j·∇L_i)(v_j·ḡ)/λ_j; H
+    is the mean training loss's Hessian over all n points, or over ``hessian_points`` of them
+    (:func:`hessian_sample`: each iteration then costs that many points' products, not n).
 
     dattri's own projector scales both sides by 1/√λ_j, which is NaN for a negative λ_j (a
     model not at a minimum; tests/test_dattri_arnoldi.py); dividing one side by λ_j is the
@@ -255,8 +257,11 @@ class IFArnoldi(DattriEstimator):
     proj_dim: int = setting(100, "Eigenpairs Arnoldi keeps (dattri's 100); below the number "
                             "of parameters.", check_positive_int)
     iterations: int = setting(100, "Arnoldi iterations (dattri's max_iter, 100): Hessian-vector "
-                              "products on the whole training set; at least proj_dim.",
+                              "products on the Hessian's training points; at least proj_dim.",
                               check_positive_int)
+    hessian_points: int = setting(0, "Training points H is averaged over: 0 = all n, else a "
+                                  "uniform sample of that many drawn with the estimator's "
+                                  "seed (the gradients are all n's).", check_seed)
 
     def check(self, model: nn.Module, x: torch.Tensor,
               parameters: Sequence[str] | None = None) -> None:
@@ -270,6 +275,9 @@ class IFArnoldi(DattriEstimator):
             raise ValueError(f"iterations: if-arnoldi needs at least proj_dim = "
                              f"{self.proj_dim} iterations for {self.proj_dim} eigenpairs, "
                              f"got {self.iterations}")
+        if self.hessian_points > x.shape[0]:
+            raise ValueError(f"hessian_points: expected at most n = {x.shape[0]} training "
+                             f"points (0 for all), got {self.hessian_points}")
 
     def nonfinite_cause(self) -> str:
         return ("an eigenvalue of H + δI among the top proj_dim is zero to float32 precision; "
@@ -281,7 +289,8 @@ class IFArnoldi(DattriEstimator):
         names = select_parameters(model, parameters)
         named = dict(model.named_parameters())
         params = [named[k] for k in names]
-        product = mean_loss_hvp(model, x_train, y_train, params, self.chunk)
+        rows = hessian_sample(x_train.shape[0], self.hessian_points, seed).to(x_train.device)
+        product = mean_loss_hvp(model, x_train[rows], y_train[rows], params, self.chunk)
 
         def damped(v: torch.Tensor) -> torch.Tensor:  # (H + δI)v on the flat vector
             parts = product([t.reshape(p.shape) for t, p in
@@ -299,6 +308,15 @@ class IFArnoldi(DattriEstimator):
             projector.get_eigenspace()
         return self._inner_products(_Eigenspace(names, projector.eigvals, projector.eigvecs),
                                     model, x_train, y_train, x_test, y_test)
+
+
+def hessian_sample(n: int, points: int, seed: int) -> torch.Tensor:
+    """The training rows whose mean loss's Hessian Arnoldi factors: all n when ``points`` is
+    0 or n, else ``points`` of them uniformly without replacement, seeded (dattri's
+    attributor has ``precompute_data_ratio``: the first batches of its loader)."""
+    if points in (0, n):
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:points].sort().values
 
 
 @dataclass(frozen=True)

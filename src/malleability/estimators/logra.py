@@ -87,6 +87,17 @@ class LoGra(DattriEstimator):
                              "none)")
         tracked_modules_of(model, parameters, self.name, (nn.Linear,))
 
+    def projected_dims(self, model: nn.Module,
+                       parameters: Sequence[str] | None = None) -> dict[str, int]:
+        """Per tracked ``nn.Linear`` (all when ``parameters`` is None), the dimension its
+        gradients span after the projection: min(k, out)·min(k, in + bias), k = √proj_dim
+        (the rank of P_out G P_inᵀ's space; k² only when k ≤ both sides)."""
+        k = math.isqrt(self.proj_dim)
+        layers = tracked_modules_of(model, parameters, self.name, (nn.Linear,))
+        return {name: min(k, m.out_features) * min(k, m.in_features + (m.bias is not None))
+                for name, m in model.named_modules() if isinstance(m, nn.Linear)
+                and (layers is None or name in layers)}
+
     def _attribute(self, model, x_train, y_train, x_test, y_test, parameters, seed):
         from dattri.algorithm import LoGraAttributor
         from dattri.task import AttributionTask
