@@ -133,7 +133,9 @@ def cell(n: int, estimator: str, what: str, folder: Path) -> dict:
     else:
         report = audit(model, x, y, xt, yt, estimator=est, seeds=SEEDS, eps=EPS, steps=40,
                        fraction=0.1, layer=LAYER, checkpoints=states if ensemble else None)
-        out = {"flip_rate": float(report.flip_rate), "spearman": float(report.spearman)}
+        out = {"flip_rate": float(report.flip_rate), "spearman": float(report.spearman),
+               **{f"{kind}_flip_rate": float(report.controls[kind]["flip_rate"])
+                  for kind in ("noise", "random")}}
     return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **out}
 
@@ -200,9 +202,9 @@ def table(path: Path = RESULTS) -> str:
     """The markdown table of benchmarks/README.md from the results file."""
     results = json.loads(path.read_text())
     rows = ["| n | estimator | threads | audit: wall / CPU s | audit peak GiB | "
-            "alone: wall / CPU s | alone peak GiB | flip rate | Spearman ρ | load avg (1 min) | "
-            "date |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+            "alone: wall / CPU s | alone peak GiB | flip rate | Spearman ρ | "
+            "controls' flip rate: noise / random | load avg (1 min) | date |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|"]
     cells = sorted(results["cells"].items(),
                    key=lambda kv: (int(kv[0].split("/")[0]),
                                    ESTIMATORS.index(parse_spec(kv[0].split("/")[1])[0]),
@@ -218,6 +220,8 @@ def table(path: Path = RESULTS) -> str:
         rows[-1] += (f"{_figure(e)} | {e['peak_rss_gib']:.2f} | " if "seconds" in e
                      else f"{_figure(e)} | | ")
         rows[-1] += (f"{a['flip_rate']:.2f} | {a['spearman']:.3f} | " if done else "| | ")
+        rows[-1] += (f"{a['noise_flip_rate']:.2f} / {a['random_flip_rate']:.2f} | "
+                     if "noise_flip_rate" in a else "not recorded | ")
         load = (f"{row['load_before']:.1f} → {row['load_after']:.1f}" if "load_before" in row
                 else "not recorded")
         rows[-1] += f"{load} | {row['date']} |"
