@@ -91,6 +91,17 @@ def test_ekfac_equals_dattris_one_batch():
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
 
+def test_lissa_converges_to_the_influence_function_with_the_same_damping():
+    """LiSSA on the full-batch Hessian with δ = 1 and s = 2 (every factor 1 − (λ + δ)/s
+    within [0, 1/2] here, so 100 steps converge to float32 rounding) equals the explicit
+    influence function at the same δ: dattri's own damping, relative to s, is passed as δ/s."""
+    model, x, y, xt, yt = _data()
+    lissa = _FullBatchLiSSA(damping=1.0, scaling=2.0, chunk=4)
+    want = make_estimator("if-explicit", damping=1.0).scores(model, x, y, xt, yt)
+    torch.testing.assert_close(lissa.scores(model, x, y, xt, yt, seed=0), want, rtol=1e-4,
+                               atol=1e-5 * float(want.abs().max()))
+
+
 def test_lissa_is_refused_where_its_recursion_diverges():
     """The audit's check (|λ|max(H) + δ > 2·scaling) against LiSSA itself on a full-batch
     Hessian (no sampling): at scaling = |λ|max/5 the top eigenvector's factor is about 4 and

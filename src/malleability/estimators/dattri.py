@@ -212,18 +212,23 @@ class IFCG(DattriEstimator):
 
 @dataclass(frozen=True)
 class IFLiSSA(DattriEstimator):
-    """Influence function by LiSSA, recursion depth 100 (IFAttributorLiSSA); sampled."""
+    """Influence function by LiSSA, recursion depth 100 (IFAttributorLiSSA); sampled.
+
+    dattri's step is x ← v + (1 − d)x − H_i x / s and its result x / s, whose limit is
+    (H + s·d I)⁻¹v: its damping d is relative to the scale. The package passes d = δ / s, so
+    that the limit is (H + δI)⁻¹v, the damping δ of the other influence functions."""
 
     name: ClassVar[str] = "if-lissa"
     randomized: ClassVar[bool] = True
     attributor: ClassVar[str] = "IFAttributorLiSSA"
 
-    scaling: float = setting(50.0, "LiSSA's scale s (dattri's 50): each step is x ← v + (1 − δ)x "
-                             "− H_i x / s on one sampled training point's Hessian H_i, which "
-                             "converges only where s > λmax(H_i)/2.", check_positive)
+    scaling: float = setting(50.0, "LiSSA's scale s (dattri's 50): each step is x ← v + x − "
+                             "(H_i + δI)x / s on one sampled training point's Hessian H_i, "
+                             "which converges only where s > (λmax(H_i) + δ)/2.", check_positive)
 
     def options(self, seed: int) -> dict[str, Any]:
-        return {"damping": self.damping, "recursion_depth": 100, "scaling": self.scaling}
+        return {"damping": self.damping / self.scaling, "recursion_depth": 100,
+                "scaling": self.scaling}
 
     def check_hessian(self, top: float) -> None:
         """Refuse a model whose mean training loss has |λ|max(H) + δ > 2·``scaling``: the
