@@ -174,5 +174,8 @@ def test_arnoldi_refuses_more_hessian_points_than_training_points(case):
     est = make_estimator("if-arnoldi", proj_dim=5, iterations=10, hessian_points=len(x) + 1)
     with pytest.raises(ValueError, match=r"^hessian_points: expected at most n = 40 "):
         est.check(task.model, x)
+    with pytest.raises(ValueError, match=r"^hessian_points: expected at most n = 40 "):
+        est.scores(task.model, x, torch.zeros(len(x), dtype=torch.long), x[:2],
+                   torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"^hessian_points: expected a non-negative integer"):
         make_estimator("if-arnoldi", hessian_points=-1)

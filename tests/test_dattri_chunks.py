@@ -92,9 +92,10 @@ def test_ekfac_equals_dattris_one_batch():
 
 
 def test_lissa_converges_to_the_influence_function_with_the_same_damping():
-    """LiSSA on the full-batch Hessian with δ = 1 and s = 2 (every factor 1 − (λ + δ)/s
-    within [0, 1/2] here, so 100 steps converge to float32 rounding) equals the explicit
-    influence function at the same δ: dattri's own damping, relative to s, is passed as δ/s."""
+    """LiSSA on the full-batch Hessian with δ = 1 and s = 2 (this model's |λ|max(H) is below
+    1, the next test scales it up, so every factor 1 − (λ + δ)/s lies in [0, 1/2] and 100
+    steps converge to float32 rounding) equals the explicit influence function at the same
+    δ: dattri's own damping, relative to s, is passed as δ/s."""
     model, x, y, xt, yt = _data()
     lissa = _FullBatchLiSSA(damping=1.0, scaling=2.0, chunk=4)
     want = make_estimator("if-explicit", damping=1.0).scores(model, x, y, xt, yt)

@@ -280,9 +280,7 @@ class IFArnoldi(DattriEstimator):
             raise ValueError(f"iterations: if-arnoldi needs at least proj_dim = "
                              f"{self.proj_dim} iterations for {self.proj_dim} eigenpairs, "
                              f"got {self.iterations}")
-        if self.hessian_points > x.shape[0]:
-            raise ValueError(f"hessian_points: expected at most n = {x.shape[0]} training "
-                             f"points (0 for all), got {self.hessian_points}")
+        hessian_sample(x.shape[0], self.hessian_points, 0)  # hessian_points ≤ n
 
     def nonfinite_cause(self) -> str:
         return ("an eigenvalue of H + δI among the top proj_dim is zero to float32 precision; "
@@ -319,6 +317,9 @@ def hessian_sample(n: int, points: int, seed: int) -> torch.Tensor:
     """The training rows whose mean loss's Hessian Arnoldi factors: all n when ``points`` is
     0 or n, else ``points`` of them uniformly without replacement, seeded (dattri's
     attributor has ``precompute_data_ratio``: the first batches of its loader)."""
+    if points > n:
+        raise ValueError(f"hessian_points: expected at most n = {n} training points (0 for "
+                         f"all), got {points}")
     if points in (0, n):
         return torch.arange(n)
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:points].sort().values
