@@ -79,3 +79,7 @@ def test_registries_reject_unknown_names():
         make_attack("cw")
     with pytest.raises(ValueError, match=r"^estimator: expected one of ntk-loo"):
         make_estimator("magic")
+    with pytest.raises(ValueError, match=r"^hessian_point: if-arnoldi has no such setting; "
+                       r"expected one of chunk, damping, hessian_points, iterations, proj_dim$"):
+        make_estimator("if-arnoldi", hessian_point=150)
+    assert make_estimator("tracin", ridge=1.0, damping=2.0) == make_estimator("tracin")

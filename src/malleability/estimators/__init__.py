@@ -40,14 +40,24 @@ def check_estimator(value: Any, name: str) -> str:
     return str(value)
 
 
+#: Settings every estimator is offered (the audit passes both); one without it ignores it.
+SHARED_SETTINGS = ("ridge", "damping")
+
+
 def make_estimator(estimator: str | Estimator, **settings: Any) -> InfluenceEstimator:
-    """The estimator named ``estimator`` with those of ``settings`` its class has (the others
-    are ignored: NTK-LOO has a ridge, the influence functions a damping); an estimator
-    instance is returned as it is (its own settings kept)."""
+    """The estimator named ``estimator`` with ``settings``: ``ridge`` and ``damping`` are
+    ignored where its class has none (NTK-LOO has a ridge, the influence functions a
+    damping); any other setting it lacks is a one-line error (a misspelt setting would
+    otherwise be silently dropped). An estimator instance is returned as it is (its own
+    settings kept)."""
     if isinstance(estimator, Estimator):
         return estimator
     cls = ESTIMATORS[check_estimator(estimator, "estimator")]
     known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - known - set(SHARED_SETTINGS))
+    if unknown:
+        raise ValueError(f"{unknown[0]}: {cls.name} has no such setting; expected one of "
+                         f"{', '.join(sorted(known))}")
     return cls(**{k: v for k, v in settings.items() if k in known})
 
 
