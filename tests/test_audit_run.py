@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 from malleability.audit_folder import audit_folder
+from malleability.audit_report import fmt_estimate
 from malleability.audit_run import checkpoint_labels
 from malleability.auditing import audit
+from malleability.intervals import Estimate
 from malleability.repro.store import run_lock
 
 OPTIONS = {"attack": "fgsm", "eps": 0.2, "seeds": (0, 1, 2)}
@@ -150,3 +152,10 @@ def test_cli_out_takes_perturb(tmp_path):
     cell = json.loads((tmp_path / "run" / "tracin" / "checkpoint=model__seed=0.json"
                        ).read_text())
     assert cell["settings"]["perturb"] == "emb"
+
+
+def test_estimate_rounding_to_zero_reads_0_00_not_minus():
+    """A tiny negative excess (round-off of equal scores) shows as 0.00, never −0.00."""
+    shown = fmt_estimate(Estimate([-1e-12, -2e-12, -1.5e-12], [0, 1, 2]))
+    assert shown == "0.00 [0.00, 0.00]"
+    assert fmt_estimate(Estimate([-0.5, -0.4, -0.6], [0, 1, 2])).startswith("-0.50 [")

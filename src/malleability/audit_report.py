@@ -24,6 +24,12 @@ def fmt_number(v: float | None) -> str:
     return "∞" if math.isinf(v) else f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
+def _two(v: float) -> str:
+    """Two decimals, with a value that rounds to zero shown as 0.00, not −0.00."""
+    text = f"{v:.2f}"
+    return "0.00" if text == "-0.00" else text
+
+
 def fmt_estimate(value: float, deterministic: str = "") -> str:
     """``mean [low, high]`` of an Estimate, the interval clipped to the metric's range
     (``Estimate.shown_interval``; ``mean (values …)`` without one); a plain number (an exact
@@ -32,8 +38,8 @@ def fmt_estimate(value: float, deterministic: str = "") -> str:
         return f"{float(value):.3g}{deterministic}"
     interval = value.shown_interval()
     if interval is None:
-        return f"{float(value):.2f} (values {', '.join(f'{v:.2f}' for v in value.values)})"
-    return f"{float(value):.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+        return f"{_two(float(value))} (values {', '.join(_two(v) for v in value.values)})"
+    return f"{_two(float(value))} [{_two(interval[0])}, {_two(interval[1])}]"
 
 
 def answer(reports: Sequence[AuditReport]) -> list[str]:
