@@ -89,17 +89,18 @@ def train(n: int, folder: Path) -> dict:
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, int | float]]:
-    """``NAME[key=value,...]`` → the estimator's name (``-3ckpt`` kept) and its settings."""
-    name, _, rest = spec.partition("[")
-    if name.removesuffix("-3ckpt") not in {e.removesuffix("-3ckpt") for e in ESTIMATORS} \
-            or (rest and not rest.endswith("]")):
-        raise SystemExit(f"--estimators: expected NAME or NAME[key=value,...] with NAME one "
-                         f"of {', '.join(ESTIMATORS)}, got {spec!r}")
-    settings = {}
-    for item in filter(None, rest[:-1].split(",")):
-        key, _, value = item.partition("=")
-        settings[key] = float(value) if "." in value or "e" in value else int(value)
-    return name, settings
+    """``NAME[key=value,...]`` → the estimator's name (``-3ckpt`` kept) and its settings
+    (``malleability.estimators.parse_estimator``, the audit's own reading)."""
+    from malleability.estimators import parse_estimator
+
+    name = spec.partition("[")[0]
+    ensemble = name.endswith("-3ckpt") and name in ESTIMATORS
+    try:
+        base, settings = parse_estimator(spec.replace("-3ckpt", "", 1) if ensemble else spec,
+                                         "--estimators")
+    except ValueError as err:
+        raise SystemExit(str(err)) from None
+    return base + ("-3ckpt" if ensemble else ""), settings
 
 
 def cell(n: int, estimator: str, what: str, folder: Path) -> dict:
@@ -114,8 +115,6 @@ def cell(n: int, estimator: str, what: str, folder: Path) -> dict:
     spec, settings = parse_spec(estimator)
     name, ensemble = spec.removesuffix("-3ckpt"), spec.endswith("-3ckpt")
     est = make_estimator(name, **settings)
-    if settings and {k: getattr(est, k, None) for k in settings} != settings:
-        raise SystemExit(f"--estimators: {name} has not all of the settings {settings}")
     states = [torch.load(folder / f"epoch{k}.pt", weights_only=True)
               for k in range(1, EPOCHS + 1)]
     model = vit()

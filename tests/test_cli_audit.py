@@ -180,3 +180,35 @@ def test_a_failing_second_estimator_keeps_the_first_result(files, monkeypatch):
                    "--estimator", "ntk-loo", "--estimator", "trak"])
     assert result.exit_code != 0
     assert "ntk-loo" in result.output and "Error: estimator: trak failed" in result.output
+
+
+def test_estimator_settings_in_brackets_reach_the_estimator_and_its_run_folder(files):
+    """``--estimator 'NAME[key=value,...]'``: the settings of docs/audit.md's "Settings that
+    fit" from the command line; recorded in settings.json, so a rerun with other settings is
+    refused; a misspelt setting, a bad value or two specs of one estimator is one line."""
+    model = ["--model", f"{files / 'net.py'}:build", *_data(files), "--attack", "fgsm",
+             "--eps", "0.1", "--seeds", "0,1"]
+    out = files / "audit"
+    spec = "if-arnoldi[proj_dim=4,iterations=10,hessian_points=12]"
+    result = _run([*model, "--estimator", spec, "--estimator", "trak[proj_dim=8]",
+                   "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "settings.json").read_text())
+    assert json.dumps(recorded).count('"hessian_points": 12') >= 1
+    assert json.dumps(recorded).count('"proj_dim": 8') >= 1
+    assert len(list((out / "if-arnoldi").glob("*.json"))) == 2
+    rerun = _run([*model, "--estimator", "if-arnoldi[proj_dim=4,iterations=10]",
+                  "--out", str(out)])
+    assert rerun.exit_code != 0 and "holds a run of other settings" in rerun.output
+    for specs, message in (
+            (["if-arnoldi[hessian_point=12]"], "estimators[0]: expected key=value with key "
+             "one of chunk, damping, hessian_points, iterations, proj_dim (if-arnoldi's"),
+            (["tracin", "trak[proj_dim=eight]"], "estimators[1]: proj_dim of trak expects an "
+             "integer, got 'eight'"),
+            (["trak[proj_dim=8"], "estimators[0]: expected NAME or NAME[key=value,...]"),
+            (["trak", "trak[proj_dim=8]"], "estimators: trak given more than once")):
+        args = [a for s in specs for a in ("--estimator", s)]
+        result = _run([*model, *args, "--out", str(files / "other")])
+        assert result.exit_code != 0 and message in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+        assert not (files / "other").exists()

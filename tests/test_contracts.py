@@ -11,7 +11,13 @@ import torch
 from torch import nn
 
 from malleability.attacks import ATTACKS, UNIT_BOX, AttackMethod, make_attack, model_loss
-from malleability.estimators import ESTIMATORS, Attribution, InfluenceEstimator, make_estimator
+from malleability.estimators import (
+    ESTIMATORS,
+    Attribution,
+    InfluenceEstimator,
+    make_estimator,
+    parse_estimator,
+)
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
@@ -83,3 +89,21 @@ def test_registries_reject_unknown_names():
                        r"expected one of chunk, damping, hessian_points, iterations, proj_dim$"):
         make_estimator("if-arnoldi", hessian_point=150)
     assert make_estimator("tracin", ridge=1.0, damping=2.0) == make_estimator("tracin")
+
+
+def test_estimator_settings_in_brackets_are_the_keyword_settings():
+    """``make_estimator("NAME[key=value,...]")`` equals the keyword form, each value typed as
+    its field; bracketed settings take precedence over the audit-wide ridge and damping."""
+    spec = "if-arnoldi[hessian_points=150, proj_dim=50]"
+    assert parse_estimator(spec) == ("if-arnoldi", {"hessian_points": 150, "proj_dim": 50})
+    assert make_estimator(spec) == make_estimator("if-arnoldi", hessian_points=150,
+                                                  proj_dim=50)
+    lissa = make_estimator("if-lissa[scaling=1000,damping=0.5]", damping=1e-3)
+    assert lissa.scaling == 1000.0 and isinstance(lissa.scaling, float)
+    assert lissa.damping == 0.5
+    assert make_estimator("ntk-loo[]", ridge=2.0) == make_estimator("ntk-loo", ridge=2.0)
+    with pytest.raises(ValueError, match=r"^estimator: iterations of if-arnoldi expects an "
+                       r"integer, got '1e2'"):
+        make_estimator("if-arnoldi[iterations=1e2]")
+    with pytest.raises(ValueError, match=r"^hessian_points: expected a non-negative integer"):
+        make_estimator("if-arnoldi[hessian_points=-1]")

@@ -42,6 +42,7 @@ from .controls import (  # noqa: E402
     SAME_IN_EVERY_SEED,
     UNDECIDED,
 )
+from .estimators import check_estimator  # noqa: E402
 from .repro import figures  # noqa: E402
 from .repro.blocks import Block, Heading, Image, Table, Text  # noqa: E402
 from .repro.report import to_html, to_markdown  # noqa: E402
@@ -290,7 +291,8 @@ def audit_folder(out: Path, model: nn.Module, x_train: Any, y_train: Any = None,
     at ``cluster`` (:func:`~malleability.audit_run.run_audit`)."""
     if isinstance(estimators, str) or not estimators:
         raise ValueError(f"estimators: expected a list of estimator names, got {estimators!r}")
-    twice = sorted({e for e in estimators if list(estimators).count(e) > 1})
+    names = [check_estimator(e, f"estimators[{i}]") for i, e in enumerate(estimators)]
+    twice = sorted({e for e in names if names.count(e) > 1})
     if twice:
         raise ValueError(f"estimators: {', '.join(map(str, twice))} given more than once")
     problems = [prepare(model, x_train, y_train, x_test, y_test, estimator=name,

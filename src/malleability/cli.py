@@ -315,10 +315,13 @@ def report_command(out: Path) -> None:
 
 
 def check_estimators(value: tuple[str, ...], name: str) -> tuple[str, ...]:
-    """A non-empty list of registered estimator names."""
+    """A non-empty list of registered estimator names, each with optional settings
+    (``NAME[key=value,...]``)."""
     if not value:
         raise ValueError(f"{name}: expected at least one estimator")
-    return tuple(check_estimator(v, f"{name}[{i}]") for i, v in enumerate(value))
+    for i, v in enumerate(value):
+        check_estimator(v, f"{name}[{i}]")
+    return tuple(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,8 +329,10 @@ class AuditCommandSettings(AuditSettings):
     """``malleability audit``: the audit's settings and the estimators to audit."""
 
     estimators: tuple[str, ...] = setting(("ntk-loo",), "Influence estimator (repeatable): "
-                                          f"{', '.join(ESTIMATORS)}.", check_estimators,
-                                          flag="--estimator")
+                                          f"{', '.join(ESTIMATORS)}; settings other than "
+                                          "the defaults in brackets, e.g. 'if-arnoldi["
+                                          "hessian_points=150,proj_dim=50]'.",
+                                          check_estimators, flag="--estimator")
 
 
 _audit_options, _audit_values = settings_options(AuditCommandSettings)

@@ -31,13 +31,39 @@ ESTIMATORS: dict[str, type] = {cls.name: cls for cls in (NTKLOO, TracIn, TRAK, I
                                                   *KRONFLUENCE_ESTIMATORS, LoGra)}
 
 
+def parse_estimator(spec: str, name: str = "estimator") -> tuple[str, dict[str, int | float]]:
+    """``NAME`` or ``NAME[key=value,...]`` (e.g. ``if-arnoldi[hessian_points=150,proj_dim=50]``)
+    → the registry name and its settings, each value read as its field's type (an integer
+    field takes an integer); an unknown name or setting is a one-line error naming ``name``."""
+    text = str(spec)
+    base, bracket, rest = text.partition("[")
+    if base not in ESTIMATORS or (bracket and not rest.endswith("]")):
+        form = "NAME or NAME[key=value,...] with NAME " if bracket else ""
+        raise ValueError(f"{name}: expected {form}one of {', '.join(ESTIMATORS)}, got {spec!r}")
+    fields = {f.name: str(f.type) for f in dataclasses.fields(ESTIMATORS[base])}
+    settings: dict[str, int | float] = {}
+    for item in filter(str.strip, rest[:-1].split(",") if bracket else ()):
+        key, equals, value = (part.strip() for part in item.partition("="))
+        if key not in fields or not equals:
+            raise ValueError(f"{name}: expected key=value with key one of "
+                             f"{', '.join(sorted(fields))} ({base}'s settings), got {item!r} "
+                             f"in {spec!r}")
+        integer = "float" not in fields[key]
+        try:
+            settings[key] = int(value) if integer else float(value)
+        except ValueError:
+            raise ValueError(f"{name}: {key} of {base} expects "
+                             f"{'an integer' if integer else 'a number'}, got {value!r} in "
+                             f"{spec!r}") from None
+    return base, settings
+
+
 def check_estimator(value: Any, name: str) -> str:
-    """The registry name of an estimator (or of an estimator instance)."""
+    """The registry name of an estimator: of an instance, or of a name with optional
+    settings (:func:`parse_estimator`)."""
     if isinstance(value, Estimator):
         return value.name
-    if value not in ESTIMATORS:
-        raise ValueError(f"{name}: expected one of {', '.join(ESTIMATORS)}, got {value!r}")
-    return str(value)
+    return parse_estimator(value, name)[0]
 
 
 #: Settings every estimator is offered (the audit passes both); one without it ignores it.
@@ -45,14 +71,15 @@ SHARED_SETTINGS = ("ridge", "damping")
 
 
 def make_estimator(estimator: str | Estimator, **settings: Any) -> InfluenceEstimator:
-    """The estimator named ``estimator`` with ``settings``: ``ridge`` and ``damping`` are
-    ignored where its class has none (NTK-LOO has a ridge, the influence functions a
-    damping); any other setting it lacks is a one-line error (a misspelt setting would
-    otherwise be silently dropped). An estimator instance is returned as it is (its own
-    settings kept)."""
+    """The estimator named ``estimator`` (with settings in brackets, :func:`parse_estimator`,
+    which take precedence) with ``settings``: ``ridge`` and ``damping`` are ignored where its
+    class has none (NTK-LOO has a ridge, the influence functions a damping); any other
+    setting it lacks is a one-line error (a misspelt setting would otherwise be silently
+    dropped). An estimator instance is returned as it is (its own settings kept)."""
     if isinstance(estimator, Estimator):
         return estimator
-    cls = ESTIMATORS[check_estimator(estimator, "estimator")]
+    name, given = parse_estimator(estimator, "estimator")
+    cls, settings = ESTIMATORS[name], {**settings, **given}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - known - set(SHARED_SETTINGS))
     if unknown:
@@ -81,6 +108,7 @@ __all__ = [
     "InfluenceEstimator",
     "KronfluenceEstimator",
     "check_estimator",
+    "parse_estimator",
     "influence_scores",
     "make_estimator",
 ]
