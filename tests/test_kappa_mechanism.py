@@ -9,7 +9,10 @@ import torch
 
 from malleability.intervals import Estimate, GeometricEstimate
 from malleability.repro.experiments.kappa_mechanism import gram_statistics
-from malleability.repro.experiments.ntk_distance_variants import near_zero_at_all_widths
+from malleability.repro.experiments.ntk_distance_variants import (
+    near_zero_at_all_widths,
+    width_text,
+)
 from malleability.spectral import between_class_share, participation_ratio
 
 F64 = torch.float64
@@ -71,6 +74,18 @@ def test_near_zero_at_all_widths_is_decided_by_every_widths_interval():
     assert near_zero_at_all_widths([below, above]) is False
     assert near_zero_at_all_widths([below, straddles]) is None
     assert near_zero_at_all_widths([0.001]) is None  # one seed: no interval
+
+
+def test_a_width_whose_seeds_include_dead_networks_says_so_in_the_claims_table():
+    """A dead network's kernel distance is undefined (null in its cell): the claim counts
+    those seeds in words instead of printing dashes, and gives the others' values."""
+    mixed = GeometricEstimate([None, None, 0.0978, 0.146, None], [0, 1, 2, 3, 4])
+    assert width_text(16, mixed) == ("m=16: undefined at 3 of 5 seeds (a dead network: zero "
+                                     "NTK); 0.0978, 0.146 at the others")
+    assert width_text(16, GeometricEstimate([None, None], [0, 1])) == (
+        "m=16: undefined at 2 of 2 seeds (a dead network: zero NTK)")
+    assert width_text(1024, GeometricEstimate([1e-4, 2e-4, 1.5e-4], [0, 1, 2])).startswith(
+        "m=1024: 0.000144 [")
 
 
 def test_row_normalised_softmax_and_exponential_attention_are_one_map():

@@ -115,6 +115,19 @@ def near_zero_at_all_widths(distances: list[float]) -> bool | None:
     return True if decided and all(decided) else None
 
 
+def width_text(width: int, distance: float) -> str:
+    """One width's kernel distance for the claims table; seeds whose distance is undefined (a
+    dead network: every hidden unit inactive, so its NTK is zero) are counted and named as
+    such, and the other seeds' values given."""
+    values = getattr(distance, "values", (distance,))
+    dead = sum(v is None or math.isnan(v) for v in values)
+    if not dead:
+        return f"m={width}: {fmt(distance)}"
+    rest = ", ".join(fmt(v) for v in values if v is not None and not math.isnan(v))
+    return (f"m={width}: undefined at {dead} of {len(values)} seeds (a dead network: zero NTK)"
+            + (f"; {rest} at the others" if rest else ""))
+
+
 def paper_claims(records: list[dict]) -> list[Claim]:
     """Figure 6 per task and map (softmax, exponential), on every task with such cells here
     or in Table 1's run (merged per experiment, each with its own seeds)."""
@@ -128,7 +141,7 @@ def paper_claims(records: list[dict]) -> list[Claim]:
         claims.append(Claim(
             f"{model_name(model)}'s kernel distance is near zero at all widths (Figure 6)", task,
             "near zero at all widths (collapse to a rank-1 kernel)",
-            "; ".join(f"m={w}: {fmt(by_width[w])}" for w in widths),
+            "; ".join(width_text(w, by_width[w]) for w in widths),
             "inconclusive" if ours is None else ("agrees" if ours else "disagrees"),
             ("ntk_distance_variants", task, model)))
     return claims
