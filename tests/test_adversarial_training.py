@@ -161,9 +161,14 @@ def test_robustness_rule_and_verdicts():
     assert at.chance_accuracy(10) == 0.1 and at.chance_accuracy(1) == 0.5
     assert at.robustness_measurable(0.2, 0.1, 0.1)
     assert not at.robustness_measurable(0.06, 0.1, 0.1)
-    assert at.table3_verdict(0.03, 0.4, robust=False) == at.NOT_TESTED
-    assert at.table3_verdict(0.4, 0.03, robust=False) == at.NOT_TESTED
     seeds = (0, 1, 2, 3)
+    flat = Estimate([0.2, 0.21, 0.19, 0.2], seeds)
+    assert at.table3_verdict(flat, Estimate([0.4, 0.03, 0.3, 0.1], seeds),
+                             robust=False) == at.NOT_TESTED
+    # robustness cannot be decided on fewer than 3 seeds (no interval): not "not tested"
+    assert at.table3_verdict(0.03, 0.4, robust=False) == "too few seeds"
+    assert at.table3_verdict(Estimate([0.4, 0.3], (0, 1)), Estimate([0.03, 0.1], (0, 1)),
+                             robust=False) == "too few seeds"
     low = Estimate([0.03, 0.05, 0.04, 0.02], seeds)
     high = Estimate([0.40, 0.45, 0.38, 0.42], seeds)
     assert at.table3_verdict(low, high, robust=True) == "agrees"
@@ -215,16 +220,16 @@ def _record(eps, robust, before=0.1, after=0.3):
                                        "strong_test_accuracy": 0.5 if robust else 0.05}}}
 
 
-def test_section_reports_not_tested_without_robustness(tmp_path: Path, monkeypatch):
+def test_section_on_one_seed_reads_too_few_seeds(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(figures, "bar_panels", lambda path, *args, **kwargs: path)
     blocks = at.section([_record(0.3, False), _record(0.1, True)], tmp_path)
     table = next(b for b in blocks if isinstance(b, Table) and "ε" in b.header)
     rows = {row[2]: row for row in table.rows}
-    assert rows["0.3"][-1] == at.NOT_TESTED and rows["0.3"][-4] == "no"
+    assert rows["0.3"][-1] == "too few seeds" and rows["0.3"][-4] == "no"
     assert rows["0.3"][5] == "3.3 → 43.4"  # the paper's Table 3 beside ε = 0.3 only
     # robust by the absolute rule, but one seed gives no interval: robustness relative to
-    # the standard network is undecided, so Table 3 is not tested
-    assert rows["0.1"][-1] == at.NOT_TESTED and rows["0.1"][-4] == "yes"
+    # the standard network is undecided for want of seeds, so the verdict says so
+    assert rows["0.1"][-1] == "too few seeds" and rows["0.1"][-4] == "yes"
     assert rows["0.1"][-3].startswith("undecided (+50.0")
     assert rows["0.1"][5] == "—"
 

@@ -23,7 +23,7 @@ from scipy import stats
 
 from ..._validation import check_nonnegative, check_positive, check_positive_int
 from ...attacks import AttackSettings, check_eps, perturb_rows
-from ...intervals import MIN_DECIDING
+from ...intervals import MIN_DECIDING, TOO_FEW_SEEDS
 from ...interventions import adversarial_train
 from ...settings import setting
 from ...training import evaluate
@@ -206,11 +206,13 @@ def robust_text(robust: bool | Estimate) -> str:
 
 def table3_verdict(before: float, after: float, robust: bool) -> str:
     """Table 3's claim (the flip rate rises) against ours: "not tested" without measurable
-    robustness (``robust``: :func:`more_robust`), else the
-    verdict of the paired rise after − before over seeds (agrees / disagrees only where its
-    95 % CI decides, else inconclusive)."""
+    robustness (``robust``: :func:`more_robust`), or "too few seeds" where fewer than
+    MIN_DECIDING seeds leave robustness undecidable (no interval); else the verdict of the
+    paired rise after − before over seeds (agrees / disagrees only where its 95 % CI decides,
+    else inconclusive)."""
     if not robust:
-        return NOT_TESTED
+        few = len(getattr(before, "values", (before,))) < MIN_DECIDING
+        return TOO_FEW_SEEDS if few else NOT_TESTED
     return verdict(combine(lambda a, b: b - a, before, after), (0.0, math.inf))
 
 
