@@ -63,7 +63,9 @@ PAPER_TABLE3 = {
 }
 #: The ε of the paper's Table 3.
 PAPER_EPS = 0.3
-NOT_TESTED = "not tested (no measurable robustness)"
+#: The verdict where the relative rule (:func:`more_robust`) does not hold: the network under
+#: test is not the robust network Table 3 describes.
+NOT_TESTED = "not tested (not more robust than the standard network by the margin)"
 
 
 def check_epsilons(value: tuple[float, ...], name: str) -> tuple[float, ...]:
@@ -205,11 +207,11 @@ def robust_text(robust: bool | Estimate) -> str:
 
 
 def table3_verdict(before: float, after: float, robust: bool) -> str:
-    """Table 3's claim (the flip rate rises) against ours: "not tested" without measurable
-    robustness (``robust``: :func:`more_robust`), or "too few seeds" where fewer than
-    MIN_DECIDING seeds leave robustness undecidable (no interval); else the verdict of the
-    paired rise after − before over seeds (agrees / disagrees only where its 95 % CI decides,
-    else inconclusive)."""
+    """Table 3's claim (the flip rate rises) against ours: "not tested" unless the network is
+    more robust than the standard one by the margin (``robust``: :func:`more_robust`), or "too
+    few seeds" where fewer than MIN_DECIDING seeds leave robustness undecidable (no interval);
+    else the verdict of the paired rise after − before over seeds (agrees / disagrees only
+    where its 95 % CI decides, else inconclusive)."""
     if not robust:
         few = len(getattr(before, "values", (before,))) < MIN_DECIDING
         return TOO_FEW_SEEDS if few else NOT_TESTED
