@@ -10,6 +10,9 @@ number in them is typed by hand:
   width_sensitivity.md: the sections' tables of the reports of docs/runs/paper and
   docs/runs/sensitivity (Table 3 and the sensitivity gaps narrowed to the columns the doc
   discusses);
+- docs/table3_strong.md: Table 3 under the per-point worst case of three attacks
+  (robust_evaluation's cells so far), narrowed to the worst case, the Square-only breaks and
+  the decision;
 - docs/table2_controls.md: what the random-perturbation control changes in each Table 2
   verdict (flip_controls' cells; "not yet run" where a task has none);
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
@@ -35,6 +38,7 @@ from pathlib import Path
 from malleability.repro.blocks import Block, Table, Text, fmt, group
 from malleability.repro.claims import claims_section, experiment_cells, section_records
 from malleability.repro.experiments import EXPERIMENTS
+from malleability.repro.experiments.base import model_name
 from malleability.repro.experiments.collapse import KINDS
 from malleability.repro.experiments.flip_controls import NOT_RUN, PENDING, changes_table
 from malleability.repro.experiments.numerics import A9_CAPTION, a9_table, top_k_table
@@ -48,7 +52,7 @@ SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verd
            "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
            "c4_split.md", "table1.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
-           "table3.md", "table5.md", "complexity.md", "numerics.md")
+           "table3.md", "table3_strong.md", "table5.md", "complexity.md", "numerics.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:
@@ -125,6 +129,38 @@ def controls_text(table: Table) -> Text:
                 f"{len(changed)} change" + (f": {'; '.join(changed)}." if changed else "."))
 
 
+def strong_text(strong: Table, gradient: Table, records: list[dict]) -> Text:
+    """What the worst case of three attacks (``strong``, robust_evaluation) changes against
+    the gradient-only strong evaluation (``gradient``, Table 3 of adversarial_training), row by
+    row, and the largest share of test points Square alone broke in any cell's seed."""
+    def by_row(table: Table, column: str) -> dict[tuple[str, ...], str]:
+        at = table.header.index(column)
+        return {tuple(row[:3]): row[at] for row in table.rows}
+
+    worst = by_row(strong, next(h for h in strong.header if h.startswith("more robust")))
+    grad = by_row(gradient, next(h for h in gradient.header if h.startswith("robust vs")))
+    verdict, old_verdict = by_row(strong, "vs paper (rises)"), by_row(gradient,
+                                                                     "vs paper (rises)")
+    decided = [f"{' '.join(k)}: {grad.get(k, '—')} → {v}" for k, v in worst.items()
+               if v.split()[0] != grad.get(k, "—").split()[0]]
+    judged = [f"{' '.join(k)}: {old_verdict.get(k, '—')} → {v}" for k, v in verdict.items()
+              if v != old_verdict.get(k)]
+    shares = [(max(getattr(value, "values", [value])), record["cell"])
+              for record in records for net in ("standard", "adversarial")
+              for value in [record["result"][net]["square_only_breaks"]]]
+    largest, where = max(shares, key=lambda pair: pair[0])
+    tasks = ", ".join(dict.fromkeys(key[0] for key in worst))
+    return Text(
+        f"{len(worst)} rows so far ({tasks}). Square, the gradient-free attack, broke at most "
+        f"{100 * largest:.1f} % of the test points that both PGD attacks had left correct, in "
+        f"any row, network and seed (largest: {where['task']}, {model_name(where['model'])}, "
+        f"ε = {where['eps']:g}). The robustness decision under the worst case matches the "
+        f"gradient-only one (Table 3 above) in {len(worst) - len(decided)} of {len(worst)} "
+        f"rows" + (f"; it changes in {'; '.join(decided)}" if decided else "")
+        + f". Table 3's verdict is unchanged in {len(verdict) - len(judged)} of "
+        f"{len(verdict)} rows" + (f"; it changes in {'; '.join(judged)}." if judged else "."))
+
+
 def table_only(blocks: list[Block]) -> str:
     """The markdown of a section's tables (its heading and prose stay in the doc)."""
     return to_markdown([b for b in blocks if isinstance(b, Table)])
@@ -161,6 +197,9 @@ def main() -> None:
     table2 = section_tables(paper, "flip_rates")
     table3 = [captioned(section_tables(run, "adversarial_training"), "Table 3:")
               for run in (paper, sensitivity)]
+    strong = captioned(section_tables(paper, "robust_evaluation"), "Table 3 with")
+    strong_records = section_records(EXPERIMENTS["robust_evaluation"],
+                                     paper.cells["robust_evaluation"])
     interventions = section_tables(paper, "interventions")
     controls = changes_table(section_records(EXPERIMENTS["flip_controls"],
                                              experiment_cells(paper, "flip_controls")))
@@ -179,6 +218,12 @@ def main() -> None:
             ("PGD test acc.", "paper"))], f"{table.caption} Run {run}: the "
             "columns discussed here (PGD accuracies: the report).")
             for run, table in zip(("paper", "sensitivity"), table3, strict=True)],
+        "table3_strong.md": [
+            strong_text(strong, table3[0], strong_records),
+            columns(strong, [h for h in strong.header if not h.startswith(
+                ("PGD-40 acc.", "margin PGD-100", "Square acc."))],
+                f"{strong.caption} Run paper, the cells committed so far: the worst case, "
+                "Square's own breaks and the decision (each attack's accuracy: the report).")],
         "table5.md": [captioned(interventions, "Table 5 (ours)"),
                       captioned(interventions, "The paper's claims on Table 5")],
         "complexity.md": section_tables(paper, "complexity"),

@@ -17,7 +17,8 @@ __all__ = ["CI_METHOD", "CLIPPED", "LOG_SCALE", "Estimate", "combine", "merge_se
 
 #: Result fields with a bounded range, by name: rates, overlaps and shares in [0, 1] (any field
 #: whose name holds "accuracy" too, e.g. ``accuracy_by_epoch.10``), correlations in [−1, 1].
-RATES = ("flip_rate", "top_k_overlap", "between_share", "top_share", "bottom_share")
+RATES = ("flip_rate", "top_k_overlap", "between_share", "top_share", "bottom_share",
+         "square_only_breaks", "discordant")
 CORRELATIONS = ("spearman", "cosine", "cosine_raw", "attention_cosine")
 #: How a caption names a GeometricEstimate's summary (an experiment's ``GEOMETRIC`` fields).
 LOG_SCALE = "geometric mean over seeds, 95 % t interval of log₁₀ mapped back"
