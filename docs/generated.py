@@ -13,6 +13,8 @@ number in them is typed by hand:
 - docs/table3_strong.md: Table 3 under the per-point worst case of three attacks
   (robust_evaluation's cells so far), narrowed to the worst case, the Square-only breaks and
   the decision;
+- docs/flip_dynamics.md: A.6.2, MLP-Attn's minus 2L-ReLU's flip rate at each recorded epoch,
+  and A.6.2's claims;
 - docs/table2_controls.md: what the random-perturbation control changes in each Table 2
   verdict (flip_controls' cells; "not yet run" where a task has none);
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
@@ -38,7 +40,7 @@ from pathlib import Path
 from malleability.repro.blocks import Block, Table, Text, fmt, group
 from malleability.repro.claims import claims_section, experiment_cells, section_records
 from malleability.repro.experiments import EXPERIMENTS
-from malleability.repro.experiments.base import model_name
+from malleability.repro.experiments.base import decide, model_name
 from malleability.repro.experiments.collapse import KINDS
 from malleability.repro.experiments.flip_controls import NOT_RUN, PENDING, changes_table
 from malleability.repro.experiments.numerics import A9_CAPTION, a9_table, top_k_table
@@ -52,7 +54,8 @@ SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verd
            "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
            "c4_split.md", "table1.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
-           "table3.md", "table3_strong.md", "table5.md", "complexity.md", "numerics.md")
+           "table3.md", "table3_strong.md", "flip_dynamics.md", "table5.md", "complexity.md",
+           "numerics.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:
@@ -161,6 +164,40 @@ def strong_text(strong: Table, gradient: Table, records: list[dict]) -> Text:
         f"{len(verdict)} rows" + (f"; it changes in {'; '.join(judged)}." if judged else "."))
 
 
+def dynamics_gap(records: list[dict]) -> list[Block]:
+    """A.6.2 per task and attack: MLP-Attn's minus 2L-ReLU's flip rate at each recorded epoch
+    (points, paired by seed, 95 % t interval), and at how many epochs it is decided above or
+    below 0; with a sentence counting, per task, the epochs decided above 0."""
+    curves = {(r["cell"]["task"], r["cell"]["model"], r["cell"]["attack"]):
+              r["result"]["by_epoch"]["flip_rate"] for r in records}
+    epochs = records[0]["result"]["epochs"]
+    rows, counts, tasks = [], {}, list(dict.fromkeys(task for task, _, _ in curves))
+    for task in tasks:
+        for attack in ("fgsm", "pgd"):
+            attn, relu = curves.get((task, "attn", attack)), curves.get((task, "relu", attack))
+            if attn is None or relu is None:
+                continue
+            gaps = [combine(lambda a, b: 100 * (a - b), x, y)
+                    for x, y in zip(attn, relu, strict=True)]
+            sides = [decide(g, (0.0, math.inf)) for g in gaps]
+            counts.setdefault(task, []).extend(sides)
+            rows.append([task, attack.upper(), *(fmt(g) for g in gaps),
+                         f"{sides.count(True)} above, {sides.count(False)} below, "
+                         f"{sides.count(None)} undecided"])
+    ranked = sorted(counts.items(), key=lambda item: -item[1].count(True))
+    text = Text("Recorded epochs (FGSM and PGD together) at which MLP-Attn's flip rate is "
+                "measurably above 2L-ReLU's (the paired 95 % interval above 0), per task: "
+                + "; ".join(f"{task} {sides.count(True)} of {len(sides)}"
+                            for task, sides in ranked)
+                + f". Measurably below at {sum(s.count(False) for s in counts.values())} "
+                "epochs in all.")
+    return [text, Table(["task", "attack", *(f"epoch {e}" for e in epochs),
+                         "epochs (of " + str(len(epochs)) + ")"], rows,
+                        "Flip rate % of MLP-Attn minus 2L-ReLU at each recorded epoch of their "
+                        "training (points, paired by seed, 95 % t interval), flip_dynamics' "
+                        "cells of docs/runs/paper.")]
+
+
 def table_only(blocks: list[Block]) -> str:
     """The markdown of a section's tables (its heading and prose stay in the doc)."""
     return to_markdown([b for b in blocks if isinstance(b, Table)])
@@ -224,6 +261,9 @@ def main() -> None:
                 ("PGD-40 acc.", "margin PGD-100", "Square acc."))],
                 f"{strong.caption} Run paper, the cells committed so far: the worst case, "
                 "Square's own breaks and the decision (each attack's accuracy: the report).")],
+        "flip_dynamics.md": [*dynamics_gap(section_records(
+            EXPERIMENTS["flip_dynamics"], paper.cells["flip_dynamics"])),
+            captioned(section_tables(paper, "flip_dynamics"), "A.6.2's claims")],
         "table5.md": [captioned(interventions, "Table 5 (ours)"),
                       captioned(interventions, "The paper's claims on Table 5")],
         "complexity.md": section_tables(paper, "complexity"),
