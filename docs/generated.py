@@ -15,6 +15,8 @@ number in them is typed by hand:
   the decision;
 - docs/flip_dynamics.md: A.6.2, MLP-Attn's minus 2L-ReLU's flip rate at each recorded epoch,
   and A.6.2's claims;
+- docs/table1_gd.md: Table 1's optimizer axis (Adam beside GD with the NTK step), distances
+  per width and their rates in m;
 - docs/table2_controls.md: what the random-perturbation control changes in each Table 2
   verdict (flip_controls' cells; "not yet run" where a task has none);
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
@@ -52,7 +54,7 @@ DOCS = Path(__file__).parent
 RUNS = DOCS / "runs"
 SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
            "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
-           "c4_split.md", "table1.md",
+           "c4_split.md", "table1.md", "table1_gd.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
            "table3.md", "table3_strong.md", "flip_dynamics.md", "table5.md", "complexity.md",
            "numerics.md")
@@ -245,6 +247,7 @@ def main() -> None:
     generated = {
         "progress.md": [progress_table(paper)],
         "table1.md": [captioned(section_tables(paper, "ntk_distance"), "Table 1:")],
+        "table1_gd.md": [captioned(section_tables(paper, "ntk_distance_gd"), "Distances")],
         "table2.md": [captioned(table2, "Table 2:"), captioned(table2, "Flip rate of MLP-Attn")],
         "table2_controls.md": [controls_text(controls), controls],
         "sensitivity_gap.md": [sensitivity_gap(captioned(

@@ -114,7 +114,7 @@ def test_the_docs_claims_table_is_the_generated_file() -> None:
     doc = (DOCS / "reproduction.md").read_text(encoding="utf-8")
     for name in ("claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
                  "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
-                 "c4_split.md", "table1.md",
+                 "c4_split.md", "table1.md", "table1_gd.md",
                  "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
                  "table3.md", "table3_strong.md", "flip_dynamics.md", "table5.md", "complexity.md",
                  "numerics.md"):

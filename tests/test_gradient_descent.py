@@ -119,3 +119,27 @@ def test_width_rate_recovers_exact_power_laws_per_seed():
     values = [Estimate([2 * m**a for a in (-0.5, -0.4, -0.6)], seeds) for m in widths]
     rate = width_rate(widths, values)
     assert rate.values == pytest.approx((-0.5, -0.4, -0.6)) and rate.interval[0] < -0.5
+
+
+def test_trajectory_claims_decide_each_rate_and_their_paired_gap():
+    """Table 1 in the NTK theorem's sense: per-seed power laws m^α of the distance to Θ_∞'s GD
+    trajectory give each architecture's claim and the paired gap α(MLP-Attn) − α(2L-ReLU)."""
+    from malleability.repro.experiments.ntk_distance_gd import GEOMETRIC, paper_claims
+    from malleability.repro.seeds import merge_seeds
+
+    widths, rates = (16, 256, 4096), {"relu": (-0.5, -0.45, -0.55), "attn": (-0.2, -0.1, -0.2)}
+    cells = [{"cell": {"task": "t", "model": model, "optimizer": "gd", "width": m, "seed": s},
+              "result": {"function_distance_trained": 10.0 * m ** 0.1,
+                         "distance_to_kernel_gd": 3.0 * m ** alpha[s]}}
+             for model, alpha in rates.items() for m in widths for s in range(3)]
+    claims = {c.key: c for c in paper_claims(merge_seeds(cells, GEOMETRIC))}
+    relu, attn = claims[("table1_trajectory", "t", "relu")], claims[("table1_trajectory", "t",
+                                                                       "attn")]
+    assert relu.verdict == "agrees" and relu.measured.startswith("rate α = -0.5 [")
+    assert attn.verdict == "disagrees" and attn.measured.startswith("rate α = -0.167 [")
+    gap = claims[("table1_trajectory_gap", "t")]
+    assert gap.verdict == "agrees" and gap.measured.startswith("α(MLP-Attn) − α(2L-ReLU) = 0.333 [")
+    # Adam records have no trajectory: only the paper's quantity is claimed
+    adam = [{**c, "cell": {**c["cell"], "optimizer": "adam"},
+             "result": {**c["result"], "distance_to_kernel_gd": None}} for c in cells]
+    assert {c.key[0] for c in paper_claims(merge_seeds(adam, GEOMETRIC))} == {"table1_optimizer"}
