@@ -255,3 +255,6 @@ def test_the_new_experiments_run_through_the_quick_preset(tmp_path: Path) -> Non
     for name, record in zip(NEW, records, strict=True):
         markdown = to_markdown(EXPERIMENTS[name].section([{**record, "seeds": [0]}], tmp_path))
         assert "\n| " in markdown
+    # one Transformed cell: no pair to compare, so the claims say so instead of an empty table
+    assert "None yet: each compares two cells of one seed" in to_markdown(
+        adversarial_interventions.section([{**records[0], "seeds": [0]}], tmp_path))
