@@ -13,6 +13,7 @@ number in them is typed by hand:
 - docs/table3_strong.md: Table 3 under the per-point worst case of three attacks
   (robust_evaluation's cells so far), narrowed to the worst case, the Square-only breaks and
   the decision;
+- docs/intervention_dynamics.md: A.6.1's claims (the cells committed so far);
 - docs/flip_dynamics.md: A.6.2, MLP-Attn's minus 2L-ReLU's flip rate at each recorded epoch,
   and A.6.2's claims;
 - docs/table1_gd.md: Table 1's optimizer axis (Adam beside GD with the NTK step), distances
@@ -56,8 +57,8 @@ SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verd
            "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
            "c4_split.md", "table1.md", "table1_gd.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
-           "table3.md", "table3_strong.md", "flip_dynamics.md", "table5.md", "complexity.md",
-           "numerics.md")
+           "table3.md", "table3_strong.md", "intervention_dynamics.md", "flip_dynamics.md",
+           "table5.md", "complexity.md", "numerics.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:
@@ -267,6 +268,8 @@ def main() -> None:
         "flip_dynamics.md": [*dynamics_gap(section_records(
             EXPERIMENTS["flip_dynamics"], paper.cells["flip_dynamics"])),
             captioned(section_tables(paper, "flip_dynamics"), "A.6.2's claims")],
+        "intervention_dynamics.md": [captioned(section_tables(paper, "intervention_dynamics"),
+                                               "A.6.1's claims")],
         "table5.md": [captioned(interventions, "Table 5 (ours)"),
                       captioned(interventions, "The paper's claims on Table 5")],
         "complexity.md": section_tables(paper, "complexity"),

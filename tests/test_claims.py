@@ -116,8 +116,8 @@ def test_the_docs_claims_table_is_the_generated_file() -> None:
                  "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
                  "c4_split.md", "table1.md", "table1_gd.md",
                  "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
-                 "table3.md", "table3_strong.md", "flip_dynamics.md", "table5.md", "complexity.md",
-                 "numerics.md"):
+                 "table3.md", "table3_strong.md", "intervention_dynamics.md", "flip_dynamics.md",
+                 "table5.md", "complexity.md", "numerics.md"):
         begin, end = f"<!-- begin {name} -->\n", f"<!-- end {name} -->"
         assert begin in doc and end in doc, name
         assert doc[doc.index(begin) + len(begin):doc.index(end)] == (
