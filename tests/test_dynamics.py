@@ -258,3 +258,24 @@ def test_the_new_experiments_run_through_the_quick_preset(tmp_path: Path) -> Non
     # one Transformed cell: no pair to compare, so the claims say so instead of an empty table
     assert "None yet: each compares two cells of one seed" in to_markdown(
         adversarial_interventions.section([{**records[0], "seeds": [0]}], tmp_path))
+
+
+@pytest.mark.parametrize(("binary_attn", "verdict"), [
+    ((0.5, 0.6, 0.55), "disagrees"),  # MLP-Attn above on both CIFAR-10 tasks: no dependence
+    ((0.1, 0.15, 0.12), "agrees"),    # above on 10-class, below on binary: the sign differs
+    ((0.3, 0.35, 0.28), "inconclusive"),  # the binary gap's interval straddles 0
+])
+def test_cifar10_class_count_claim_compares_the_signs_of_the_two_gaps(binary_attn, verdict):
+    relu = {"flip_rate": [(0.3, 0.31, 0.3)] * 3}
+    high = {"flip_rate": [(0.5, 0.6, 0.55)] * 3}
+    cells = [{"task": task, "model": model, "attack": "pgd"}
+             for task in ("cifar10", "cifar10 automobile,airplane") for model in ("relu", "attn")]
+    curves = [relu, high, relu, {"flip_rate": [binary_attn] * 3}]
+    rows = [r for r in flip_dynamics.claims(_records("flip_dynamics", cells, curves))
+            if r[0].startswith("Under PGD on CIFAR-10")]
+    assert [r[1] for r in rows] == ["cifar10", "cifar10 automobile,airplane"]
+    assert {r[4] for r in rows} == {verdict}
+    gap = rows[1][3]  # the binary task's gap, mean over epochs, per seed
+    relu_seeds = (0.3, 0.31, 0.3)
+    assert gap.values == pytest.approx([100 * (a - r) for a, r in zip(binary_attn, relu_seeds,
+                                                                       strict=True)])

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...dynamics import fluctuation, weights_of
+from ...intervals import undecided
 from .. import figures
 from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import RunContext, trained_model
 from ..seeds import combine, scale
 from . import flip_rates
-from .base import cell_problem, model_name, task_parts, task_title, verdict
+from .base import cell_problem, decide, model_name, task_parts, task_title, verdict
 from .flip_rates import FlipRateSettings
 from .intervention_dynamics import CURVES, RecordedEpochsSettings
 
@@ -25,11 +26,14 @@ TITLE = "Influence malleability over training: flip rate by epoch (A.6.2)"
 INTRO = ("Flip rate of the top 10 % most helpful points under FGSM and PGD, measured on the "
          "network's weights at each recorded epoch of its training, with Spearman ρ and the "
          "top-K overlap. The paper (A.6.2) reports that PGD shows the clearer pattern (on "
-         "Fashion-MNIST MLP-Attn is more malleable than 2L-ReLU) and that FGSM's flip rates "
-         "are more erratic, fluctuating across training.")
+         "Fashion-MNIST MLP-Attn is more malleable than 2L-ReLU; on CIFAR-10 which one is more "
+         "malleable depends on the number of classes) and that FGSM's flip rates are more "
+         "erratic, fluctuating across training.")
 
 #: The data set on which A.6.2 reports MLP-Attn more malleable under PGD.
 PGD_GAP_DATASET = "fashion-mnist"
+#: The data set on which A.6.2 reports relative malleability depending on the number of classes.
+CLASS_COUNT_DATASET = "cifar10"
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,8 @@ def claims(records: list[dict]) -> list[tuple[str, str, str, float, str]]:
     """A.6.2's claims: (claim, where, the paper's, ours, verdict). PGD on Fashion-MNIST:
     MLP-Attn's flip rate above 2L-ReLU's over training (mean over epochs of the paired gap
     > 0); FGSM more erratic than PGD: the standard deviation over epochs of the FGSM flip
-    rate exceeds PGD's (paired by seed), per task and model."""
+    rate exceeds PGD's (paired by seed), per task and model; on CIFAR-10 the sign of the PGD
+    gap depends on the number of classes (:func:`_class_count_rows`)."""
     flips = {(r["cell"]["task"], r["cell"]["model"], r["cell"]["attack"]):
              r["result"]["by_epoch"]["flip_rate"] for r in records}
     rows = []
@@ -95,7 +100,34 @@ def claims(records: list[dict]) -> list[tuple[str, str, str, float, str]]:
             rows.append(("Under PGD, MLP-Attn is more malleable than 2L-ReLU on Fashion-MNIST "
                          "over training (A.6.2)", task, "higher", gap,
                          verdict(gap, (0.0, math.inf))))
-    return rows
+    return rows + _class_count_rows(flips)
+
+
+def _class_count_rows(flips: dict[tuple[str, str, str], list[float]]
+                      ) -> list[tuple[str, str, str, float, str]]:
+    """A.6.2 on CIFAR-10: "the results are mixed, with relative malleability depending on the
+    number of classes", read as the PGD gap MLP-Attn − 2L-ReLU (mean over the epochs, paired
+    by seed) having opposite signs on the binary and the 10-class task. One row per task, each
+    with its gap and the joint verdict: agrees where both signs are decided and differ,
+    disagrees where both are decided and equal, else inconclusive (or why no interval may
+    decide)."""
+    gaps = {}
+    for task in dict.fromkeys(t for t, _, _ in flips):
+        dataset, classes = task_parts(task)
+        relu, attn = flips.get((task, "relu", "pgd")), flips.get((task, "attn", "pgd"))
+        if dataset == CLASS_COUNT_DATASET and relu is not None and attn is not None and (
+                classes is None or len(classes) == 2):
+            gaps["binary" if classes else "10-class"] = (task, _mean_gap(attn, relu))
+    if len(gaps) < 2:
+        return []
+    reasons = [undecided(gap) for _, gap in gaps.values()]
+    sides = [decide(gap, (0.0, math.inf)) for _, gap in gaps.values()]
+    judged = (next(r for r in reasons if r) if any(reasons) else "inconclusive"
+              if None in sides else "agrees" if sides[0] != sides[1] else "disagrees")
+    return [("Under PGD on CIFAR-10, which architecture is more malleable depends on the "
+             "number of classes (A.6.2; the sign of MLP-Attn − 2L-ReLU over training, binary "
+             "against 10-class)", task, "mixed: the sign differs", gap, judged)
+            for task, gap in gaps.values()]
 
 
 def section(records: list[dict], figs: Path) -> list[Block]:
@@ -126,7 +158,9 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                   [[c, w, p, fmt(o), v] for c, w, p, o, v in claims(records)],
                   "A.6.2's claims: \"more erratic\" read as a larger standard deviation over "
                   "the recorded epochs (FGSM minus PGD, paired by seed); \"more malleable\" as "
-                  "the mean over the recorded epochs of the paired flip-rate gap."),
+                  "the mean over the recorded epochs of the paired flip-rate gap; \"depends on "
+                  "the number of classes\" as that gap's sign differing between CIFAR-10's "
+                  "binary and 10-class tasks (one row per task, the verdict joint)."),
             figure(path, "Flip rate against epoch (95 % CI over seeds).")]
 
 
