@@ -223,8 +223,7 @@ def paper_claims(records: list[dict]) -> list[Claim]:
     for (task, model, opt), by_width in rows.items():
         if model not in ("relu", "attn"):
             continue
-        ws = sorted(by_width)
-        rate = width_rate(ws, [by_width[w]["function_distance_trained"] for w in ws])
+        ws, rate = _rate(by_width, "function_distance_trained")
         name = "Adam" if opt == "adam" else "GD, NTK step"
         decreases = model == "relu"
         trend = "decreases" if decreases else "does not decrease"
