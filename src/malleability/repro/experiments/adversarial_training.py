@@ -63,9 +63,10 @@ PAPER_TABLE3 = {
 }
 #: The ε of the paper's Table 3.
 PAPER_EPS = 0.3
-#: The verdict where the relative rule (:func:`more_robust`) does not hold: the network under
-#: test is not the robust network Table 3 describes.
-NOT_TESTED = "not tested (not more robust than the standard network by the margin)"
+#: The verdict where the relative rule (:func:`more_robust`) does not hold (its decision is
+#: "no" or "undecided"): the network under test is not shown to be the robust network Table 3
+#: describes.
+NOT_TESTED = "not tested (not shown more robust than the standard network by the margin)"
 
 
 def check_epsilons(value: tuple[float, ...], name: str) -> tuple[float, ...]:
