@@ -40,6 +40,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from malleability.intervals import TOO_FEW_SEEDS
 from malleability.repro.blocks import Block, Table, Text, fmt, group
 from malleability.repro.claims import claims_section, experiment_cells, section_records
 from malleability.repro.experiments import EXPERIMENTS
@@ -138,7 +139,8 @@ def controls_text(table: Table) -> Text:
 def strong_text(strong: Table, gradient: Table, records: list[dict]) -> Text:
     """What the worst case of three attacks (``strong``, robust_evaluation) changes against
     the gradient-only strong evaluation (``gradient``, Table 3 of adversarial_training), row by
-    row, and the largest share of test points Square alone broke in any cell's seed."""
+    row, and the largest share of test points Square alone broke in any cell's seed. Rows on
+    fewer than 3 seeds are named but not compared: their "undecided" is the seed count's."""
     def by_row(table: Table, column: str) -> dict[tuple[str, ...], str]:
         at = table.header.index(column)
         return {tuple(row[:3]): row[at] for row in table.rows}
@@ -147,6 +149,8 @@ def strong_text(strong: Table, gradient: Table, records: list[dict]) -> Text:
     grad = by_row(gradient, next(h for h in gradient.header if h.startswith("robust vs")))
     verdict, old_verdict = by_row(strong, "vs paper (rises)"), by_row(gradient,
                                                                      "vs paper (rises)")
+    few = [k for k, v in verdict.items() if v == TOO_FEW_SEEDS]
+    worst, verdict = ({k: v for k, v in by.items() if k not in few} for by in (worst, verdict))
     decided = [f"{' '.join(k)}: {grad.get(k, '—')} → {v}" for k, v in worst.items()
                if v.split()[0] != grad.get(k, "—").split()[0]]
     judged = [f"{' '.join(k)}: {old_verdict.get(k, '—')} → {v}" for k, v in verdict.items()
@@ -156,13 +160,16 @@ def strong_text(strong: Table, gradient: Table, records: list[dict]) -> Text:
               for value in [record["result"][net]["square_only_breaks"]]]
     largest, where = max(shares, key=lambda pair: pair[0])
     tasks = ", ".join(dict.fromkeys(key[0] for key in worst))
+    left = (f"; {len(few)} more on fewer than 3 seeds, left out of the two comparisons "
+            f"after this: {'; '.join(' '.join(k) for k in few)}" if few else "")
     return Text(
-        f"{len(worst)} rows so far ({tasks}). Square, the gradient-free attack, broke at most "
-        f"{100 * largest:.1f} % of the test points that both PGD attacks had left correct, in "
-        f"any row, network and seed (largest: {where['task']}, {model_name(where['model'])}, "
-        f"ε = {where['eps']:g}). The robustness decision under the worst case matches the "
-        f"gradient-only one (Table 3 above) in {len(worst) - len(decided)} of {len(worst)} "
-        f"rows" + (f"; it changes in {'; '.join(decided)}" if decided else "")
+        f"{len(worst)} rows with at least 3 seeds so far ({tasks}{left}). Square, the "
+        f"gradient-free attack, broke at most {100 * largest:.1f} % of the test points that "
+        f"both PGD attacks had left correct, in any row, network and seed (largest: "
+        f"{where['task']}, {model_name(where['model'])}, ε = {where['eps']:g}). The "
+        f"robustness decision under the worst case matches the gradient-only one (Table 3 "
+        f"above) in {len(worst) - len(decided)} of {len(worst)} rows"
+        + (f"; it changes in {'; '.join(decided)}" if decided else "")
         + f". Table 3's verdict is unchanged in {len(verdict) - len(judged)} of "
         f"{len(verdict)} rows" + (f"; it changes in {'; '.join(judged)}." if judged else "."))
 

@@ -223,6 +223,29 @@ def test_table2_changes_pair_the_raw_gap_with_the_excess_gap_or_say_not_yet_run(
     assert change == "unchanged"
 
 
+def test_strong_summary_compares_only_rows_with_three_seeds() -> None:
+    """A row on one seed reads "undecided" for want of seeds, not because of the worst case:
+    docs/generated.py names it and leaves it out of the counts of changed decisions."""
+    from malleability.repro.blocks import Table
+
+    strong = Table(["task", "model", "ε", "more robust than standard", "vs paper (rises)"],
+                   [["mnist", "2L-ReLU", "0.1", "yes (+63.0 [59.7, 66.3] points)", "disagrees"],
+                    ["cifar10", "2L-ReLU", "0.1", "undecided (+1.0 points)", "too few seeds"]])
+    gradient = Table(["task", "model", "ε", "robust vs standard", "vs paper (rises)"],
+                     [["mnist", "2L-ReLU", "0.1", "yes (+60 [58, 62] points)", "disagrees"],
+                      ["cifar10", "2L-ReLU", "0.1", "no (+0.6 [0.0, 1.2] points)",
+                       "not tested"]])
+    records = [{"cell": {"task": "mnist", "model": "relu", "eps": 0.1},
+                "result": {net: {"square_only_breaks": 0.002}
+                           for net in ("standard", "adversarial")}}]
+    text = _GENERATED.strong_text(strong, gradient, records).text
+    assert text.startswith("1 rows with at least 3 seeds so far (mnist; 1 more on fewer than "
+                           "3 seeds, left out of the two comparisons after this: cifar10 "
+                           "2L-ReLU 0.1)")
+    assert "matches the gradient-only one (Table 3 above) in 1 of 1 rows." in text
+    assert text.endswith("Table 3's verdict is unchanged in 1 of 1 rows.")
+    assert "0.2 % of the test points" in text
+
 def test_numerics_tables_take_the_worst_solve_over_seeds() -> None:
     from malleability.repro.experiments.numerics import a9_table, top_k_table
 
