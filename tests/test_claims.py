@@ -246,6 +246,7 @@ def test_strong_summary_compares_only_rows_with_three_seeds() -> None:
     assert text.endswith("Table 3's verdict is unchanged in 1 of 1 rows.")
     assert "0.2 % of the test points" in text
 
+
 def test_numerics_tables_take_the_worst_solve_over_seeds() -> None:
     from malleability.repro.experiments.numerics import a9_table, top_k_table
 
