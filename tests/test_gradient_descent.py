@@ -12,7 +12,14 @@ from malleability._validation import NonFiniteError
 from malleability.intervals import Estimate
 from malleability.losses import Loss, per_example_loss
 from malleability.models import TwoLayerNet
-from malleability.ntk import infinite_ntk, kernel_gd, kernel_gd_steps, ntk_step
+from malleability.ntk import (
+    empirical_ntk,
+    infinite_ntk,
+    kernel_gd,
+    kernel_gd_steps,
+    network_ntk_top,
+    ntk_step,
+)
 from malleability.repro.experiments.ntk_distance_gd import log_slope, width_rate
 from malleability.training import train_gd
 
@@ -107,7 +114,8 @@ def test_wide_networks_follow_the_infinite_width_kernel_trajectory():
 def test_train_gd_names_a_non_finite_loss():
     net = TwoLayerNet(3, 8, 1, seed=0)
     x = torch.ones(4, 3, dtype=torch.float64) * 1e200  # f² overflows float64
-    with pytest.raises(NonFiniteError, match=r"^lr: the gradient-descent training loss is not"):
+    with pytest.raises(NonFiniteError, match=r"^lr: the gradient-descent training loss is not "
+                                             r"finite from step 0 on"):
         train_gd(net, x, torch.ones(4, 1, dtype=torch.float64), lr=1.0, steps=2)
 
 
@@ -143,3 +151,73 @@ def test_trajectory_claims_decide_each_rate_and_their_paired_gap():
     adam = [{**c, "cell": {**c["cell"], "optimizer": "adam"},
              "result": {**c["result"], "distance_to_kernel_gd": None}} for c in cells]
     assert {c.key[0] for c in paper_claims(merge_seeds(adam, GEOMETRIC))} == {"table1_optimizer"}
+
+
+def test_network_ntk_top_is_the_top_eigenvalue_of_the_full_jacobian_gram():
+    """λ_max(J Jᵀ) over all n·C outputs against the explicit Jacobian (torch.func.jacrev); with
+    one output it is the closed-form Θ_m's; with three at m = 5 the cross-output blocks lift
+    it above Θ_m's (a diagonal block of J Jᵀ); at m = 20,000 it is Θ_∞'s."""
+    h = torch.randn(9, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    net = TwoLayerNet(4, 5, 3, seed=1)
+    jac = torch.func.jacrev(lambda w: net.head(h, w))(net.weight.detach()).reshape(27, 20)
+    top = float(torch.linalg.eigvalsh(jac @ jac.T)[-1])
+    assert network_ntk_top(net, h) == pytest.approx(top, rel=1e-6)
+    assert top > 1.05 * float(torch.linalg.eigvalsh(empirical_ntk(net, h))[-1])
+    single = TwoLayerNet(4, 5, 1, seed=1)
+    assert network_ntk_top(single, h) == pytest.approx(
+        float(torch.linalg.eigvalsh(empirical_ntk(single, h))[-1]), rel=1e-6)
+    # Monte Carlo: as m → ∞ the cross-output blocks vanish and Θ_m → Θ_∞ (A_rc² = 1)
+    wide = TwoLayerNet(4, 20000, 3, seed=2)
+    assert network_ntk_top(wide, h) == pytest.approx(
+        float(torch.linalg.eigvalsh(infinite_ntk(h))[-1]), rel=0.03)
+    with pytest.raises(ValueError, match=r"^h: expected 4 columns"):
+        network_ntk_top(net, h[:, :3])
+
+
+def test_a_diverged_gd_run_is_recorded_with_its_step_against_the_network_bound(monkeypatch,
+                                                                              tmp_path):
+    """The tiny preset's GD cell as it is (it converges) and with the network's step forced
+    10³⁰× larger (the kernel's kept): the run overflows, the cell keeps the kernel's side and
+    the network at initialisation, and nulls what a trained network would have given."""
+    from malleability.repro.experiments import ntk_distance_gd as gd
+    from malleability.repro.problem import RunContext
+    from malleability.repro.runner import load_preset
+
+    settings = load_preset("tests/data/tiny.toml").experiments["ntk_distance_gd"]
+    cell = next(c for c in gd.cells(settings) if c["optimizer"] == "gd")
+    stable = gd.run(settings, {**cell, "seed": 0}, RunContext(tmp_path, progress=False))
+    assert stable["diverged"] is False and stable["network_step_ratio"] > 0
+    assert all(stable[k] is not None for k in gd.DIVERGED_MISSING)
+    monkeypatch.setattr(gd, "train_gd", lambda net, x, y, lr, steps:
+                        train_gd(net, x, y, 1e30 * lr, steps))
+    broken = gd.run(settings, {**cell, "seed": 0}, RunContext(tmp_path, progress=False))
+    assert list(broken) == list(stable) and broken["diverged"] is True
+    assert all(broken[k] is None for k in gd.DIVERGED_MISSING)
+    for key in ("function_distance_init", "initial_train_loss", "network_step_ratio",
+                "kernel_train_loss"):
+        assert broken[key] == pytest.approx(stable[key])
+
+
+def test_a_diverged_seed_takes_its_width_out_of_the_rate(tmp_path):
+    """Seed 1 diverged at m = 16: the rate is fitted on m = 256, 4096 in every seed, the claim
+    names those widths, and the training table counts the diverged seed."""
+    from malleability.repro.blocks import Table
+    from malleability.repro.experiments.ntk_distance_gd import GEOMETRIC, paper_claims, section
+    from malleability.repro.seeds import merge_seeds
+
+    cells = [{"cell": {"task": "t", "model": "relu", "optimizer": "gd", "width": m, "seed": s},
+              "result": {**dict.fromkeys(("lr", "network_step_ratio", "steps",
+                                          "kernel_train_loss", "ntk_test_accuracy"), 1.0),
+                         "test_accuracy": 0.5, "final_train_loss": 0.1,
+                         "function_distance_trained": 3.0 * m ** (-0.5 - 0.1 * s),
+                         "distance_to_kernel_gd": 2.0 * m ** -0.5, "diverged": False}}
+             for m in (16, 256, 4096) for s in range(3)]
+    cells[1]["result"] = {**cells[1]["result"], "function_distance_trained": None,
+                          "distance_to_kernel_gd": None, "diverged": True}
+    merged = merge_seeds(cells, GEOMETRIC)
+    claims = {c.key: c for c in paper_claims(merged)}
+    paper = claims[("table1_optimizer", "t", "relu", "gd")]
+    assert paper.measured.startswith("rate α = -0.6 [") and "m = 256/4096)" in paper.measured
+    tables = [b for b in section(merged, tmp_path) if isinstance(b, Table)]
+    assert [r[6] for r in tables[1].rows] == ["1 of 3", "no", "no"]
+    assert tables[0].rows[0][-1].endswith("(m = 256/4096)")

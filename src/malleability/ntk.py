@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
 from ._validation import as_tensor, check_finite
@@ -163,6 +165,35 @@ def autograd_ntk(
     a = as_tensor(x1, "x1", dtype=None)
     return _check_kernel(kernel, "the autograd NTK", a, a if x2 is None else
                          as_tensor(x2, "x2", dtype=None))
+
+
+def network_ntk_top(model: TwoLayerNet, h: torch.Tensor, tol: float = 1e-6, seed: int = 0
+                    ) -> float:
+    """λ_max(J Jᵀ), J = ∂ vec f(h; W)/∂ vec W (n·C × m·d): the top eigenvalue of the network's
+    NTK over all n·C outputs at hidden-layer inputs ``h``, whose blocks
+    Θ_cc' = (H Hᵀ) ⊙ (D diag(A_c ⊙ A_c') Dᵀ)/m couple the outputs (Θ_cc = Θ_m; the blocks
+    c ≠ c' vanish only as m → ∞). By Lanczos (scipy's ``eigsh``, relative ``tol``, seeded
+    start) on v ↦ J(Jᵀv) from autograd (vjp, then jvp), float64. Gradient descent at step η
+    on the mean MSE over the n rows of ``h`` is linearly stable at W only if η·λ_max/n < 2."""
+    h = as_tensor(h, "h", ndim=2, dtype=_F64)
+    if h.shape[1] != model.in_features:
+        raise ValueError(f"h: expected {model.in_features} columns (the hidden layer's inputs), "
+                         f"got {h.shape[1]}")
+    w = model.weight.detach().to(device=h.device, dtype=_F64)
+    out, pullback = torch.func.vjp(lambda weight: model.head(h, weight), w)
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        (g,) = pullback(torch.as_tensor(v, dtype=_F64, device=w.device).reshape(out.shape))
+        _, jg = torch.func.jvp(lambda weight: model.head(h, weight), (w,), (g,))
+        return jg.reshape(-1).cpu().numpy()
+
+    size = out.numel()
+    start = np.random.default_rng(seed).standard_normal(size)
+    if size == 1:
+        return float(matvec(start)[0] / start[0])
+    top = eigsh(LinearOperator((size, size), matvec=matvec, dtype=np.float64), k=1, which="LA",
+                tol=tol, v0=start, return_eigenvectors=False)
+    return float(top[0])
 
 
 def function_distance(f_a: torch.Tensor, f_b: torch.Tensor) -> float:

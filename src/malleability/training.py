@@ -380,9 +380,10 @@ def train_gd(model: TwoLayerNet, x: torch.Tensor, y: torch.Tensor, lr: float, st
     with torch.no_grad():
         losses[steps] = per_example_loss(model.head(h), y, Loss.MSE).mean()
     out = losses.tolist()
-    if not all(math.isfinite(v) for v in out):
-        raise NonFiniteError(f"lr: the gradient-descent training loss is not finite; expected a "
-                             f"stable step (got {lr:g})")
+    bad = next((t for t, v in enumerate(out) if not math.isfinite(v)), None)
+    if bad is not None:
+        raise NonFiniteError(f"lr: the gradient-descent training loss is not finite from step "
+                             f"{bad} on; expected a stable step (got {lr:g})")
     return out
 
 

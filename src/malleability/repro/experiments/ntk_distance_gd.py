@@ -27,8 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..._validation import NonFiniteError
+from ...intervals import Estimate
 from ...losses import accuracy
-from ...ntk import function_distance, infinite_ntk, kernel_gd, kernel_gd_steps, ntk_step
+from ...ntk import (
+    function_distance,
+    infinite_ntk,
+    kernel_gd,
+    kernel_gd_steps,
+    network_ntk_top,
+    ntk_step,
+)
 from ...settings import setting
 from ...training import train_gd
 from .. import figures
@@ -62,6 +71,9 @@ OPTIMIZERS = ("adam", "gd")
 #: The quantities, their result keys and their names in the tables.
 QUANTITIES = {"ridge": ("function_distance_trained", "‖f − f_ridge‖ (paper)"),
               "trajectory": ("distance_to_kernel_gd", "‖f − f_Θ∞,t‖ (NTK theorem)")}
+#: A diverged GD run's fields that describe the trained network (stored as null).
+DIVERGED_MISSING = ("test_accuracy", "function_distance_trained", "kernel_distance_trained",
+                    "distance_to_kernel_gd", "final_train_loss")
 #: Fields summarised over seeds on the log scale (:data:`~..seeds.LOG_SCALE`): the distances,
 #: whose rate in m is a log-log slope and whose figure has a log axis.
 GEOMETRIC = tuple(key for key, _ in QUANTITIES.values())
@@ -142,17 +154,27 @@ def run(s: NtkDistanceGdSettings, cell: dict, ctx: RunContext) -> dict:
     y = p.y.double()
     lr = ntk_step(k_inf, s.step_scale)
     steps = kernel_gd_steps(k_inf, torch.zeros_like(y), y, lr, s.loss_tolerance, s.max_steps)
-    trained = build_model(cell["model"], p, s.model, width)
-    losses = train_gd(trained, p.x, p.y, lr, steps)
     f_kernel, f_kernel_t = kernel_gd(k_inf, k_inf_t, f0, f0_t, y, lr, steps)
+    kernel = {"lr": lr, "steps": steps,
+              "kernel_train_loss": float(0.5 * (f_kernel - y).square().sum(1).mean()),
+              "kernel_gd_test_accuracy": accuracy(f_kernel_t, p.y_test.to(f_kernel_t.dtype)),
+              "network_step_ratio": lr * network_ntk_top(initial, h) / h.shape[0]}
+    trained = build_model(cell["model"], p, s.model, width)
+    try:
+        losses = train_gd(trained, p.x, p.y, lr, steps)
+    except NonFiniteError:  # the step is past the trained network's stability bound
+        losses = None
+    net = initial if losses is None else trained
     with torch.no_grad():
-        f_t = trained(p.x_test).double()
-    kernel_loss = float(0.5 * (f_kernel - y).square().sum(1).mean())
-    return {**out, **network_distances(p, initial, trained, s.influence.ridge),
-            "distance_to_kernel_gd": function_distance(f_t, f_kernel_t), "lr": lr,
-            "steps": steps, "final_train_loss": losses[-1], "kernel_train_loss": kernel_loss,
-            "initial_train_loss": losses[0],
-            "kernel_gd_test_accuracy": accuracy(f_kernel_t, p.y_test.to(f_kernel_t.dtype))}
+        f_t = net(p.x_test).double()
+    result = {**out, **network_distances(p, initial, net, s.influence.ridge),
+              "distance_to_kernel_gd": function_distance(f_t, f_kernel_t), **kernel,
+              "final_train_loss": None if losses is None else losses[-1],
+              "initial_train_loss": float(0.5 * (f0 - y).square().sum(1).mean()),
+              "diverged": losses is None}
+    if losses is None:
+        result.update(dict.fromkeys(DIVERGED_MISSING))
+    return result
 
 
 def log_slope(widths: list[int], values: list[float]) -> float:
@@ -184,9 +206,12 @@ def section(records: list[dict], figs: Path) -> list[Block]:
             values = [by_width[w][key] for w in ws]
             if all(v is None for v in values):
                 continue
+            fitted, rate = _rate(by_width, key)
+            shown = fmt(rate) + ("" if fitted == ws or rate is None else
+                                 f" (m = {'/'.join(map(str, fitted))})")
             summary.append([task, model_name(model), opt.upper() if opt == "gd" else "Adam",
                             name, *(fmt(by_width[w][key]) if w in by_width else "—"
-                                    for w in widths), fmt(width_rate(ws, values))])
+                                    for w in widths), shown])
             style = {"color": f"C{rank(model)}", "marker": "o" if opt == "gd" else "s",
                      "ls": "-" if quantity == "ridge" else "--"}
             panels.setdefault(task_title(task), []).append(
@@ -194,6 +219,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
         for w in ws:
             res = by_width[w]
             detail.append([task, model_name(model), opt, str(w), fmt(res["lr"]),
+                           fmt(res.get("network_step_ratio")), _diverged(res.get("diverged")),
                            fmt(res["steps"]), fmt(res["final_train_loss"]),
                            fmt(res["kernel_train_loss"]), pct(res["test_accuracy"]),
                            pct(res["ntk_test_accuracy"])])
@@ -203,11 +229,17 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                    "rate α (distance ∝ m^α)"], summary,
                   f"Distances after training ({LOG_SCALE}) and their rate in m (the log-log "
                   "slope per seed, 95 % t interval over seeds)."),
-            Table(["task", "model", "optimizer", "m", "step η", "steps t",
-                   "final train loss", "Θ_∞ GD train loss", "test acc. %", "NTK test acc. %"],
+            Table(["task", "model", "optimizer", "m", "step η", "η·λ_max(Θ_m,0)/n",
+                   "diverged", "steps t", "final train loss", "Θ_∞ GD train loss",
+                   "test acc. %", "NTK test acc. %"],
                   detail, "Training: GD's step η = c·n/λ_max(Θ_∞) and step count t "
                           "(calibrated on Θ_∞'s training loss); Adam: the paper's lr and "
-                          "epochs."),
+                          "epochs. η·λ_max(Θ_m,0)/n: the step against the network's own NTK "
+                          "at initialisation over all n·C outputs (linearised GD is stable "
+                          "below 2; → c as m → ∞; — where the cells predate it). A diverged "
+                          "run (non-finite training loss) has no trained network: its "
+                          "distances are missing (—) for that seed, and a width rate is "
+                          "fitted on the widths where every seed converged."),
             figure(path, "Distance vs width; solid: to the kernel ridge predictor, dashed: "
                          f"to Θ_∞'s GD trajectory; circles GD, squares Adam ({LOG_SCALE}).")]
 
@@ -260,8 +292,21 @@ def paper_claims(records: list[dict]) -> list[Claim]:
     return claims
 
 
+def _diverged(value: bool | float | None) -> str:
+    """How many seeds' GD diverged: "no", "all", "k of n"; "—" where not recorded."""
+    if isinstance(value, Estimate):
+        return f"{sum(map(bool, value.values))} of {len(value.values)}"
+    return {None: "—", True: "all", False: "no"}[value]
+
+
+def _measured(value: float | None) -> bool:
+    """Whether ``value`` holds a number in every seed."""
+    values = value.values if isinstance(value, Estimate) else (value,)
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
 def _rate(by_width: dict[int, dict], key: str) -> tuple[list[int], float | None]:
-    """The widths where ``key`` was measured and its width rate there (None at fewer than
-    two widths)."""
-    ws = sorted(w for w, res in by_width.items() if res[key] is not None)
+    """The widths where ``key`` was measured in every seed and its width rate there (None at
+    fewer than two widths)."""
+    ws = sorted(w for w, res in by_width.items() if _measured(res[key]))
     return ws, (width_rate(ws, [by_width[w][key] for w in ws]) if len(ws) > 1 else None)
