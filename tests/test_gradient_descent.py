@@ -218,6 +218,10 @@ def test_a_diverged_seed_takes_its_width_out_of_the_rate(tmp_path):
     claims = {c.key: c for c in paper_claims(merged)}
     paper = claims[("table1_optimizer", "t", "relu", "gd")]
     assert paper.measured.startswith("rate α = -0.6 [") and "m = 256/4096)" in paper.measured
+    # a model measured at one width only has no rate, so no claim
+    alone = [{**c, "cell": {**c["cell"], "model": "attn"}} for c in cells if
+             c["cell"]["width"] == 16]
+    assert {c.key for c in paper_claims(merge_seeds(alone, GEOMETRIC))} == set()
     tables = [b for b in section(merged, tmp_path) if isinstance(b, Table)]
     assert [r[6] for r in tables[1].rows] == ["1 of 3", "no", "no"]
     assert tables[0].rows[0][-1].endswith("(m = 256/4096)")

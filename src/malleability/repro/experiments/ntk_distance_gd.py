@@ -249,13 +249,16 @@ def paper_claims(records: list[dict]) -> list[Claim]:
     the paper's quantity: 2L-ReLU's distance decreases with width (rate < 0), MLP-Attn's does
     not; and, under GD, the same claims in the NTK theorem's sense (the distance to Θ_∞'s own
     GD trajectory) with the contrast they imply, MLP-Attn's rate above 2L-ReLU's (paired by
-    seed: it approaches its kernel regime more slowly)."""
+    seed: it approaches its kernel regime more slowly). No claim where fewer than two widths
+    were measured in every seed."""
     claims = []
     rows = _rows(records)
     for (task, model, opt), by_width in rows.items():
         if model not in ("relu", "attn"):
             continue
         ws, rate = _rate(by_width, "function_distance_trained")
+        if rate is None:  # measured at fewer than two widths: no rate to claim on
+            continue
         name = "Adam" if opt == "adam" else "GD, NTK step"
         decreases = model == "relu"
         trend = "decreases" if decreases else "does not decrease"
