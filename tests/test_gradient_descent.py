@@ -147,6 +147,13 @@ def test_trajectory_claims_decide_each_rate_and_their_paired_gap():
     assert attn.verdict == "disagrees" and attn.measured.startswith("rate α = -0.167 [")
     gap = claims[("table1_trajectory_gap", "t")]
     assert gap.verdict == "agrees" and gap.measured.startswith("α(MLP-Attn) − α(2L-ReLU) = 0.333 [")
+    assert gap.measured.endswith("both on m = 16/256/4096")
+    # MLP-Attn without m = 4096: the gap compares both rates on m = 16/256 only
+    partial = [c for c in cells if c["cell"]["model"] == "relu" or c["cell"]["width"] < 4096]
+    gap = {c.key: c for c in paper_claims(merge_seeds(partial, GEOMETRIC))}[
+        ("table1_trajectory_gap", "t")]
+    assert gap.measured.startswith("α(MLP-Attn) − α(2L-ReLU) = 0.333 [")
+    assert gap.measured.endswith("both on m = 16/256")
     # Adam records have no trajectory: only the paper's quantity is claimed
     adam = [{**c, "cell": {**c["cell"], "optimizer": "adam"},
              "result": {**c["result"], "distance_to_kernel_gd": None}} for c in cells]
