@@ -262,6 +262,7 @@ def main() -> None:
     strong_records = section_records(EXPERIMENTS["robust_evaluation"],
                                      paper.cells["robust_evaluation"])
     interventions = section_tables(paper, "interventions")
+    gd_tables = section_tables(paper, "ntk_distance_gd")
     controls = changes_table(section_records(EXPERIMENTS["flip_controls"],
                                              experiment_cells(paper, "flip_controls")))
     flips = section_records(EXPERIMENTS["flip_rates"], paper.cells["flip_rates"])
@@ -269,9 +270,8 @@ def main() -> None:
     generated = {
         "progress.md": [progress_table(paper)],
         "table1.md": [captioned(section_tables(paper, "ntk_distance"), "Table 1:")],
-        "table1_gd.md": [captioned(section_tables(paper, "ntk_distance_gd"), "Distances"),
-                         gd_training(captioned(section_tables(paper, "ntk_distance_gd"),
-                                               "Training"))],
+        "table1_gd.md": [captioned(gd_tables, "Distances"),
+                         gd_training(captioned(gd_tables, "Training"))],
         "table2.md": [captioned(table2, "Table 2:"), captioned(table2, "Flip rate of MLP-Attn")],
         "table2_controls.md": [controls_text(controls), controls],
         "sensitivity_gap.md": [sensitivity_gap(captioned(

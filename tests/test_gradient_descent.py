@@ -225,6 +225,12 @@ def test_a_diverged_seed_takes_its_width_out_of_the_rate(tmp_path):
     claims = {c.key: c for c in paper_claims(merged)}
     paper = claims[("table1_optimizer", "t", "relu", "gd")]
     assert paper.measured.startswith("rate α = -0.6 [") and "m = 256/4096)" in paper.measured
+    # a width run in one seed only stays out of the rate of the others
+    extra = [{**c, "cell": {**c["cell"], "width": 65536}} for c in cells if
+             c["cell"]["width"] == 4096 and c["cell"]["seed"] == 2]
+    paper = {c.key: c for c in paper_claims(merge_seeds(cells + extra, GEOMETRIC))}[
+        ("table1_optimizer", "t", "relu", "gd")]
+    assert paper.measured.startswith("rate α = -0.6 [") and "m = 256/4096)" in paper.measured
     # a model measured at one width only has no rate, so no claim
     alone = [{**c, "cell": {**c["cell"], "model": "attn"}} for c in cells if
              c["cell"]["width"] == 16]

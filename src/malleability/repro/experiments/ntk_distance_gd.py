@@ -308,14 +308,16 @@ def _diverged(value: bool | float | None) -> str:
     return {None: "—", True: "all", False: "no"}[value]
 
 
-def _measured(value: float | None) -> bool:
-    """Whether ``value`` holds a number in every seed."""
-    values = value.values if isinstance(value, Estimate) else (value,)
-    return all(v is not None and math.isfinite(v) for v in values)
+def _seeds(value: float | None) -> set[int]:
+    """The seeds in which ``value`` holds a finite number (seed 0 for a plain number)."""
+    if isinstance(value, Estimate):
+        return {s for s, v in zip(value.seeds, value.values, strict=True) if math.isfinite(v)}
+    return set() if value is None or not math.isfinite(value) else {0}
 
 
 def _rate(by_width: dict[int, dict], key: str) -> tuple[list[int], float | None]:
-    """The widths where ``key`` was measured in every seed and its width rate there (None at
-    fewer than two widths)."""
-    ws = sorted(w for w, res in by_width.items() if _measured(res[key]))
+    """The widths where ``key`` was measured in every seed that any width has, and its width
+    rate there (None at fewer than two widths)."""
+    every = set().union(*(getattr(res[key], "seeds", ()) for res in by_width.values()))
+    ws = sorted(w for w, res in by_width.items() if _seeds(res[key]) >= (every or {0}))
     return ws, (width_rate(ws, [by_width[w][key] for w in ws]) if len(ws) > 1 else None)
