@@ -370,6 +370,23 @@ def test_cells_runs_only_the_matching_cells_and_a_pattern_matching_none_is_refus
     assert len(list((out / "collapse").iterdir())) == 2
 
 
+def test_cells_load_only_the_tasks_they_name(tmp_path):
+    """A machine that lacks one task's data runs the cells of the others (--cells splits a run
+    between machines): a task no planned cell names is not loaded, while a named one that the
+    data refuses still fails before any file."""
+    two = ("[experiments.collapse]\ntasks = [" + TASK % 0 + ", "
+           '{ dataset = "digits", classes = "0,1", n_train = 100000, n_test = 20, seed = 0 }]\n')
+    out = tmp_path / "run"
+    result = _reproduce(out, "--cells", "task=digits-0-1*", preset=two)
+    assert result.exit_code == 1
+    line, = result.output.strip().splitlines()
+    assert "collapse.tasks[1] (digits): n: expected at most" in line
+    assert not out.exists()
+    result = _reproduce(out, "--cells", "task=digits__*", preset=two)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (out / "collapse").iterdir()) == ["task=digits__seed=0.json"]
+
+
 def test_an_experiment_without_cells_may_change_its_settings(tmp_path):
     """The preset evolved under a long run: an experiment with no cells in the folder yet may
     change; one with cells may not (test above), and other seeds never."""

@@ -166,14 +166,23 @@ def preset_document(preset: Preset) -> dict[str, Any]:
             **{k: to_jsonable(v) for k, v in preset.experiments.items()}}
 
 
-def preflight(preset: Preset, ctx: RunContext, only: tuple[str, ...] = ()) -> None:
-    """The checks that need the data or the machine, before the run folder is touched: every
-    task's classes and sizes against its data set (the problems load once, cached for the
-    cells) and the memory of each experiment's network at its width."""
+def preflight(preset: Preset, ctx: RunContext, jobs: list[CellJob]) -> None:
+    """The checks that need the data or the machine, before the run folder is touched: the
+    classes and sizes of every task a planned cell of ``jobs`` uses, against its data set (the
+    problems load once, cached for the cells), and the memory of each experiment's network at
+    its width. A task no planned cell names is not loaded: ``--cells`` may split a run between
+    machines that hold different data sets."""
     for name, s in preset.experiments.items():
-        if only and name not in only:
+        planned = [job.cell for job in jobs if job.experiment == name]
+        if not planned:
             continue
-        for i, task in enumerate(getattr(s, "tasks", ())):
+        named = None if any("task" not in c for c in planned) else {c["task"] for c in planned}
+        tasks = getattr(s, "tasks", ())
+        if named is not None and not named & {t.label for t in tasks}:
+            named = None  # cells that name their tasks otherwise: check them all
+        for i, task in enumerate(tasks):
+            if named is not None and task.label not in named:
+                continue
             try:
                 problem = load_problem(task, ctx.data_root, ctx.device)
             except ValueError as err:
@@ -239,7 +248,7 @@ def reproduce(preset: Preset, ctx: RunContext, only: tuple[str, ...] = (), jobs:
     document = preset_document(preset)
     check_run_folder(ctx.out, document)
     if cluster is None:  # a cluster's client may hold no data
-        preflight(preset, ctx, only)
+        preflight(preset, ctx, todo_all)
     with contextlib.ExitStack() as stack:
         client = None if cluster is None else stack.enter_context(connect(cluster))
         ctx.out.mkdir(parents=True, exist_ok=True)
