@@ -127,6 +127,21 @@ def test_merge_values_and_missing_keys():
     assert one["result"]["v"].values == (0.0, 1.0, 2.0)
 
 
+def test_a_results_own_settings_record_may_differ_in_keys_between_versions():
+    """Two code versions measured the same flip rate but recorded other settings fields (the
+    run's seeds 0–4 and 5–9 of Table 2): the values merge, each seed's record is kept, and any
+    other field with other keys still refuses."""
+    old = {"flip_rate": 0.3, "settings": {"ridge": 1e-3, "retrain": None}}
+    new = {"flip_rate": 0.5, "settings": {"estimator": {"ridge": 1e-3}, "seed": 0}}
+    merged = merge_values([old, new], [4, 5])
+    assert float(merged["flip_rate"]) == pytest.approx(0.4)
+    assert merged["settings"] == {"per_seed": {"4": old["settings"], "5": new["settings"]}}
+    same = merge_values([old, {**old, "flip_rate": 0.1}], [0, 1])
+    assert same["settings"]["ridge"] == 1e-3
+    with pytest.raises(KeyError, match="result.stability: keys differ"):
+        merge_values([{"stability": {"a": 1.0}}, {"stability": {"b": 1.0}}], [0, 1])
+
+
 def test_seed_offset_reaches_data_network_training_and_attack():
     s = load_preset("paper").experiments["flip_rates"]
     moved = reseeded(s, 3)
@@ -151,7 +166,9 @@ def test_paper_preset_is_the_calibrated_point(tmp_path):
             assert (t.n_train, t.n_influence, t.n_test) == (n_train, 1000, 500), name
     seeds = {(j.experiment, j.cell["seed"]) for j in plan(preset, tmp_path)}
     assert {s for e, s in seeds if e == "ntk_distance"} == {0, 1, 2}
-    assert {s for e, s in seeds if e == "flip_rates"} == set(SEEDS)
+    assert {s for e, s in seeds if e == "flip_rates"} == set(range(10))  # issue 32, item 7
+    assert {s for e, s in seeds if e == "interventions"} == set(range(10))
+    assert {s for e, s in seeds if e == "flip_controls"} == set(SEEDS)
     quick = load_preset("quick")
     assert quick.seeds == (0, 1)
     assert all(s.train.l2_to_init == 0.0 for s in quick.experiments.values() if hasattr(s, "train"))

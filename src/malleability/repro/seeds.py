@@ -20,6 +20,10 @@ __all__ = ["CI_METHOD", "CLIPPED", "LOG_SCALE", "Estimate", "combine", "merge_se
 RATES = ("flip_rate", "top_k_overlap", "between_share", "top_share", "bottom_share",
          "square_only_breaks", "discordant")
 CORRELATIONS = ("spearman", "cosine", "cosine_raw", "attention_cosine")
+#: Where a cell's result records how it was measured (its attack, estimator, ridge …), not a
+#: measurement: versions that record other fields there still measure the same quantity, so
+#: seeds whose records differ in keys keep each seed's record (``per_seed``) instead of failing.
+PROVENANCE = "result.settings"
 #: How a caption names a GeometricEstimate's summary (an experiment's ``GEOMETRIC`` fields).
 LOG_SCALE = "geometric mean over seeds, 95 % t interval of log₁₀ mapped back"
 #: What the report says once about the printed intervals (:func:`metric_bounds`).
@@ -50,8 +54,12 @@ def merge_values(values: list[Any], seeds: list[int], where: str = "result",
     else KeyError), lists element by element, floats → Estimate, ints and strings kept when
     equal over seeds (else Estimate / the distinct strings joined by " / "). A field named in
     ``geometric`` (:func:`field_name`) whose values are all positive → GeometricEstimate; with a
-    value ≤ 0 (which no log scale holds) it stays an Estimate."""
+    value ≤ 0 (which no log scale holds) it stays an Estimate. The result's own record of its
+    settings (:data:`PROVENANCE`) with other keys in some seeds → ``{"per_seed": …}``."""
     first = values[0]
+    if where == PROVENANCE and any(not isinstance(v, dict) or list(v) != list(first)
+                                   for v in values):
+        return {"per_seed": dict(zip(map(str, seeds), values, strict=True))}
     if isinstance(first, dict):
         keys = list(first)
         for v, s in zip(values, seeds, strict=True):
