@@ -167,6 +167,16 @@ def test_a_missing_seed_is_flagged(run: Path, caplog: pytest.LogCaptureFixture) 
            "collapse 2." in markdown
 
 
+def test_the_header_names_the_experiments_with_seeds_of_their_own(run: Path) -> None:
+    """The paper preset plans ten seeds for Tables 2 and 5 and five elsewhere."""
+    meta = loads_strict((run / "settings.json").read_text())
+    meta["settings"]["experiment_seeds"] = {"flip_rates": [0, 1, 2, 3], "spectrum": [0]}
+    (run / "settings.json").write_text(json.dumps(meta))
+    markdown = write_report(run).read_text(encoding="utf-8")
+    assert "Seeds: 0, 1, 2; flip_rates: 0, 1, 2, 3." in markdown  # spectrum has no cells
+    assert "Seeds missing from the plan: flip_rates 3." in markdown
+
+
 def test_without_settings_json_the_header_says_the_seeds_are_unknown(run: Path) -> None:
     (run / "settings.json").unlink()
     markdown = write_report(run).read_text(encoding="utf-8")

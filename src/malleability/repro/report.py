@@ -62,9 +62,13 @@ def _get(settings: dict | None, key: str) -> Any:
 
 
 def _seeds_line(run: Run) -> str:
-    """The run's seeds from settings.json, or without it the seeds its cells hold."""
+    """The run's seeds from settings.json (with the experiments that have their own), or
+    without it the seeds its cells hold."""
     if "seeds" in run.settings:
-        return f"Seeds: {', '.join(map(str, run.settings['seeds']))}."
+        own = run.settings.get("experiment_seeds") or {}
+        others = "".join(f"; {name}: {', '.join(map(str, seeds))}"
+                         for name, seeds in sorted(own.items()) if name in run.cells)
+        return f"Seeds: {', '.join(map(str, run.settings['seeds']))}{others}."
     found = sorted({str(r["cell"].get("seed", "—")) for cells in run.cells.values()
                     for r in cells})
     return (f"Seeds: unknown, no valid {SETTINGS_FILE} (the cells hold seeds "
