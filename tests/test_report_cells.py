@@ -177,6 +177,19 @@ def test_the_header_names_the_experiments_with_seeds_of_their_own(run: Path) -> 
     assert "Seeds missing from the plan: flip_rates 3." in markdown
 
 
+def test_table2_says_how_many_seeds_each_row_holds(run: Path) -> None:
+    (run / FLIP).unlink()  # 2L-ReLU FGSM on digits 3 vs 8 loses seed 1
+    markdown = write_report(run).read_text(encoding="utf-8")
+    table = markdown[markdown.index("Table 2: flip rate of the top 10%"):]
+    rows = table[:table.index("\n\n", table.index("|"))].splitlines()
+    assert rows[2].split(" | ")[-1] == "seeds |"
+    seeds = {tuple(r.split(" | ")[:2]): r.split(" | ")[-1] for r in rows[4:]}
+    assert seeds == {("| digits", "2L-ReLU"): "3 |", ("| digits", "MLP-Attn"): "3 |",
+                     ("| digits 3,8", "2L-ReLU"): "2–3 |", ("| digits 3,8", "MLP-Attn"): "3 |"}
+    svg = (run / "figures" / "flip_rates.svg").read_text(encoding="utf-8")
+    assert "2–3 seeds" in svg and "3 seeds" in svg
+
+
 def test_without_settings_json_the_header_says_the_seeds_are_unknown(run: Path) -> None:
     (run / "settings.json").unlink()
     markdown = write_report(run).read_text(encoding="utf-8")

@@ -11,6 +11,7 @@ from malleability.intervals import NO_SPREAD, TOO_FEW_SEEDS
 from malleability.repro.blocks import fmt, pct
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import decide, trend, verdict
+from malleability.repro.experiments.interventions import table5
 from malleability.repro.runner import load_preset, plan
 from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values, metric_bounds
 from malleability.settings import reseeded
@@ -223,3 +224,21 @@ def test_sensitivity_section_with_one_architecture_reports_no_gap(tmp_path):
     summary = next(b for b in sensitivity.section(both, tmp_path) if isinstance(b, Table))
     assert summary.rows[0][-1] == "holds everywhere"
     assert (tmp_path / "sensitivity_gap.png").exists()
+
+
+def test_table5_rows_say_how_many_seeds_curated_and_transformed_hold():
+    """Table 5's seeds land per intervention (Transformed seeds 5–9 first): each row says how
+    many seeds its Curated and Transformed values rest on."""
+    def cell(intervention: str, seed: int) -> dict:
+        acc = {"1": 0.9 + seed / 100, "10": 0.95, "100": 0.97}
+        return {"cell": {"task": "mnist", "model": "relu", "intervention": intervention,
+                         "seed": seed},
+                "result": {"accuracy_by_epoch": acc, "baseline_accuracy_by_epoch": acc,
+                           "flip_rate": 0.3 + seed / 100}}
+
+    records = merge_seeds([cell("curated", s) for s in range(3)]
+                          + [cell("transformed", s) for s in range(5)])
+    rows = table5(records)
+    assert [r[2] for r in rows] == ["1", "10", "100", "PGD flip rate (retrained on Transformed)"]
+    assert {r[-1] for r in rows} == {"3 / 5"}
+    assert rows[-1][5].startswith("32")  # the Transformed flip rate's mean over its 5 seeds

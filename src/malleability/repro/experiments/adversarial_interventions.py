@@ -150,7 +150,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     for (eps,), eps_records in group(records, "eps").items():
         blocks.append(Table(
             ["task", "model", "epoch", "Base %", "Curated %", "Transformed %",
-             "paper Base / Curated / Transformed %", "vs paper"],
+             "paper Base / Curated / Transformed %", "vs paper", "seeds C / T"],
             table5(eps_records, KIND),
             f"Table 5, adversarially trained (ours at ε = {eps:g}): test accuracy % of the "
             "adversarially trained baseline (B) and of the adversarial retrainings after the "

@@ -116,11 +116,19 @@ def gap_check(task: str, relu: dict[str, float], attn: dict[str, float], attack:
             verdict(gap, (0.0, math.inf), higher)]
 
 
+def _seed_count(counts: set[int]) -> str:
+    """How many seeds the merged cells hold: "10", or "5–10" where the attacks differ."""
+    return "–".join(str(n) for n in sorted({min(counts), max(counts)}))
+
+
 def section(records: list[dict], figs: Path) -> list[Block]:
     """Table 2 side by side, per-attack detail, MLP-Attn vs 2L-ReLU checks, Figure 2."""
     attacks = [a for a in ATTACKS if any(r["cell"]["attack"] == a for r in records)]
     table, flips, rhos, paper_bars = [], {}, {}, {}
     rates: dict[tuple[str, str], dict[str, float]] = {}
+    counts: dict[str, set[int]] = {}  # seeds per merged cell, by task (10 or 5 on CIFAR-10)
+    for r in records:
+        counts.setdefault(r["cell"]["task"], set()).add(len(r.get("seeds", [0])))
     for (task, model), group_records in group(records, "task", "model").items():
         by_attack = {r["cell"]["attack"]: r["result"] for r in group_records}
         paper = PAPER_TABLE2.get((paper_task(task) or "", model))
@@ -128,8 +136,9 @@ def section(records: list[dict], figs: Path) -> list[Block]:
         table.append([task, model_name(model),
                       *(pct(by_attack[a]["flip_rate"] if a in by_attack else None)
                         for a in attacks),
-                      paper_values(paper), pct(group_records[0]["result"]["test_accuracy"])])
-        title = task_title(task)
+                      paper_values(paper), pct(group_records[0]["result"]["test_accuracy"]),
+                      _seed_count({len(r.get("seeds", [0])) for r in group_records})])
+        title = f"{task_title(task)}, {_seed_count(counts[task])} seeds"
         for attack, res in by_attack.items():
             flips.setdefault(title, {}).setdefault(attack.upper(), {})[model_name(model)] = (
                 scale(res["flip_rate"], 100))
@@ -149,7 +158,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     fig_b = figures.bar_panels(figs / "flip_rates_spearman.png", rhos, "Spearman ρ(I, I′)",
                                sharey=True)
     header = ["task", "model", *(f"{a.upper()} %" for a in attacks),
-              "paper FGSM/PGD/MIM %", "test acc. %"]
+              "paper FGSM/PGD/MIM %", "test acc. %", "seeds"]
     return [Table(header, table, "Table 2: flip rate of the top 10% most helpful points."),
             paper_table(2, [f"{a.upper()} %" for a in ATTACKS], PAPER_TABLE2),
             detail_table(records),
@@ -169,6 +178,9 @@ def paper_claims(records: list[dict]) -> list[Claim]:
     influence malleability across all perturbation types and classification settings"), except
     on CIFAR-10 binary, where the advantage "vanishes"; decided by the gap paired by seed."""
     rates: dict[tuple[str, str], dict[str, float]] = {}
+    counts: dict[str, set[int]] = {}  # seeds per merged cell, by task (10 or 5 on CIFAR-10)
+    for r in records:
+        counts.setdefault(r["cell"]["task"], set()).add(len(r.get("seeds", [0])))
     for (task, model), group_records in group(records, "task", "model").items():
         rates[task, model] = {r["cell"]["attack"]: r["result"]["flip_rate"]
                               for r in group_records}

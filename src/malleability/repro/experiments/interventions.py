@@ -117,11 +117,13 @@ def _near(ours: float | None, paper: float | None) -> str:
 
 def table5(records: list[dict], kind: str = "standard") -> list[list[str]]:
     """Rows of Table 5: per task, model and epoch, Base / Curated / Transformed accuracy %,
-    the paper's (its rows of ``kind``), and whether each lies within ACCURACY_TOLERANCE of
-    the paper's."""
+    the paper's (its rows of ``kind``), whether each lies within ACCURACY_TOLERANCE of the
+    paper's, and the seeds of the Curated / Transformed cells (B is the Curated cells')."""
     rows = []
     for (task, model), group_records in group(records, "task", "model").items():
         by = {r["cell"]["intervention"]: r["result"] for r in group_records}
+        count = {r["cell"]["intervention"]: len(r.get("seeds", [0])) for r in group_records}
+        seeds = " / ".join(str(count.get(i, 0)) for i in ("curated", "transformed"))
         acc = {i: _by_epoch(res["accuracy_by_epoch"]) for i, res in by.items()}
         base = _by_epoch(group_records[0]["result"]["baseline_accuracy_by_epoch"])
         paper = _paper_row(task, model, kind)
@@ -132,11 +134,11 @@ def table5(records: list[dict], kind: str = "standard") -> list[list[str]]:
                          " / ".join(paper_number(v) if v is not None else "—" for v in theirs),
                          "; ".join(f"{name}: {_near(o, t)}" for name, o, t in
                                    zip("BCT", ours, theirs, strict=True) if t is not None)
-                         or "—"])
+                         or "—", seeds])
         flip = by.get("transformed", {}).get("flip_rate")
         rows.append([task, model_name(model), "PGD flip rate (retrained on Transformed)", "—",
                      "—", pct(flip),
-                     "—" if paper is None else paper_number(paper[-1]), "—"])
+                     "—" if paper is None else paper_number(paper[-1]), "—", seeds])
     return rows
 
 
@@ -239,7 +241,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
               "n_train after"]
     return [Table(["task", "model", "epoch", "Base %", "Curated %", "Transformed %",
                    "paper Base / Curated / Transformed %",
-                   f"vs paper (within ±{ACCURACY_TOLERANCE:g} points)"], table5(records),
+                   f"vs paper (within ±{ACCURACY_TOLERANCE:g} points)", "seeds C / T"],
+                  table5(records),
                   "Table 5 (ours): test accuracy % at epochs 1, 10 and 100 of the baseline (B) "
                   "and after the Curated (C) and Transformed (T) interventions, and the PGD flip "
                   "rate of the Transformed retraining, beside the paper's (that the paper's "
