@@ -178,9 +178,6 @@ def paper_claims(records: list[dict]) -> list[Claim]:
     influence malleability across all perturbation types and classification settings"), except
     on CIFAR-10 binary, where the advantage "vanishes"; decided by the gap paired by seed."""
     rates: dict[tuple[str, str], dict[str, float]] = {}
-    counts: dict[str, set[int]] = {}  # seeds per merged cell, by task (10 or 5 on CIFAR-10)
-    for r in records:
-        counts.setdefault(r["cell"]["task"], set()).add(len(r.get("seeds", [0])))
     for (task, model), group_records in group(records, "task", "model").items():
         rates[task, model] = {r["cell"]["attack"]: r["result"]["flip_rate"]
                               for r in group_records}

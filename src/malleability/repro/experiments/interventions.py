@@ -118,7 +118,7 @@ def _near(ours: float | None, paper: float | None) -> str:
 def table5(records: list[dict], kind: str = "standard") -> list[list[str]]:
     """Rows of Table 5: per task, model and epoch, Base / Curated / Transformed accuracy %,
     the paper's (its rows of ``kind``), whether each lies within ACCURACY_TOLERANCE of the
-    paper's, and the seeds of the Curated / Transformed cells (B is the Curated cells')."""
+    paper's, and how many seeds the Curated / Transformed cells hold."""
     rows = []
     for (task, model), group_records in group(records, "task", "model").items():
         by = {r["cell"]["intervention"]: r["result"] for r in group_records}
