@@ -241,4 +241,5 @@ def test_table5_rows_say_how_many_seeds_curated_and_transformed_hold():
     rows = table5(records)
     assert [r[2] for r in rows] == ["1", "10", "100", "PGD flip rate (retrained on Transformed)"]
     assert {r[-1] for r in rows} == {"3 / 5"}
+    assert rows[0][3].startswith("92") and rows[0][4].startswith("91")  # B over 5 seeds, C 3
     assert rows[-1][5].startswith("32")  # the Transformed flip rate's mean over its 5 seeds

@@ -118,14 +118,16 @@ def _near(ours: float | None, paper: float | None) -> str:
 def table5(records: list[dict], kind: str = "standard") -> list[list[str]]:
     """Rows of Table 5: per task, model and epoch, Base / Curated / Transformed accuracy %,
     the paper's (its rows of ``kind``), whether each lies within ACCURACY_TOLERANCE of the
-    paper's, and how many seeds the Curated / Transformed cells hold."""
+    paper's, and how many seeds the Curated / Transformed cells hold (B, the same baseline
+    in both, from the cells with more seeds)."""
     rows = []
     for (task, model), group_records in group(records, "task", "model").items():
         by = {r["cell"]["intervention"]: r["result"] for r in group_records}
         count = {r["cell"]["intervention"]: len(r.get("seeds", [0])) for r in group_records}
         seeds = " / ".join(str(count.get(i, 0)) for i in ("curated", "transformed"))
         acc = {i: _by_epoch(res["accuracy_by_epoch"]) for i, res in by.items()}
-        base = _by_epoch(group_records[0]["result"]["baseline_accuracy_by_epoch"])
+        widest = max(group_records, key=lambda r: len(r.get("seeds", [0])))  # B: same net
+        base = _by_epoch(widest["result"]["baseline_accuracy_by_epoch"])
         paper = _paper_row(task, model, kind)
         for epoch in sorted(base):
             ours = (base[epoch], *(acc.get(i, {}).get(epoch) for i in ("curated", "transformed")))
@@ -213,7 +215,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     epochs = sorted({int(e) for r in records for e in r["result"]["accuracy_by_epoch"]})
     rows, panels = [], {}
     for (task, model), group_records in group(records, "task", "model").items():
-        base = _by_epoch(group_records[0]["result"]["baseline_accuracy_by_epoch"])
+        widest = max(group_records, key=lambda r: len(r.get("seeds", [0])))  # B: same net
+        base = _by_epoch(widest["result"]["baseline_accuracy_by_epoch"])
         lines = []
         for record in group_records:
             res = record["result"]
