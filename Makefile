@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/malleability reproduce --preset quick --out runs/quick
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks docs
 	$(BIN)/python -m pytest
 
 test-vision: $(VISION_STAMP)

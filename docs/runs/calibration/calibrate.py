@@ -3,8 +3,9 @@
 Each job trains one network (TwoLayerNet + train from the package, float32) on the full training
 split and records test accuracy after every epoch. The cell files beside this script were made
 with the package as of commit 7fa49b3 (before the redesign); this is the same computation on the
-current API. Run: ``python calibrate.py --datasets mnist --root DATA --out DIR --device cuda``. Jobs run in a pool of worker processes that
-share one GPU; finished jobs are written one JSON file each; at the deadline the pool stops.
+current API. Run: ``python calibrate.py --datasets mnist --root DATA --out DIR --device cuda``.
+Jobs run in a pool of worker processes that share one GPU; finished jobs are written one JSON
+file each; at the deadline the pool stops.
 """
 
 from __future__ import annotations

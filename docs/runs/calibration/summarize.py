@@ -32,7 +32,7 @@ def main(folder: Path) -> None:
     print("| data | model | λ_reg (sum) | s | epochs run | acc @1 | acc @10 | acc @100 | "
           "paper @1 (Base) | paper @100 (Curated / Transformed) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for (data, model, l2, s, epochs), rs in sorted(groups.items()):
+    for (data, model, l2, s, _epochs), rs in sorted(groups.items()):
         acc = [r["test_accuracy"] for r in rs]
         at = [cell([a[e - 1] for a in acc]) if len(acc[0]) >= e else "—" for e in (1, 10, 100)]
         p = PAPER_BASE[(data, model)]
