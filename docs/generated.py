@@ -20,6 +20,8 @@ number in them is typed by hand:
   per width and their rates in m;
 - docs/table2_controls.md: what the random-perturbation control changes in each Table 2
   verdict (flip_controls' cells; "not yet run" where a task has none);
+- docs/softmax_temperature.md: the paper's open question, temperature-scaled softmax's
+  collapse and conditioning per τ and its NTK distances per τ and width;
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
 - docs/progress.md: per experiment of docs/runs/paper, the cells committed against the plan;
 
@@ -59,7 +61,7 @@ SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verd
            "c4_split.md", "table1.md", "table1_gd.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
            "table3.md", "table3_strong.md", "intervention_dynamics.md", "flip_dynamics.md",
-           "table5.md", "complexity.md", "numerics.md")
+           "table5.md", "complexity.md", "numerics.md", "softmax_temperature.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:
@@ -296,6 +298,7 @@ def main() -> None:
         "table5.md": [captioned(interventions, "Table 5 (ours)"),
                       captioned(interventions, "The paper's claims on Table 5")],
         "complexity.md": section_tables(paper, "complexity"),
+        "softmax_temperature.md": section_tables(paper, "softmax_temperature"),
         "numerics.md": [a9_table(flips, "attack", "Table 2's solves. " + A9_CAPTION),
                         a9_table(changes, "intervention", "Table 5's solves. " + A9_CAPTION),
                         top_k_table(flips, "attack", "Top-K stability (A.5.2) under each attack "

@@ -25,18 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...attention import attention_features
-from ...intervals import geometric
+from ...intervals import geometric, undecided
 from ...models import ARCHITECTURES, TwoLayerNet
 from ...settings import setting
 from ...spectral import effective_condition_number, mean_pairwise_cosine
 from ...training import train
 from .. import figures
-from ..blocks import Block, Table, figure, fmt, group, pct
+from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import Problem, RunContext, on_influence_set
 from ..seeds import LOG_SCALE, combine
-from .base import NetworkSettings, cell_problem, check_nonempty, model_name, task_title
-from .collapse import collapse_share
+from .base import NetworkSettings, cell_problem, check_nonempty, decide, model_name, task_title
+from .collapse import COLLAPSED, collapse_share
 from .ntk_distance import network_distances
 
 TITLE = "Temperature-scaled softmax attention (open question; Figures 6 and 7)"
@@ -55,6 +55,14 @@ INTRO = ("The paper leaves open whether temperature-scaled softmax, softmax(QK�
 
 #: The attention maps with a temperature.
 TEMPERED = ("attn-softmax", "attn-exponential")
+#: "Cubic conditioning" read as κ_eff(φ_τ(Z)) within this many decades of κ_eff(Z)³ (the 10×
+#: that reads Prop. 4.13's "of the order of" in qkv_projections).
+CUBIC_DECADES = 1.0
+#: The paper's open question (Limitations: "whether architectures that avoid collapse (e.g.,
+#: temperature-scaled softmax ...) would exhibit similar cubic conditioning"), in two parts.
+AVOIDS = "Open question (Limitations): does temperature-scaled softmax avoid collapse?"
+CUBIC = ("Open question (Limitations): where it avoids collapse, is its conditioning cubic "
+         "like linearized attention's?")
 
 
 def _check_models(value: tuple[str, ...], name: str) -> tuple[str, ...]:
@@ -158,6 +166,51 @@ def section(records: list[dict], figs: Path) -> list[Block]:
             figure(fig7, "Figure 7 by temperature: mean pairwise cosine of the tempered "
                          "attention features."),
             figure(fig6, f"Figure 6 by temperature: kernel distance vs width ({LOG_SCALE}).")]
+
+
+def paper_claims(records: list[dict]) -> list[Claim]:
+    """The paper's open question per task, map and τ, in two rows: does φ_τ avoid collapse
+    (collapse share below :data:`~.collapse.COLLAPSED`, A.13's rows' reading), and, where
+    collapse is not decided, is its conditioning cubic like linearized attention's (Theorem
+    4.2: log₁₀ κ_eff(φ_τ(Z)) − 3 log₁₀ κ_eff(Z) within ±:data:`CUBIC_DECADES`)? The paper
+    gives no answer, so the verdict is ours: "answer: …" where the 95 % interval decides."""
+    claims = []
+    for (task, model), rs in group(records, "task", "model").items():
+        first = min(r["cell"]["width"] for r in rs)  # the map's quantities do not depend on m
+        by_tau = {r["cell"]["temperature"]: r["result"] for r in rs
+                  if r["cell"]["width"] == first}
+        for tau in sorted(by_tau):
+            res, where = by_tau[tau], f"{task}, {model_name(model)}, τ = {fmt(tau)}"
+            share = collapse_share(res["cosine"], res["cosine_raw"])
+            avoids = decide(share, (-math.inf, COLLAPSED))
+            claims.append(Claim(
+                AVOIDS, where,
+                "open (collapse share below ½, as A.13's rows read it)",
+                f"cosine {fmt(res['cosine'], 5)} vs raw {fmt(res['cosine_raw'])}; collapse "
+                f"share {fmt(share)}", _answer(share, avoids, "avoids collapse", "collapses"),
+                ("softmax_temperature", task, model, tau, "collapse")))
+            if avoids is False:
+                continue
+            cubic = combine(lambda k, k_in: math.log10(k) - 3 * math.log10(k_in),
+                            res["kappa_effective"], res["kappa_effective_inputs"])
+            own = combine(lambda k, k_in: math.log10(k / k_in), res["kappa_effective"],
+                          res["kappa_effective_inputs"])
+            claims.append(Claim(
+                CUBIC, where,
+                "open (κ_eff(φ_τ(Z)) within 10× of κ_eff(Z)³, Theorem 4.2's)",
+                f"log₁₀ κ_eff(φ_τ(Z))/κ_eff(Z)³ {fmt(cubic)}; log₁₀ κ_eff(φ_τ(Z))/κ_eff(Z) "
+                f"{fmt(own)}", _answer(cubic, decide(cubic, (-CUBIC_DECADES, CUBIC_DECADES)),
+                                       "cubic", "not cubic"),
+                ("softmax_temperature", task, model, tau, "cubic")))
+    return claims
+
+
+def _answer(value: object, decided: bool | None, yes: str, no: str) -> str:
+    """The verdict of an open question: "answer: yes/no" where the interval decides."""
+    reason = undecided(value)
+    if reason is not None:
+        return reason
+    return "inconclusive" if decided is None else f"answer: {yes if decided else no}"
 
 
 def _cube(value: float) -> float:
