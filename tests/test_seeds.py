@@ -101,6 +101,24 @@ def test_fields_an_experiment_names_geometric_merge_on_the_log_scale():
     assert record["result"]["kappa"].interval == kappa.interval
 
 
+def test_a_dict_named_geometric_merges_every_value_under_it_on_the_log_scale():
+    """qkv_projections' κ of each projection sits under ``kappa_projected``: naming the dict
+    puts its values on the log scale (no κ interval reaching below 0), while a field of the same
+    name elsewhere (the projections' relative change) stays arithmetic."""
+    from malleability.intervals import GeometricEstimate
+
+    kappas = [2e2, 9e3, 3e5]
+    merged = merge_values([{"kappa_projected": {"w_q": k, "w_k": 2 * k},
+                            "projection_change": {"w_q": k}} for k in kappas], [0, 1, 2],
+                          geometric=("kappa_projected",))
+    for name in ("w_q", "w_k"):
+        assert isinstance(merged["kappa_projected"][name], GeometricEstimate)
+        assert merged["kappa_projected"][name].interval[0] > 0
+    change = merged["projection_change"]["w_q"]
+    assert not isinstance(change, GeometricEstimate) and change.interval[0] < 0
+    assert EXPERIMENTS["qkv_projections"].GEOMETRIC[:2] == ("kappa_inputs", "kappa_projected")
+
+
 def test_paired_difference_and_trend_over_seeds():
     a = Estimate([1.0, 2.0, 3.0], [0, 1, 2])
     b = Estimate([1.5, 2.5, 3.5], [0, 1, 2])

@@ -53,8 +53,9 @@ def merge_values(values: list[Any], seeds: list[int], where: str = "result",
     """Per-seed results of one cell → one: dicts key by key (the same keys for every seed,
     else KeyError), lists element by element, floats → Estimate, ints and strings kept when
     equal over seeds (else Estimate / the distinct strings joined by " / "). A field named in
-    ``geometric`` (:func:`field_name`) whose values are all positive → GeometricEstimate; with a
-    value ≤ 0 (which no log scale holds) it stays an Estimate. The result's own record of its
+    ``geometric`` (:func:`field_name`; a dict so named: every value under it) whose values are
+    all positive → GeometricEstimate; with a value ≤ 0 (which no log scale holds) it stays an
+    Estimate. The result's own record of its
     settings (:data:`PROVENANCE`) with other keys in some seeds → ``{"per_seed": …}``."""
     first = values[0]
     if where == PROVENANCE and any(not isinstance(v, dict) or list(v) != list(first)
@@ -66,7 +67,8 @@ def merge_values(values: list[Any], seeds: list[int], where: str = "result",
             if not isinstance(v, dict) or list(v) != keys:
                 missing = set(keys) ^ set(v if isinstance(v, dict) else ())
                 raise KeyError(f"{where}: keys differ for seed {s}: {sorted(map(str, missing))}")
-        return {k: merge_values([v[k] for v in values], seeds, f"{where}.{k}", geometric)
+        inner = (*geometric, *map(str, keys)) if field_name(where) in geometric else geometric
+        return {k: merge_values([v[k] for v in values], seeds, f"{where}.{k}", inner)
                 for k in keys}
     if isinstance(first, list):
         if any(not isinstance(v, list) or len(v) != len(first) for v in values):

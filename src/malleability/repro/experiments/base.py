@@ -19,7 +19,7 @@ from ...attacks import AttackSettings
 from ...data import DataSettings
 from ...estimators import NTKLOO
 from ...influence import InfluenceSettings
-from ...intervals import deciding_interval, undecided
+from ...intervals import deciding_interval, geometric, undecided
 from ...measure import Measurement, Refit, measure, same_weights
 from ...models import ARCHITECTURE_NAMES, ModelSettings, TwoLayerNet, check_architecture
 from ...settings import Settings, setting
@@ -236,3 +236,8 @@ def trend(values: list[float]) -> str:
     if not any(steps):
         return "decreasing"
     return "increasing" if all(steps) else "non-monotonic"
+
+
+def cubed(value: float) -> float:
+    """κ³ seed by seed (∞ beyond float64), summarised on the log scale as κ is."""
+    return geometric(combine(lambda k: k**3 if k < 1e100 else math.inf, value))

@@ -33,8 +33,8 @@ from .. import figures
 from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import RunContext, build_model, on_influence_set
-from ..seeds import combine
-from .base import NetworkSettings, agreement, cell_problem, check_nonempty, decide, trend
+from ..seeds import LOG_SCALE, combine
+from .base import NetworkSettings, agreement, cell_problem, check_nonempty, cubed, decide, trend
 from .ntk_distance import network_distances
 
 TITLE = "Trainable He-initialised QKV projections (Proposition 4.13)"
@@ -50,6 +50,10 @@ INTRO = ("Proposition 4.13 extends non-convergence to trainable QKV projections:
          "over P = W_Q, W_K, W_V.")
 
 PROJECTIONS = ("w_q", "w_k", "w_v")
+#: Fields summarised over seeds on the log scale (:data:`~..seeds.LOG_SCALE`): the condition
+#: numbers and the kernel distances span decades (an arithmetic interval of κ reaches below 0).
+GEOMETRIC = ("kappa_inputs", "kappa_projected", "kappa_features_init", "kappa_features_trained",
+             "kernel_distance_trained", "kernel_distance_w_block")
 
 
 def _check_widths(value: tuple[int, ...], name: str) -> tuple[int, ...]:
@@ -150,8 +154,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                         *(fmt(res["kappa_projected"][name]) for name in PROJECTIONS),
                         fmt(_log_ratio_mean(res["kappa_projected"], res["kappa_inputs"])),
                         fmt(res["kappa_features_init"]),
-                        fmt(combine(lambda k: k**3 if k < 1e100 else math.inf,
-                                    res["kappa_inputs"]))])
+                        fmt(cubed(res["kappa_inputs"]))])
         panels[task] = [Line("trained", widths,
                              [by_width[w]["function_distance_trained"] for w in widths]),
                         Line("at init", widths,
@@ -165,13 +168,15 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     return [Table(["task", "m", "function dist. init", "function dist. trained",
                    "kernel dist. trained (W and QKV)", "kernel dist. trained (W block)",
                    "test acc. %", "‖P − P₀‖/‖P₀‖ (Q / K / V)"], rows,
-                  "Distances to the Θ_∞ predictor on the initial features, per width."),
+                  "Distances to the Θ_∞ predictor on the initial features, per width "
+                  f"(kernel distances: {LOG_SCALE})."),
             Table(["task", "κ_eff(G)", "κ_eff(G_Q)", "κ_eff(G_K)", "κ_eff(G_V)",
                    "mean log₁₀ κ(G_P)/κ(G)", "κ_eff features at init", "κ_eff(G)³"], spectra,
-                  "Conditioning at the He draw (the projections do not depend on the width)."),
+                  "Conditioning at the He draw (the projections do not depend on the width; "
+                  f"κ: {LOG_SCALE})."),
             Table(["task", "m", "κ_eff features at init", "κ_eff features trained"],
                   trained_kappa, "κ_eff of the unnormalised attention features before and "
-                                 "after training."),
+                                 f"after training ({LOG_SCALE})."),
             figure(path, "Function distance vs width, MLP-Attn with trainable He QKV.")]
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...attention import attention_features
-from ...intervals import geometric, undecided
+from ...intervals import undecided
 from ...models import ARCHITECTURES, TwoLayerNet
 from ...settings import setting
 from ...spectral import effective_condition_number, mean_pairwise_cosine
@@ -35,7 +35,15 @@ from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import Problem, RunContext, on_influence_set
 from ..seeds import LOG_SCALE, combine
-from .base import NetworkSettings, cell_problem, check_nonempty, decide, model_name, task_title
+from .base import (
+    NetworkSettings,
+    cell_problem,
+    check_nonempty,
+    cubed,
+    decide,
+    model_name,
+    task_title,
+)
 from .collapse import COLLAPSED, collapse_share
 from .ntk_distance import network_distances
 
@@ -137,7 +145,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                                   fmt(res["cosine"], 5),
                                   fmt(collapse_share(res["cosine"], res["cosine_raw"])),
                                   fmt(res["kappa_effective"]), fmt(kappa_in),
-                                  fmt(_cube(kappa_in))])
+                                  fmt(cubed(kappa_in))])
             bars.setdefault(task_title(task), {})[f"τ={fmt(tau)}"] = res["cosine"]
             kernel_panels.setdefault(task_title(task), []).append(Line(
                 f"{model_name(model)}, τ={fmt(tau)}", widths,
@@ -211,8 +219,3 @@ def _answer(value: object, decided: bool | None, yes: str, no: str) -> str:
     if reason is not None:
         return reason
     return "inconclusive" if decided is None else f"answer: {yes if decided else no}"
-
-
-def _cube(value: float) -> float:
-    """κ³ seed by seed (∞ beyond float64), on the log scale as κ is."""
-    return geometric(combine(lambda k: k**3 if k < 1e100 else math.inf, value))
