@@ -65,6 +65,23 @@ def test_bounds_and_remedy_cells_run_and_report(tiny, tmp_path):
     assert table.rows[0][5].startswith(f"{100 * remedy_result['flip_rate'] + 25:.3g}")
 
 
+def test_remedy_rows_summarise_kernel_distance_and_kappa_on_the_log_scale(tmp_path):
+    """1 − cos(Θ_m, Θ_∞) and κ span decades over seeds: their summary is the geometric mean
+    with a positive interval (as ntk_distance's), the function distance stays arithmetic."""
+    cell = {"part": "remedy", "task": "t", "rank": 4, "width": 16}
+    records = [_record(cell, {"function_distance_trained": f, "kernel_distance_trained": k,
+                              "flip_rate": 0.5, "test_accuracy": 0.9,
+                              "kappa_features_normalized": 10 * k, "kappa_features": 1 / k,
+                              "kappa_predicted": 1 / k}, seed)
+               for seed, (f, k) in enumerate([(1.0, 1e-3), (2.0, 1e-1), (3.0, 1e-2)])]
+    blocks = theory.section(records, tmp_path)
+    table = next(b for b in blocks if isinstance(b, Table) and "Remark 4.10" in b.caption)
+    row = dict(zip(table.header, table.rows[0], strict=True))
+    assert row["kernel dist."].startswith("0.01 [") and "[-" not in row["kernel dist."]
+    assert row["(λ₁/λ_k)³"].startswith("100 [") and "[-" not in row["(λ₁/λ_k)³"]
+    assert row["function dist."].startswith("2 [-")  # arithmetic: 2 ± 4.3 · 1/√3
+
+
 def _diagonal_case(lipschitz: float, **kw) -> dict:
     """K = diag(2, 1) → K′ = diag(2.5, 1), Y = (1, 1), λ = 0.5: ‖α′ − α‖ = 1/2.5 − 1/3."""
     k = torch.diag(torch.tensor([2.0, 1.0], dtype=F64))

@@ -117,8 +117,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
     if rows:
         blocks += theory_bounds.blocks(records, rows, figs)
     remedy = [r for r in records if r["cell"]["part"] == "remedy"]
-    if remedy:  # one row per (task, rank, width): the mean over seeds with its interval
-        blocks += theory_remedy.blocks(merge_seeds(remedy), figs)
+    if remedy:  # one row per (task, rank, width): the summary over seeds with its interval
+        blocks += theory_remedy.blocks(merge_seeds(remedy, theory_remedy.GEOMETRIC), figs)
     return blocks
 
 
@@ -129,4 +129,5 @@ def paper_claims(records: list[dict]) -> list[Claim]:
     remedy = [r for r in records if r["cell"]["part"] == "remedy"]
     return [*theory_bounds.bound_claims(rows), *theory_bounds.ordering_claim(rows),
             *theory_bounds.c4_claims(records),
-            *(theory_remedy.remedy_claims(merge_seeds(remedy)) if remedy else [])]
+            *(theory_remedy.remedy_claims(merge_seeds(remedy, theory_remedy.GEOMETRIC))
+              if remedy else [])]

@@ -15,7 +15,7 @@ from .. import figures
 from ..blocks import Block, Claim, Table, figure, fmt, group, pct
 from ..figures import Line
 from ..problem import Problem, RunContext, build_model, on_influence_set, trained_model
-from ..seeds import scale
+from ..seeds import LOG_SCALE, scale
 from .base import trend
 from .ntk_distance import network_distances
 
@@ -23,6 +23,10 @@ FULL = "full"
 #: Largest relative deviation of a measured κ from (λ₁/λ_k)³ that still counts as the identity
 #: (float64 eigenvalues of features with κ up to ~10⁷: ~10⁻⁹; the tests check 10⁻⁶).
 IDENTITY_TOLERANCE = 1e-6
+#: Fields summarised over seeds on the log scale (:data:`~..seeds.LOG_SCALE`), as in
+#: ntk_distance: the kernel distance and the condition numbers span decades.
+GEOMETRIC = ("kernel_distance_trained", "kappa_features_normalized", "kappa_features",
+             "kappa_predicted")
 
 
 def run_remedy(s: Any, cell: dict, p: Problem, ctx: RunContext) -> dict:
@@ -80,7 +84,8 @@ def blocks(records: list[dict], figs: Path) -> list[Block]:
                "test acc. %", "κ features (row-normalised)", "κ features (raw)",
                "(λ₁/λ_k)³"], table,
               "Remark 4.10: MLP-Attn attending to the rank-k truncation of its reference "
-              "(trained networks; κ over the features' numerical rank)."),
+              "(trained networks; κ over the features' numerical rank; kernel distance and κ: "
+              f"{LOG_SCALE})."),
         Table(["task", "rank k", "function dist. with width", "kernel dist. with width",
                "flip rate with width"], trends, "Trends with width per rank."),
         figure(fig_distance, "Function distance to the infinite-width NTK predictor against "
