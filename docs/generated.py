@@ -22,6 +22,8 @@ number in them is typed by hand:
   verdict (flip_controls' cells; "not yet run" where a task has none);
 - docs/softmax_temperature.md: the paper's open question, temperature-scaled softmax's
   collapse and conditioning per τ and its NTK distances per τ and width;
+- docs/new_measurements.md: the tables of A.2's mechanism (κ and its factors, the control
+  pairs), Prop. 4.13 with trainable QKV (distances, conditioning) and Figure 6 on CIFAR-10;
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
 - docs/progress.md: per experiment of docs/runs/paper, the cells committed against the plan;
 
@@ -61,7 +63,8 @@ SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verd
            "c4_split.md", "table1.md", "table1_gd.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
            "table3.md", "table3_strong.md", "intervention_dynamics.md", "flip_dynamics.md",
-           "table5.md", "complexity.md", "numerics.md", "softmax_temperature.md")
+           "table5.md", "complexity.md", "numerics.md", "softmax_temperature.md",
+           "new_measurements.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:
@@ -299,6 +302,12 @@ def main() -> None:
                       captioned(interventions, "The paper's claims on Table 5")],
         "complexity.md": section_tables(paper, "complexity"),
         "softmax_temperature.md": section_tables(paper, "softmax_temperature"),
+        "new_measurements.md": [
+            captioned(section_tables(paper, "kappa_mechanism"), prefix) for prefix in (
+                "κ and its two factors", "Inter-class spread", "Every other class pair")] + [
+            captioned(section_tables(paper, "qkv_projections"), prefix) for prefix in (
+                "Distances to the Θ_∞", "Conditioning at the He draw")] + [
+            captioned(section_tables(paper, "ntk_distance_variants"), "Kernel and function")],
         "numerics.md": [a9_table(flips, "attack", "Table 2's solves. " + A9_CAPTION),
                         a9_table(changes, "intervention", "Table 5's solves. " + A9_CAPTION),
                         top_k_table(flips, "attack", "Top-K stability (A.5.2) under each attack "
