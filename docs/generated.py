@@ -24,6 +24,8 @@ number in them is typed by hand:
   collapse and conditioning per τ and its NTK distances per τ and width;
 - docs/new_measurements.md: the tables of A.2's mechanism (κ and its factors, the control
   pairs), Prop. 4.13 with trainable QKV (distances, conditioning) and Figure 6 on CIFAR-10;
+- docs/table2_facts.md, docs/table5_facts.md: the measured numbers the discussions of
+  Tables 2 and 5 quote (ranges over the tasks, the claims' values and verdicts);
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
 - docs/progress.md: per experiment of docs/runs/paper, the cells committed against the plan;
 
@@ -41,16 +43,19 @@ writes nothing under docs/runs; a few minutes).
 from __future__ import annotations
 
 import math
+import statistics
 import tempfile
 from pathlib import Path
 
 from malleability.intervals import TOO_FEW_SEEDS
-from malleability.repro.blocks import Block, Table, Text, fmt, group
-from malleability.repro.claims import claims_section, experiment_cells, section_records
+from malleability.repro.blocks import Block, Claim, Table, Text, fmt, group
+from malleability.repro.claims import claims_section, experiment_cells, run_claims, section_records
 from malleability.repro.experiments import EXPERIMENTS
 from malleability.repro.experiments.base import decide, model_name
 from malleability.repro.experiments.collapse import KINDS
 from malleability.repro.experiments.flip_controls import NOT_RUN, PENDING, changes_table
+from malleability.repro.experiments.flip_rates import PAPER_TABLE2
+from malleability.repro.experiments.interventions import PAPER_TABLE5
 from malleability.repro.experiments.numerics import A9_CAPTION, a9_table, top_k_table
 from malleability.repro.loading import Run, load_run
 from malleability.repro.report import planned_cells, to_markdown
@@ -64,7 +69,7 @@ SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verd
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
            "table3.md", "table3_strong.md", "intervention_dynamics.md", "flip_dynamics.md",
            "table5.md", "complexity.md", "numerics.md", "softmax_temperature.md",
-           "new_measurements.md")
+           "new_measurements.md", "table2_facts.md", "table5_facts.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:
@@ -227,6 +232,97 @@ def dynamics_gap(records: list[dict]) -> list[Block]:
                         "cells of docs/runs/paper.")]
 
 
+def span(values: list[float], digits: int = 0) -> str:
+    """The range of ``values`` as "lo–hi" (one number where they round alike)."""
+    lo, hi = f"{min(values):.{digits}f}", f"{max(values):.{digits}f}"
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def claim_lines(claims: list[Claim], kind: str, part: str, label: str = "") -> str:
+    """The measured value and verdict of each claim keyed (kind, task, part), by task."""
+    return "; ".join(f"{c.key[1]}{label}: {c.measured} ({c.verdict})" for c in claims
+                     if c.key[:1] == (kind,) and c.key[2:3] == (part,))
+
+
+def verdicts_by_task(claims: list[Claim], kind: str) -> str:
+    """Per verdict, the (task, attack) rows of Table 2's claims that have it."""
+    by: dict[str, dict[str, list[str]]] = {}
+    for c in claims:
+        if c.key[:1] == (kind,):
+            by.setdefault(c.verdict, {}).setdefault(c.key[1], []).append(c.key[2].upper())
+    return "; ".join(f"{verdict}: " + ", ".join(f"{task} ({' '.join(attacks)})"
+                                                 for task, attacks in tasks.items())
+                     for verdict, tasks in by.items())
+
+
+def table2_facts(flips: list[dict], claims: list[Claim]) -> list[Text]:
+    """The measured numbers the Table 2 discussion quotes, from the merged cells (means over
+    seeds; their intervals are in the tables above)."""
+    rate = {tuple(r["cell"][k] for k in ("task", "model", "attack")): r["result"] for r in flips}
+    pct_of = {key: 100 * float(res["flip_rate"]) for key, res in rate.items()}
+    tasks = sorted({t for t, _, _ in rate})
+    pairs = [(t, a) for t in tasks for a in ("fgsm", "pgd", "mim")
+             if (t, "relu", a) in rate and (t, "attn", a) in rate]
+    binary = "cifar10 automobile,airplane"
+    ratio = {(t, a): pct_of[(t, "attn", a)] / pct_of[(t, "relu", a)] for t, a in pairs}
+    paper_ratio = [attn / relu for (task, model), row in PAPER_TABLE2.items() if model == "relu"
+                   and task != "CIFAR-10 binary"
+                   for relu, attn in zip(row, PAPER_TABLE2[(task, "attn")], strict=True)]
+    accuracy = {(t, m): 100 * float(rate[(t, m, "pgd")]["test_accuracy"])
+                for t in tasks for m in ("relu", "attn") if (t, m, "pgd") in rate}
+    spread = [100 * statistics.stdev(res["flip_rate"].values) for res in rate.values()
+              if len(getattr(res["flip_rate"], "values", ())) > 1]
+    gap_binary = [pct_of[(t, "attn", a)] - pct_of[(t, "relu", a)] for t, a in pairs
+                  if t == binary]
+    mnist = [pct_of[(t, "attn", a)] for t, a in pairs if t in ("mnist", "mnist 3,8")]
+    paper_mnist = [v for (task, model), row in PAPER_TABLE2.items()
+                   if model == "attn" and task.startswith("MNIST") for v in row]
+    return [Text(line) for line in [
+        "- MLP-Attn higher than 2L-ReLU (paired t interval), per verdict: "
+        + verdicts_by_task(claims, "table2") + ".",
+        f"- 2L-ReLU's flip rates: {span([v for (_, m, _), v in pct_of.items() if m == 'relu'])} "
+        "% over the tasks and attacks (the paper: "
+        f"{span([v for (_, m), row in PAPER_TABLE2.items() if m == 'relu' for v in row], 1)} %).",
+        f"- MLP-Attn / 2L-ReLU: {span(list(ratio.values()), 1)}× (the paper, but CIFAR-10 "
+        f"binary: {span(paper_ratio, 1)}×); on CIFAR-10 binary "
+        f"{span([ratio[(t, a)] for t, a in pairs if t == binary], 1)}×, "
+        f"+{span(gap_binary)} points.",
+        f"- MLP-Attn on MNIST and MNIST 3 vs 8: {span(mnist)} % (the paper: "
+        f"{span(paper_mnist, 1)} %).",
+        "- Test accuracy %: " + "; ".join(
+            f"{t} {model_name(m)} {accuracy[(t, m)]:.1f}" for t in ("mnist", "cifar10")
+            for m in ("relu", "attn") if (t, m) in accuracy) + ".",
+        f"- Standard deviation of a row's flip rate over its seeds: {span(spread, 1)} points."]]
+
+
+def table5_facts(changes: list[dict], flips: list[dict], claims: list[Claim]) -> list[Text]:
+    """The measured numbers the Table 5 discussion quotes: the flip column's levels beside the
+    paper's and Table 2's PGD column, and the claims' values with their verdicts."""
+    transformed = {(r["cell"]["task"], r["cell"]["model"]): 100 * float(r["result"]["flip_rate"])
+                   for r in changes if r["cell"]["intervention"] == "transformed"}
+    pgd = {(r["cell"]["task"], r["cell"]["model"]): 100 * float(r["result"]["flip_rate"])
+           for r in flips if r["cell"]["attack"] == "pgd"}
+    levels = "; ".join(
+        f"{task} {model_name(model)} {value:.1f} % (paper "
+        f"{PAPER_TABLE5[(task, model, 'standard')][-1]} %; its Table 2 PGD "
+        f"{pgd[(task, model)]:.1f} %)" for (task, model), value in sorted(transformed.items())
+        if (task, model, "standard") in PAPER_TABLE5 and (task, model) in pgd)
+    return [Text(line) for line in [
+        f"- Flip rate after retraining on Transformed: {levels}.",
+        "- MLP-Attn − 2L-ReLU flip rate, paired: "
+        + claim_lines(claims, "table5", "transformed: MLP-Attn − 2L-ReLU") + ".",
+        "- Spearman ρ, 2L-ReLU − MLP-Attn: " + "; ".join(
+            claim_lines(claims, "table5", f"{i}: Spearman ρ, 2L-ReLU − MLP-Attn", f" {i}")
+            for i in ("curated", "transformed")) + ".",
+        "- MLP-Attn − 2L-ReLU accuracy at epoch 100, points: " + "; ".join(
+            claim_lines(claims, "table5", f"{i}: MLP-Attn − 2L-ReLU @ 100", f" {i}")
+            for i in ("curated", "transformed")) + ".",
+        "- Transformed − Curated accuracy at epoch 100, points: " + "; ".join(
+            claim_lines(claims, "table5", f"{m}: T − C @ 100", f" {m}")
+            for m in ("2L-ReLU", "MLP-Attn"))
+        + "."]]
+
+
 def table_only(blocks: list[Block]) -> str:
     """The markdown of a section's tables (its heading and prose stay in the doc)."""
     return to_markdown([b for b in blocks if isinstance(b, Table)])
@@ -272,12 +368,14 @@ def main() -> None:
                                              experiment_cells(paper, "flip_controls")))
     flips = section_records(EXPERIMENTS["flip_rates"], paper.cells["flip_rates"])
     changes = section_records(EXPERIMENTS["interventions"], paper.cells["interventions"])
+    claims = run_claims(paper)
     generated = {
         "progress.md": [progress_table(paper)],
         "table1.md": [captioned(section_tables(paper, "ntk_distance"), "Table 1:")],
         "table1_gd.md": [captioned(gd_tables, "Distances"),
                          gd_training(captioned(gd_tables, "Training"))],
         "table2.md": [captioned(table2, "Table 2:"), captioned(table2, "Flip rate of MLP-Attn")],
+        "table2_facts.md": table2_facts(flips, claims),
         "table2_controls.md": [controls_text(controls), controls],
         "sensitivity_gap.md": [sensitivity_gap(captioned(
             section_tables(sensitivity, "sensitivity"), "Flip rates and the"))],
@@ -300,6 +398,7 @@ def main() -> None:
                                                "A.6.1's claims")],
         "table5.md": [captioned(interventions, "Table 5 (ours)"),
                       captioned(interventions, "The paper's claims on Table 5")],
+        "table5_facts.md": table5_facts(changes, flips, claims),
         "complexity.md": section_tables(paper, "complexity"),
         "softmax_temperature.md": section_tables(paper, "softmax_temperature"),
         "new_measurements.md": [
