@@ -55,8 +55,8 @@ def merge_values(values: list[Any], seeds: list[int], where: str = "result",
     equal over seeds (else Estimate / the distinct strings joined by " / "). A field named in
     ``geometric`` (:func:`field_name`; a dict so named: every value under it) whose values are
     all positive → GeometricEstimate; with a value ≤ 0 (which no log scale holds) it stays an
-    Estimate. The result's own record of its
-    settings (:data:`PROVENANCE`) with other keys in some seeds → ``{"per_seed": …}``."""
+    Estimate. The result's own record of its settings (:data:`PROVENANCE`) with other keys in
+    some seeds → ``{"per_seed": …}``."""
     first = values[0]
     if where == PROVENANCE and any(not isinstance(v, dict) or list(v) != list(first)
                                    for v in values):
