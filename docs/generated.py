@@ -402,11 +402,12 @@ def main() -> None:
         "complexity.md": section_tables(paper, "complexity"),
         "softmax_temperature.md": section_tables(paper, "softmax_temperature"),
         "new_measurements.md": [
-            captioned(section_tables(paper, "kappa_mechanism"), prefix) for prefix in (
-                "κ and its two factors", "Inter-class spread", "Every other class pair")] + [
-            captioned(section_tables(paper, "qkv_projections"), prefix) for prefix in (
-                "Distances to the Θ_∞", "Conditioning at the He draw")] + [
-            captioned(section_tables(paper, "ntk_distance_variants"), "Kernel and function")],
+            captioned(tables, prefix) for name, prefixes in (
+                ("kappa_mechanism", ("κ and its two factors", "Inter-class spread",
+                                     "Every other class pair")),
+                ("qkv_projections", ("Distances to the Θ_∞", "Conditioning at the He draw")),
+                ("ntk_distance_variants", ("Kernel and function",)))
+            for tables in [section_tables(paper, name)] for prefix in prefixes],
         "numerics.md": [a9_table(flips, "attack", "Table 2's solves. " + A9_CAPTION),
                         a9_table(changes, "intervention", "Table 5's solves. " + A9_CAPTION),
                         top_k_table(flips, "attack", "Top-K stability (A.5.2) under each attack "
