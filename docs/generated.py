@@ -27,7 +27,10 @@ number in them is typed by hand:
 - docs/table2_facts.md, docs/table5_facts.md: the measured numbers the discussions of
   Tables 2 and 5 quote (ranges over the tasks, the claims' values and verdicts);
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
-- docs/progress.md: per experiment of docs/runs/paper, the cells committed against the plan;
+- docs/progress.md: per experiment of docs/runs/paper, the cells committed against the plan
+  and the device they ran on;
+- docs/verdict_changes_more_seeds.md: the claims of Tables 2 and 5 on seeds 0–4 beside every
+  seed, and the rows whose verdict the added seeds changed;
 
 and docs/verdict_changes.md, docs/verdict_changes_seeds.md,
 docs/verdict_changes_geometric.md, docs/interval_coverage.md and
@@ -42,6 +45,7 @@ writes nothing under docs/runs; a few minutes).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import tempfile
@@ -64,7 +68,8 @@ from malleability.repro.seeds import combine
 DOCS = Path(__file__).parent
 RUNS = DOCS / "runs"
 SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verdict_changes.md",
-           "verdict_changes_seeds.md", "verdict_changes_geometric.md", "interval_coverage.md",
+           "verdict_changes_seeds.md", "verdict_changes_geometric.md",
+           "verdict_changes_more_seeds.md", "interval_coverage.md",
            "c4_split.md", "table1.md", "table1_gd.md",
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
            "table3.md", "table3_strong.md", "intervention_dynamics.md", "flip_dynamics.md",
@@ -335,16 +340,44 @@ def splice(doc: str, name: str, text: str) -> str:
     return doc[:doc.index(begin) + len(begin)] + text + doc[doc.index(end):]
 
 
+#: The experiments whose seeds 5–9 were added for their headline gaps (issue 32, item 7).
+MORE_SEEDS = ("flip_rates", "interventions")
+
+
+def seed_changes(run: Run, names: tuple[str, ...] = MORE_SEEDS, first: int = 5) -> list[Block]:
+    """The claims of experiments ``names`` on their seeds below ``first`` beside the same claims
+    on every committed seed: a sentence with the count, and the rows whose verdict differs."""
+    def claims(keep) -> dict[tuple[str, str], Claim]:
+        cells = {name: [c for c in run.cells.get(name, []) if keep(c["cell"]["seed"])]
+                 for name in names}
+        return {(c.claim, c.where): c for c in run_claims(dataclasses.replace(run, cells=cells))}
+    early, every = claims(lambda seed: seed < first), claims(lambda seed: True)
+    rows = [[c.claim, c.where, early[k].measured, early[k].verdict, c.measured, c.verdict]
+            for k, c in every.items() if k in early and early[k].verdict != c.verdict]
+    text = Text(f"Of the {len(every)} claims rows of {' and '.join(f'`{n}`' for n in names)}, "
+                f"{len(rows)} change verdict between seeds 0–{first - 1} and every committed "
+                "seed:")
+    return [text, Table(["claim", "where", f"seeds 0–{first - 1}", "verdict", "every seed",
+                         "verdict"], rows,
+                        f"The claims whose verdict changed when seeds {first} and up were added.")]
+
+
 def progress_table(run: Run) -> Table:
-    """Each experiment the run's settings plan: its cells committed, planned, and left."""
+    """Each experiment the run's settings plan: its cells committed, planned, and left, and
+    how many of the committed ran on the CPU and on CUDA (the device each cell records)."""
     rows = []
     for name in sorted(n for n in run.settings if n in EXPERIMENTS):
-        done, planned = len(run.cells.get(name, [])), planned_cells(run, name)
+        cells = run.cells.get(name, [])
+        done, planned = len(cells), planned_cells(run, name)
         left = "?" if planned is None else ("complete" if done >= planned else
                                             f"{planned - done} left")
-        rows.append([f"`{name}`", str(done), "?" if planned is None else str(planned), left])
-    return Table(["experiment", "cells committed", "cells planned", "status"], rows,
-                 "Cells of docs/runs/paper per experiment, counted from the files.")
+        on = [sum(str(c.get("device", "")).startswith(d) for c in cells) for d in ("cpu", "cuda")]
+        rows.append([f"`{name}`", str(done), "?" if planned is None else str(planned), left,
+                     *map(str, on)])
+    return Table(["experiment", "cells committed", "cells planned", "status", "on CPU",
+                  "on CUDA"], rows,
+                 "Cells of docs/runs/paper per experiment, counted from the files, with the "
+                 "device each cell file records.")
 
 
 def main() -> None:
@@ -371,6 +404,7 @@ def main() -> None:
     claims = run_claims(paper)
     generated = {
         "progress.md": [progress_table(paper)],
+        "verdict_changes_more_seeds.md": seed_changes(paper),
         "table1.md": [captioned(section_tables(paper, "ntk_distance"), "Table 1:")],
         "table1_gd.md": [captioned(gd_tables, "Distances"),
                          gd_training(captioned(gd_tables, "Training"))],

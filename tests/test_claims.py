@@ -263,3 +263,19 @@ def test_numerics_tables_take_the_worst_solve_over_seeds() -> None:
     assert row == ["t", "2L-ReLU", "pgd", "0.02", "50", "1e-5", "0", "no"]  # 1e-5 ≥ 1e-6
     (top,) = top_k_table(records, "attack", "c").rows
     assert top[3].startswith("60 [35.2, 84.8]")
+
+
+def test_seed_changes_lists_the_claims_the_added_seeds_decide() -> None:
+    """Seeds 0–4 straddle 0 (gaps 30, −10, 30, −10, 10 points: inconclusive); with seeds 5–9
+    (gaps of 20) the ten-seed t interval [4.7, 25.3] excludes 0, so the row is listed."""
+    gaps = [0.3, -0.1, 0.3, -0.1, 0.1, *[0.2] * 5]
+    cells = [_flip(m, 0.3 + (g if m == "attn" else 0.0), s)
+             for s, g in enumerate(gaps) for m in ("relu", "attn")]
+    run = Run(Path("run"), cells={"flip_rates": cells})
+    text, table = _GENERATED.seed_changes(run, ("flip_rates",))
+    assert text.text.startswith("Of the 1 claims rows of `flip_rates`, 1 change verdict")
+    [row] = table.rows
+    assert row[1] == "mnist, PGD" and (row[3], row[5]) == ("inconclusive", "agrees")
+    assert "gap 15 [4.74, 25.3] points" in row[4]
+    same = Run(Path("run"), cells={"flip_rates": [c for c in cells if c["cell"]["seed"] < 5]})
+    assert _GENERATED.seed_changes(same, ("flip_rates",))[1].rows == []
