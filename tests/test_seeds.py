@@ -10,7 +10,7 @@ import pytest
 from malleability.intervals import NO_SPREAD, TOO_FEW_SEEDS
 from malleability.repro.blocks import fmt, pct
 from malleability.repro.experiments import EXPERIMENTS
-from malleability.repro.experiments.base import decide, trend, verdict
+from malleability.repro.experiments.base import decide, seeds_phrase, trend, verdict
 from malleability.repro.experiments.interventions import table5
 from malleability.repro.runner import load_preset, plan
 from malleability.repro.seeds import Estimate, combine, merge_seeds, merge_values, metric_bounds
@@ -261,3 +261,10 @@ def test_table5_rows_say_how_many_seeds_curated_and_transformed_hold():
     assert {r[-1] for r in rows} == {"3 / 5"}
     assert rows[0][3].startswith("92") and rows[0][4].startswith("91")  # B over 5 seeds, C 3
     assert rows[-1][5].startswith("32")  # the Transformed flip rate's mean over its 5 seeds
+
+
+def test_seeds_phrase_counts_the_seeds_of_merged_records() -> None:
+    assert seeds_phrase({1}) == "1 seed"
+    assert seeds_phrase({2, 1}) == "1–2 seeds"
+    assert seeds_phrase({10}) == "10 seeds"
+    assert seeds_phrase({5, 7, 10}) == "5–10 seeds"

@@ -153,6 +153,16 @@ def task_title(label: str) -> str:
     return label if paper is None else f"{label} ({paper})"
 
 
+def seed_count(counts: set[int]) -> str:
+    """How many seeds merged records hold: "10", or "5–10" where they differ."""
+    return "–".join(str(n) for n in sorted({min(counts), max(counts)}))
+
+
+def seeds_phrase(counts: set[int]) -> str:
+    """:func:`seed_count` with its noun: "1 seed", "1–2 seeds", "10 seeds"."""
+    return f"{seed_count(counts)} seed{'' if counts == {1} else 's'}"
+
+
 def model_name(model: str) -> str:
     """The paper's name of an architecture (``attn`` → MLP-Attn)."""
     return ARCHITECTURE_NAMES.get(model, model)

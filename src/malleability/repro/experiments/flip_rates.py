@@ -25,6 +25,8 @@ from .base import (
     paper_table,
     paper_task,
     paper_values,
+    seed_count,
+    seeds_phrase,
     task_title,
     verdict,
 )
@@ -116,11 +118,6 @@ def gap_check(task: str, relu: dict[str, float], attn: dict[str, float], attack:
             verdict(gap, (0.0, math.inf), higher)]
 
 
-def _seed_count(counts: set[int]) -> str:
-    """How many seeds the merged cells hold: "10", or "5–10" where the attacks differ."""
-    return "–".join(str(n) for n in sorted({min(counts), max(counts)}))
-
-
 def section(records: list[dict], figs: Path) -> list[Block]:
     """Table 2 side by side, per-attack detail, MLP-Attn vs 2L-ReLU checks, Figure 2."""
     attacks = [a for a in ATTACKS if any(r["cell"]["attack"] == a for r in records)]
@@ -137,8 +134,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                       *(pct(by_attack[a]["flip_rate"] if a in by_attack else None)
                         for a in attacks),
                       paper_values(paper), pct(group_records[0]["result"]["test_accuracy"]),
-                      _seed_count({len(r.get("seeds", [0])) for r in group_records})])
-        title = f"{task_title(task)}, {_seed_count(counts[task])} seeds"
+                      seed_count({len(r.get("seeds", [0])) for r in group_records})])
+        title = f"{task_title(task)}, {seeds_phrase(counts[task])}"
         for attack, res in by_attack.items():
             flips.setdefault(title, {}).setdefault(attack.upper(), {})[model_name(model)] = (
                 scale(res["flip_rate"], 100))

@@ -31,6 +31,7 @@ from .base import (
     NetworkSettings,
     cell_problem,
     model_name,
+    seeds_phrase,
     task_parts,
     task_title,
     verdict,
@@ -159,7 +160,9 @@ def claims(records: list[dict]) -> list[tuple[str, str, str, float, str]]:
 def section(records: list[dict], figs: Path) -> list[Block]:
     """ρ per recorded epoch, its change and the A.6.1 claims; the Adversarial intervention's
     accuracy and malleability; ρ against epoch."""
-    rows, accuracy, panels = [], [], {}
+    rows, accuracy, panels, counts = [], [], {}, {}
+    for r in records:
+        counts.setdefault(r["cell"]["task"], set()).add(len(r.get("seeds", [0])))
     for (task, model, name), (record, *_) in group(records, "task", "model",
                                                    "intervention").items():
         res = record["result"]
@@ -168,7 +171,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                      " · ".join(f"{e}: {fmt(v)}" for e, v in
                                 zip(epochs, curves["spearman"], strict=True)),
                      fmt(_curve_change(curves["spearman"])),
-                     pct(curves["top_k_overlap"][-1]), pct(curves["flip_rate"][-1])])
+                     pct(curves["top_k_overlap"][-1]), pct(curves["flip_rate"][-1]),
+                     str(len(record.get("seeds", [0])))])
         if name == "adversarial":
             accuracy.append([task, model_name(model),
                              *(f"{pct(b)} / {pct(a)}" for b, a in
@@ -176,7 +180,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                                    strict=True)),
                              pct(res["flip_rate"]), fmt(res["spearman"]),
                              pct(res["top_k_overlap"])])
-        panels.setdefault(task_title(task), []).append(
+        panels.setdefault(f"{task_title(task)}, {seeds_phrase(counts[task])}", []).append(
             Line(f"{model_name(model)} {name}", epochs, curves["spearman"],
                  {"ls": "-" if model == "relu" else "--"}))
     epochs = records[0]["result"]["epochs"] if records else []
@@ -184,7 +188,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                                "Spearman ρ (baseline vs retrained)", logx=True)
     return [Table(["task", "model", "intervention", "Spearman ρ by epoch",
                    "ρ(last) − ρ(first), paired", "top-K overlap % (last)",
-                   "flip rate % (last)"], rows,
+                   "flip rate % (last)", "seeds"], rows,
                   "Stability of the influence ranking over training: Spearman ρ between the "
                   "baseline's and the retrained network's scores at the same epoch, its change "
                   "from the first recorded epoch to the last (paired by seed), and the top-K "
