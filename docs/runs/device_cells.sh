@@ -11,6 +11,9 @@
 # [".dev/cifar/part-aa"] leaves that half in the machine's /tmp; the next call, within the 30 s
 # the machine stays warm, carries .dev/cifar/part-ab, .dev/cifar/SHA256 and .dev/whl, and this
 # script assembles and checks the archive (made here by `split -n 2 -a 2`, docs/runs/PLAN.md).
+# A later call while the machine is warm finds /tmp/o, /tmp/data (CIFAR-10 included) and
+# /tmp/site as the earlier call left them: it may carry .dev/data and .dev/whl for MNIST jobs and
+# still read CIFAR-10, and its cells.tgz holds every call's cells (session q, docs/runs/PLAN.md).
 ROOT=$PWD; T0=$(date +%s); DEADLINE=$((T0 + ${BUDGET:-480}))
 if [ "${STAGE:-}" = 1 ]; then
   mkdir -p /tmp/stage && cp .dev/cifar/part-aa /tmp/stage/ && ls -l /tmp/stage; exit
