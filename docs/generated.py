@@ -49,6 +49,7 @@ import dataclasses
 import math
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from malleability.intervals import TOO_FEW_SEEDS
@@ -347,7 +348,7 @@ MORE_SEEDS = ("flip_rates", "interventions")
 def seed_changes(run: Run, names: tuple[str, ...] = MORE_SEEDS, first: int = 5) -> list[Block]:
     """The claims of experiments ``names`` on their seeds below ``first`` beside the same claims
     on every committed seed: a sentence with the count, and the rows whose verdict differs."""
-    def claims(keep) -> dict[tuple[str, str], Claim]:
+    def claims(keep: Callable[[int], bool]) -> dict[tuple[str, str], Claim]:
         cells = {name: [c for c in run.cells.get(name, []) if keep(c["cell"]["seed"])]
                  for name in names}
         return {(c.claim, c.where): c for c in run_claims(dataclasses.replace(run, cells=cells))}
