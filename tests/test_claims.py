@@ -4,6 +4,7 @@ the copy of it in docs/reproduction.md is the generated one."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import shutil
 from pathlib import Path
@@ -279,3 +280,20 @@ def test_seed_changes_lists_the_claims_the_added_seeds_decide() -> None:
     assert "gap 15 [4.74, 25.3] points" in row[4]
     same = Run(Path("run"), cells={"flip_rates": [c for c in cells if c["cell"]["seed"] < 5]})
     assert _GENERATED.seed_changes(same, ("flip_rates",))[1].rows == []
+
+
+def test_progress_counts_each_experiments_cells_per_recorded_device() -> None:
+    """Each cell counts once, under the device its file records ("cuda:0" is CUDA); a cell
+    without a device counts in neither column; the plan comes from settings.json."""
+    run = load_run(RUN)
+    planned = _GENERATED.planned_cells(run, "flip_rates")
+    devices = ["cpu", "cuda:0", "cuda", "cpu", None]
+    cells = [{**_flip("relu", 0.1, s), **({} if d is None else {"device": d})}
+             for s, d in enumerate(devices)]
+    table = _GENERATED.progress_table(dataclasses.replace(run, cells={"flip_rates": cells}))
+    rows = {row[0]: row for row in table.rows}
+    assert rows["`flip_rates`"] == ["`flip_rates`", "5", str(planned), f"{planned - 5} left",
+                                    "2", "2"]
+    assert rows["`spectrum`"][1:] == ["0", str(_GENERATED.planned_cells(run, "spectrum")),
+                                      rows["`spectrum`"][3], "0", "0"]
+    assert rows["`spectrum`"][3].endswith(" left")
