@@ -236,8 +236,11 @@ def test_section_on_one_seed_reads_too_few_seeds(tmp_path: Path, monkeypatch):
 
 def test_section_needs_robustness_in_every_seed(tmp_path: Path, monkeypatch):
     """Seeds merged by the report: a row robust in some seeds only reads "k of n seeds" and is
-    not tested; robust in all, its paired change carries the interval over seeds."""
-    monkeypatch.setattr(figures, "bar_panels", lambda path, *args, **kwargs: path)
+    not tested; robust in all, its paired change carries the interval over seeds, and so do
+    the figure's bars (in %)."""
+    drawn = {}
+    monkeypatch.setattr(figures, "bar_panels",
+                        lambda path, bars, *args, **kwargs: drawn.update(bars) or path)
     records = []
     for seed, robust in enumerate((True, False, True)):
         for eps, ok in ((0.3, robust), (0.1, True)):
@@ -252,6 +255,8 @@ def test_section_needs_robustness_in_every_seed(tmp_path: Path, monkeypatch):
     assert rows["0.1"][-4] == "yes" and rows["0.1"][-1] == "agrees"
     assert rows["0.1"][-3].startswith("yes (+50.0 [")
     assert rows["0.1"][-2].startswith("21 [") and rows["0.1"][-2].endswith("]")
+    bar = next(iter(drawn.values()))["2L-ReLU ε=0.1"]["adversarial"]
+    assert bar.values == pytest.approx((30.0, 32.0, 34.0)) and bar.interval is not None
 
 
 def test_a9_columns_show_the_worst_solve_over_seeds():

@@ -17,7 +17,7 @@ from malleability.jsonsafe import loads_strict
 from malleability.repro import figures
 from malleability.repro.blocks import fmt
 from malleability.repro.experiments import EXPERIMENTS, interventions
-from malleability.repro.experiments.base import paper_task, trend
+from malleability.repro.experiments.base import paper_task, task_title, trend
 from malleability.repro.report import write_report
 from malleability.repro.seeds import merge_seeds
 from malleability.repro.store import cell_name, settings_key, write_cell
@@ -190,3 +190,19 @@ def test_table5_claims_are_paired_by_seed_and_read_the_papers_differences() -> N
     assert rows["curated: Spearman ρ, 2L-ReLU − MLP-Attn"][3:] == ["0.59 [0.565, 0.615]", "—",
                                                                    "agrees"]
     assert len(rows) == 6 + 6 + 1 + 2
+
+
+def test_bar_figures_carry_the_interval_over_seeds(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stored digits MLP-Attn strong evaluation has seeds 0–2: its bars are the seeds'
+    worst-case accuracies in %, with their interval (drawn as error bars)."""
+    drawn: dict = {}
+    monkeypatch.setattr(figures, "bar_panels",
+                        lambda path, bars, *args, **kwargs: drawn.update(bars) or path)
+    raw = [loads_strict(p.read_text()) for p in (RUN / "robust_evaluation").glob("*.json")]
+    EXPERIMENTS["robust_evaluation"].section(merge_seeds(raw), tmp_path)
+    attn = [r for r in raw if r["cell"]["task"] == "digits" and r["cell"]["model"] == "attn"]
+    values = sorted(100 * r["result"]["adversarial"]["worst_accuracy"] for r in attn)
+    shown = drawn[task_title("digits")]["MLP-Attn ε=0.3"]["adversarial"]
+    assert len(values) == 3 and sorted(shown.values) == pytest.approx(values)
+    assert shown.interval is not None

@@ -12,7 +12,7 @@ from typing import Any
 from ..attacks import Attack
 from ..interventions import Intervention
 from ..models import ARCHITECTURE_NAMES
-from .seeds import Estimate
+from .seeds import Estimate, scale
 
 # --- report blocks ----------------------------------------------------------------------------
 
@@ -82,9 +82,7 @@ def fmt(value: Any, digits: int = 3) -> str:
 
 def pct(value: float | None) -> str:
     """A fraction as a percentage, 3 significant digits (an Estimate with its interval)."""
-    if isinstance(value, Estimate):
-        return fmt(value.scaled(100))
-    return fmt(None if value is None else 100 * value)
+    return fmt(scale(value, 100))
 
 
 _RANK = {name: i for i, name in enumerate([*ARCHITECTURE_NAMES, *Attack, *Intervention])}

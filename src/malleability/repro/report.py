@@ -139,10 +139,11 @@ def summary_section(run: Run, names: list[str]) -> list[Block]:
             *([Table(["file", "why it was left out"], [list(s) for s in run.skipped],
                      "Files left out of this report.")] if run.skipped else []),
             Text(f"Every measured number is the mean over seeds with a confidence interval: "
-                 f"{CI_METHOD}; a run with one seed shows plain values. A verdict is agrees / "
-                 "disagrees only when that interval decides it, else inconclusive. "
-                 f"{CLIPPED} Positive quantities spanning decades (κ, width thresholds, "
-                 f"kernel distances; captions say where) are the {LOG_SCALE}."),
+                 f"{CI_METHOD}; figures draw it as error bars; a run with one seed shows plain "
+                 "values. A verdict is agrees / disagrees only when that interval decides "
+                 f"it, else inconclusive. {CLIPPED} Positive quantities spanning decades (κ, "
+                 f"width thresholds, kernel distances; captions say where) are the "
+                 f"{LOG_SCALE}."),
             Table(["experiment", "seeds run", *CALIBRATED], calibrated,
                   "The training settings the paper does not state (λ_reg and its convention, "
                   "init scale, n_train, epochs) and the sizes measured on, per experiment "

@@ -30,7 +30,7 @@ from ...training import evaluate
 from .. import figures
 from ..blocks import Block, Claim, Table, Text, figure, fmt, group, pct
 from ..problem import Problem, RunContext, build_model, trained_model
-from ..seeds import Estimate, combine
+from ..seeds import Estimate, combine, scale
 from .base import (
     AttackExperimentSettings,
     cell_problem,
@@ -276,8 +276,8 @@ def section(records: list[dict], figs: Path) -> list[Block]:
                      fmt(combine(lambda a, b: 100 * (b - a), before, after)),
                      table3_verdict(before, after, more_robust(interval, margin))])
         title, label = task_title(task), f"{model_name(model)} ε={eps:g}"
-        bars.setdefault(title, {})[label] = {"standard": 100 * before,
-                                             "adversarial": 100 * after}
+        bars.setdefault(title, {})[label] = {"standard": scale(before, 100),
+                                             "adversarial": scale(after, 100)}
         if paper is not None:
             paper_bars.setdefault(title, {})[label] = dict(
                 zip(("standard", "adversarial"), paper, strict=True))

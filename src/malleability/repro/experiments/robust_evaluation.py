@@ -27,7 +27,7 @@ from ...settings import setting
 from .. import figures
 from ..blocks import Block, Claim, Table, Text, figure, fmt, group, pct
 from ..problem import Problem, RunContext, build_model, trained_model
-from ..seeds import combine
+from ..seeds import combine, scale
 from .adversarial_training import (
     AdversarialTrainingSettings,
     more_robust,
@@ -123,7 +123,7 @@ def section(records: list[dict], figs: Path) -> list[Block]:
         res = record["result"]
         _, _, robust_text, robust = _decision(record)
         bars.setdefault(task_title(task), {})[f"{model_name(model)} ε={eps:g}"] = {
-            net: 100 * res[net]["worst_accuracy"] for net in ("standard", "adversarial")}
+            net: scale(res[net]["worst_accuracy"], 100) for net in ("standard", "adversarial")}
         before, after = res["standard"]["flip_rate"], res["adversarial"]["flip_rate"]
         rows.append([task, model_name(model), f"{eps:g}",
                      *(pct(res[net][f"{k}_accuracy"]) for net in ("standard", "adversarial")
