@@ -20,7 +20,7 @@ from malleability.dynamics import (
     score_metrics,
     weights_of,
 )
-from malleability.interventions import adversarial_train, intervene, ramped_adversary
+from malleability.interventions import RampedAdversary, adversarial_train, intervene
 from malleability.metrics import flip_rate, spearman, top_k_overlap
 from malleability.repro.experiments import (
     EXPERIMENTS,
@@ -118,7 +118,7 @@ def test_adversarial_retraining_is_adversarial_training_on_the_intervened_set(ti
     base = build_model("relu", p, s.model)
     train(base, p.x, p.y, settings)
     result = intervene("transformed", base, p.x, p.y, p.x_test, p.y_test, settings,
-                       s.attack_as("pgd"), s.influence, adversary=ramped_adversary(attack, 1))
+                       s.attack_as("pgd"), s.influence, adversary=RampedAdversary(attack, 1))
     x_new = p.x.clone()
     x_new[p.influence_rows[result.held]] = result.x_scored  # the whole set is scored here
     assert result.held.numel() == p.x.shape[0] and not torch.equal(x_new, p.x)

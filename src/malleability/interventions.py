@@ -87,7 +87,7 @@ def intervene(
 ) -> InterventionResult:
     """Apply ``intervention`` to the training set (``x``, ``y``, in the model's input space)
     of the trained ``model`` and retrain on the whole (intervened) set, adversarially with
-    ``adversary`` (:func:`ramped_adversary`).
+    ``adversary`` (:class:`RampedAdversary`).
 
     Influence is computed on the training rows ``subset`` (the influence set; default all) and
     S is the top fraction of them; ``baseline`` (if given) is the NTK-LOO attribution on those
@@ -148,24 +148,28 @@ def adversarial_train(
 ) -> TrainHistory:
     """PGD adversarial training (Madry et al. 2018): every batch is replaced by ``attack``
     examples against the current weights, in the space of ``x``, at the ε of
-    :func:`ramped_adversary`."""
+    :class:`RampedAdversary`."""
     if isinstance(ramp_epochs, bool) or not isinstance(ramp_epochs, int) \
             or not 0 <= ramp_epochs <= settings.epochs:
         raise ValueError(f"ramp_epochs: expected an integer in 0..{settings.epochs} (the "
                          f"training epochs), got {ramp_epochs!r}")
     return train(model, x, y, settings, x_test, y_test,
-                 adversary=ramped_adversary(attack, ramp_epochs))
+                 adversary=RampedAdversary(attack, ramp_epochs))
 
 
-def ramped_adversary(attack: AttackSettings, ramp_epochs: int) -> Adversary:
+@dataclass(frozen=True)
+class RampedAdversary:
     """The adversary of PGD adversarial training: at epoch e, ``attack`` at
     ε_e = :func:`ramped_eps` (``attack.eps``, e, ``ramp_epochs``) with step α·ε_e/ε, so the
-    number of steps to cross the ball is kept."""
+    number of steps to cross the ball is kept. A dataclass, so that a killed training with it
+    can be resumed (:func:`~.training.resumable_adversary`)."""
 
-    def adversary(loss_fn: LossFn, xb: torch.Tensor, yb: torch.Tensor,
-                  epoch: int) -> torch.Tensor:
-        eps = ramped_eps(attack.eps, epoch, ramp_epochs)
-        scale = eps / attack.eps if attack.eps > 0 else 1.0
-        return attack.replace(eps=eps, alpha=attack.alpha * scale).perturb(loss_fn, xb, yb)
+    attack: AttackSettings
+    ramp_epochs: int
 
-    return adversary
+    def __call__(self, loss_fn: LossFn, xb: torch.Tensor, yb: torch.Tensor,
+                 epoch: int) -> torch.Tensor:
+        eps = ramped_eps(self.attack.eps, epoch, self.ramp_epochs)
+        scale = eps / self.attack.eps if self.attack.eps > 0 else 1.0
+        return self.attack.replace(eps=eps, alpha=self.attack.alpha * scale).perturb(
+            loss_fn, xb, yb)

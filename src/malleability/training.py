@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -29,6 +30,7 @@ from ._validation import (
 from .losses import Loss, accuracy, loss_for_targets, per_example_loss
 from .memory import check_memory, network_bytes
 from .models import TwoLayerNet
+from .resume import resume_point
 from .settings import Settings, setting
 
 #: ``adversary(loss_fn, x_b, y_b, epoch)`` → the batch to train on (epochs count from 1).
@@ -187,10 +189,18 @@ def train(
     def batch_loss(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         return per_example_loss(model.head(to_hidden(xb)), yb, loss)
 
+    point = None if not resumable_adversary(adversary) else resume_point(
+        [*model.state_dict().values(), x, y, x_test, y_test],
+        {"settings": {k: v for k, v in settings.to_dict().items() if k != "progress"},
+         "loss": loss.value, "adversary": repr(adversary), "device": str(device)})
+    saved = None if point is None else point.load()
+    if saved is not None:
+        _restore(saved, model, optimizer, gen, history)
+    first = 1 if saved is None else int(saved["epoch"]) + 1
     n = x.shape[0]
     x_epoch, y_epoch = torch.empty_like(x), torch.empty_like(y)  # reused, shuffled per epoch
-    bar = tqdm(range(1, settings.epochs + 1), desc="train", disable=not settings.progress,
-               leave=False)
+    bar = tqdm(range(first, settings.epochs + 1), desc="train", disable=not settings.progress,
+               leave=False, initial=first - 1, total=settings.epochs)
     for epoch in bar:
         order = torch.randperm(n, generator=gen).to(device)
         torch.index_select(x, 0, order, out=x_epoch)
@@ -215,7 +225,47 @@ def train(
             bar.set_postfix(loss=f"{total / n:.4f}", test_acc=f"{test_acc:.3f}")
         if epoch in settings.checkpoints:
             history.checkpoints[epoch] = model.weight.detach().cpu().clone()
+        if point is not None:
+            point.save(partial(_state, epoch, model, optimizer, gen, history),
+                       final=epoch == settings.epochs)
     return history
+
+
+#: The keys of a training's saved state (:func:`_state`).
+STATE_KEYS = ("epoch", "weight", "step", "exp_avg", "exp_avg_sq", "generator", "history",
+              "kept_epochs", "kept")
+
+
+def resumable_adversary(adversary: Adversary | None) -> bool:
+    """Whether a training with ``adversary`` can be known again after a restart: none, or a
+    dataclass (its repr names its settings; a closure's names only its address)."""
+    return adversary is None or is_dataclass(adversary)
+
+
+def _state(epoch: int, model: TwoLayerNet, optimizer: torch.optim.Adam,
+           gen: torch.Generator, history: TrainHistory) -> dict:
+    """The state after ``epoch`` that :func:`_restore` continues from (on the CPU): W,
+    Adam's step and moments, the shuffling generator, the history."""
+    adam = optimizer.state[model.weight]
+    kept = sorted(history.checkpoints)
+    return {"epoch": epoch, "weight": model.weight.detach().cpu().clone(),
+            **{k: adam[k].detach().cpu().clone() for k in ("step", "exp_avg", "exp_avg_sq")},
+            "generator": gen.get_state(), "history": history.to_dict(), "kept_epochs": kept,
+            "kept": torch.stack([history.checkpoints[e] for e in kept]) if kept
+            else torch.empty(0)}
+
+
+def _restore(saved: dict, model: TwoLayerNet, optimizer: torch.optim.Adam,
+             gen: torch.Generator, history: TrainHistory) -> None:
+    """Put the state of :func:`_state` back: W and Adam's state on W's device."""
+    device = model.weight.device
+    model.weight.data.copy_(saved["weight"])
+    optimizer.state[model.weight] = {k: saved[k].to(device)
+                                     for k in ("step", "exp_avg", "exp_avg_sq")}
+    gen.set_state(saved["generator"])
+    for name, values in saved["history"].items():
+        getattr(history, name).extend(values)
+    history.checkpoints.update(zip(saved["kept_epochs"], saved["kept"], strict=True))
 
 
 def _trains_front(model: TwoLayerNet) -> bool:

@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...interventions import adversarial_train, intervene, ramped_adversary
+from ...interventions import RampedAdversary, adversarial_train, intervene
 from ...models import TwoLayerNet
 from .. import figures
 from ..blocks import Block, Claim, Table, Text, figure, fmt, group, pct
@@ -94,7 +94,7 @@ def run(s: AdversarialInterventionSettings, cell: dict, ctx: RunContext) -> dict
     result = intervene(cell["intervention"], robust, p.x, p.y, p.x_test, p.y_test,
                        s.train.replace(epochs=s.adversarial_epochs, progress=ctx.progress),
                        attack, s.influence, baseline, subset=rows,
-                       adversary=ramped_adversary(s.train_attack(eps), s.ramp_epochs))
+                       adversary=RampedAdversary(s.train_attack(eps), s.ramp_epochs))
     networks = {}
     for name, net, hist in (("standard", standard, standard_history),
                             ("adversarial", robust, history)):
