@@ -14,6 +14,9 @@
 # A later call while the machine is warm finds /tmp/o, /tmp/data (CIFAR-10 included) and
 # /tmp/site as the earlier call left them: it may carry .dev/data and .dev/whl for MNIST jobs and
 # still read CIFAR-10, and its cells.tgz holds every call's cells (session q, docs/runs/PLAN.md).
+# A cell cut at the deadline leaves its trainings' states in /tmp/o/NAME/cache/partial/ (saved
+# at most a minute apart): the same JOBS in a later call while the machine is warm go on from
+# them instead of starting the cell over (session t).
 ROOT=$PWD; T0=$(date +%s); DEADLINE=$((T0 + ${BUDGET:-480}))
 if [ "${STAGE:-}" = 1 ]; then
   mkdir -p /tmp/stage && cp .dev/cifar/part-aa /tmp/stage/ && ls -l /tmp/stage; exit
