@@ -140,7 +140,8 @@ def train(
     ``x`` is what the model takes (pixels when it holds its preprocessing); ``y`` is (n × C):
     one-hot or ±1 (see :func:`loss_for_targets`). With ``adversary`` (adversarial training)
     each batch is replaced by ``adversary(loss_fn, x_b, y_b, epoch)`` against the current
-    weights, in the space of ``x``.
+    weights, in the space of ``x``. Inside :func:`~.resume.resumable` the training saves its
+    state between epochs and goes on from a saved state of the same inputs, bitwise.
     """
     y = as_tensor(y, "y", ndim=2, dtype=model.weight.dtype)
     x = as_tensor(x, "x", ndim=None, dtype=None)
