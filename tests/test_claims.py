@@ -88,9 +88,10 @@ def test_the_sensitivity_column_comes_from_the_sweep_of_the_same_claim(tmp_path:
     (row,) = claims_table(load_run(paper))  # the sweep found beside the run
     assert row[3].endswith("(gap 31 [28.5, 33.5] points, paired)") and row[4] == "agrees"
     assert row[5] == "agrees at 2/3; undecided at 1/3 (eps = 0.2)"
-    alone = Run(paper, cells={"flip_rates": FLIPS})
+    alone, swept = Run(paper, cells={"flip_rates": FLIPS}), load_run(sweeps)
     shutil.rmtree(sweeps)
     assert claims_table(alone)[0][5] == "—"
+    assert claims_table(alone, swept)[0][5] == row[5]  # a sweep run passed in, not looked up
 
 
 def test_sweep_summary_names_the_points_of_the_minority_verdicts() -> None:

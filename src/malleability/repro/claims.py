@@ -73,11 +73,11 @@ def sweep_run(run: Run) -> Run | None:
     return load_run(sibling)
 
 
-def claims_table(run: Run) -> list[list[str]]:
-    """The claims of ``run`` (sweeps excluded) with their sensitivity from :func:`sweep_run`:
-    rows of HEADER."""
+def claims_table(run: Run, sweeps: Run | None = None) -> list[list[str]]:
+    """The claims of ``run`` (sweeps excluded) with their sensitivity from the run ``sweeps``
+    (default :func:`sweep_run`): rows of HEADER."""
     claims = [c for c in run_claims(run) if not c.key or c.key[0] not in SWEEPS]
-    sweeps = sweep_run(run)
+    sweeps = sweep_run(run) if sweeps is None else sweeps
     swept = {c.key[1:]: c.measured
              for c in (run_claims(sweeps) if sweeps is not None else [])
              if c.key and c.key[0] in SWEEPS}
@@ -98,9 +98,9 @@ def tally(rows: list[list[str]]) -> str:
             + ". Each row is decided on its own; the table gives the numbers.")
 
 
-def claims_section(run: Run) -> list[Block]:
-    """The report's first section: the claims table."""
-    rows = claims_table(run)
+def claims_section(run: Run, sweeps: Run | None = None) -> list[Block]:
+    """The report's first section: the claims table (``sweeps``: see :func:`claims_table`)."""
+    rows = claims_table(run, sweeps)
     if not rows:
         return [Heading("Claims"), Text("No experiment of this run measures a claim yet.")]
     return [Heading("Claims"), Text(tally(rows)),
