@@ -11,7 +11,7 @@ number in them is typed by hand:
   docs/runs/sensitivity (Table 3 and the sensitivity gaps narrowed to the columns the doc
   discusses);
 - docs/table3_strong.md: Table 3 under the per-point worst case of three attacks
-  (robust_evaluation's cells so far), narrowed to the worst case, the Square-only breaks and
+  (robust_evaluation's committed cells), narrowed to the worst case, the Square-only breaks and
   the decision;
 - docs/intervention_dynamics.md: A.6.1's claims (the cells committed so far);
 - docs/flip_dynamics.md: A.6.2, MLP-Attn's minus 2L-ReLU's flip rate at each recorded epoch,
@@ -166,11 +166,13 @@ def controls_text(table: Table) -> Text:
                 f"{len(changed)} change" + (f": {'; '.join(changed)}." if changed else "."))
 
 
-def strong_text(strong: Table, gradient: Table, records: list[dict]) -> Text:
+def strong_text(strong: Table, gradient: Table, records: list[dict],
+                complete: bool = False) -> Text:
     """What the worst case of three attacks (``strong``, robust_evaluation) changes against
     the gradient-only strong evaluation (``gradient``, Table 3 of adversarial_training), row by
     row, and the largest share of test points Square alone broke in any cell's seed. Rows on
-    fewer than 3 seeds are named but not compared: their "undecided" is the seed count's."""
+    fewer than 3 seeds are named but not compared: their "undecided" is the seed count's.
+    ``complete``: every planned cell is committed (no "so far")."""
     def by_row(table: Table, column: str) -> dict[tuple[str, ...], str]:
         at = table.header.index(column)
         return {tuple(row[:3]): row[at] for row in table.rows}
@@ -193,7 +195,8 @@ def strong_text(strong: Table, gradient: Table, records: list[dict]) -> Text:
     left = (f"; {len(few)} more on fewer than 3 seeds, left out of the two comparisons "
             f"after this: {'; '.join(' '.join(k) for k in few)}" if few else "")
     return Text(
-        f"{len(worst)} rows with at least 3 seeds so far ({tasks}{left}). Square, the "
+        f"{len(worst)} rows with at least 3 seeds{'' if complete else ' so far'} "
+        f"({tasks}{left}). Square, the "
         f"gradient-free attack, broke at most {100 * largest:.1f} % of the test points that "
         f"both PGD attacks had left correct, in any row, network and seed (largest: "
         f"{where['task']}, {model_name(where['model'])}, ε = {where['eps']:g}). The "
@@ -397,6 +400,8 @@ def main() -> None:
     strong = captioned(section_tables(paper, "robust_evaluation"), "Table 3 with")
     strong_records = section_records(EXPERIMENTS["robust_evaluation"],
                                      paper.cells["robust_evaluation"])
+    strong_complete = len(paper.cells["robust_evaluation"]) == planned_cells(
+        paper, "robust_evaluation")
     interventions = section_tables(paper, "interventions")
     gd_tables = section_tables(paper, "ntk_distance_gd")
     controls = changes_table(section_records(EXPERIMENTS["flip_controls"],
@@ -422,10 +427,12 @@ def main() -> None:
             "columns discussed here (PGD accuracies: the report).")
             for run, table in zip(("paper", "sensitivity"), table3, strict=True)],
         "table3_strong.md": [
-            strong_text(strong, table3[0], strong_records),
+            strong_text(strong, table3[0], strong_records, strong_complete),
             columns(strong, [h for h in strong.header if not h.startswith(
                 ("PGD-40 acc.", "margin PGD-100", "Square acc."))],
-                f"{strong.caption} Run paper, the cells committed so far: the worst case, "
+                f"{strong.caption} Run paper, "
+                f"{'all its planned cells' if strong_complete else 'the cells committed so far'}"
+                ": the worst case, "
                 "Square's own breaks and the decision (each attack's accuracy: the report).")],
         "flip_dynamics.md": [*dynamics_gap(section_records(
             EXPERIMENTS["flip_dynamics"], paper.cells["flip_dynamics"])),

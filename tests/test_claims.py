@@ -247,6 +247,8 @@ def test_strong_summary_compares_only_rows_with_three_seeds() -> None:
     assert "matches the gradient-only one (Table 3 above) in 1 of 1 rows." in text
     assert text.endswith("Table 3's verdict is unchanged in 1 of 1 rows.")
     assert "0.2 % of the test points" in text
+    complete = _GENERATED.strong_text(strong, gradient, records, complete=True).text
+    assert complete.startswith("1 rows with at least 3 seeds (mnist; 1 more")
 
 
 def test_numerics_tables_take_the_worst_solve_over_seeds() -> None:
