@@ -366,6 +366,12 @@ def seed_changes(run: Run, names: tuple[str, ...] = MORE_SEEDS, first: int = 5) 
                         f"The claims whose verdict changed when seeds {first} and up were added.")]
 
 
+def complete(run: Run, name: str) -> bool:
+    """Whether every cell the run's plan has for experiment ``name`` is committed."""
+    planned = planned_cells(run, name)
+    return planned is not None and len(run.cells.get(name, [])) >= planned
+
+
 def progress_table(run: Run) -> Table:
     """Each experiment the run's settings plan: its cells committed, planned, and left, and
     how many of the committed ran on the CPU and on CUDA (the device each cell records)."""
@@ -373,7 +379,7 @@ def progress_table(run: Run) -> Table:
     for name in sorted(n for n in run.settings if n in EXPERIMENTS):
         cells = run.cells.get(name, [])
         done, planned = len(cells), planned_cells(run, name)
-        left = "?" if planned is None else ("complete" if done >= planned else
+        left = "?" if planned is None else ("complete" if complete(run, name) else
                                             f"{planned - done} left")
         on = [sum(str(c.get("device", "")).startswith(d) for c in cells) for d in ("cpu", "cuda")]
         rows.append([f"`{name}`", str(done), "?" if planned is None else str(planned), left,
@@ -400,8 +406,7 @@ def main() -> None:
     strong = captioned(section_tables(paper, "robust_evaluation"), "Table 3 with")
     strong_records = section_records(EXPERIMENTS["robust_evaluation"],
                                      paper.cells["robust_evaluation"])
-    strong_complete = len(paper.cells["robust_evaluation"]) == planned_cells(
-        paper, "robust_evaluation")
+    strong_complete = complete(paper, "robust_evaluation")
     interventions = section_tables(paper, "interventions")
     gd_tables = section_tables(paper, "ntk_distance_gd")
     controls = changes_table(section_records(EXPERIMENTS["flip_controls"],
