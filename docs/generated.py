@@ -24,6 +24,9 @@ number in them is typed by hand:
   collapse and conditioning per τ and its NTK distances per τ and width;
 - docs/new_measurements.md: the tables of A.2's mechanism (κ and its factors, the control
   pairs), Prop. 4.13 with trainable QKV (distances, conditioning) and Figure 6 on CIFAR-10;
+- docs/table5_adversarial.md: Table 5's adversarially trained half (`adversarial_interventions`):
+  how its cells ran, its table, its accuracy claims and the flip rate before and after
+  adversarial training;
 - docs/table2_facts.md, docs/table5_facts.md: the measured numbers the discussions of
   Tables 2 and 5 quote (ranges over the tasks, the claims' values and verdicts);
 - docs/numerics.md: the A.9 checks and the top-K stability (A.5.2) of Tables 2 and 5;
@@ -49,6 +52,7 @@ import dataclasses
 import math
 import statistics
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,7 +79,8 @@ SPLICED = ("progress.md", "claims.md", "spectrum_kappa.md", "collapse.md", "verd
            "table2.md", "table2_controls.md", "sensitivity_gap.md", "width_sensitivity.md",
            "table3.md", "table3_strong.md", "intervention_dynamics.md", "flip_dynamics.md",
            "table5.md", "complexity.md", "numerics.md", "softmax_temperature.md",
-           "new_measurements.md", "table2_facts.md", "table5_facts.md")
+           "new_measurements.md", "table2_facts.md", "table5_facts.md",
+           "table5_adversarial.md")
 
 
 def spectrum_table(records: list[dict]) -> Table:
@@ -372,6 +377,25 @@ def complete(run: Run, name: str) -> bool:
     return planned is not None and len(run.cells.get(name, [])) >= planned
 
 
+def cells_text(run: Run, name: str) -> Text:
+    """How experiment ``name``'s committed cells ran, per task: their number, their seeds, and
+    each cell's time as its ``timing`` records it (time saved before a cut included)."""
+    cells = run.cells.get(name, [])
+    parts = []
+    for task in sorted({c["cell"]["task"] for c in cells}):
+        mine = [c for c in cells if c["cell"]["task"] == task]
+        seconds = [c["timing"]["seconds"] for c in mine]
+        seeds = sorted({c["cell"]["seed"] for c in mine})
+        parts.append(f"{task}: {len(mine)} cells, seeds {seeds[0]}–{seeds[-1]}, "
+                     f"{min(seconds):,.0f}–{max(seconds):,.0f} s per cell, "
+                     f"{sum(seconds) / 3600:.1f} h in all")
+    devices = ", ".join(f"{n} on {d}" for d, n in sorted(
+        Counter(str(c.get("device")) for c in cells).items()))
+    return Text(f"How the cells of `{name}` ran, from their files (a cell's time includes "
+                f"the networks it trained for the cells of its network and seed, which share "
+                f"them through the cache): {'; '.join(parts)}; devices: {devices}.")
+
+
 def progress_table(run: Run) -> Table:
     """Each experiment the run's settings plan: its cells committed, planned, and left, and
     how many of the committed ran on the CPU and on CUDA (the device each cell records)."""
@@ -447,6 +471,8 @@ def main() -> None:
         "table5.md": [captioned(interventions, "Table 5 (ours)"),
                       captioned(interventions, "The paper's claims on Table 5")],
         "table5_facts.md": table5_facts(changes, flips, claims),
+        "table5_adversarial.md": [cells_text(paper, "adversarial_interventions"),
+                                  *section_tables(paper, "adversarial_interventions")],
         "complexity.md": section_tables(paper, "complexity"),
         "softmax_temperature.md": section_tables(paper, "softmax_temperature"),
         "new_measurements.md": [
