@@ -52,7 +52,6 @@ import dataclasses
 import math
 import statistics
 import tempfile
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -386,14 +385,11 @@ def cells_text(run: Run, name: str) -> Text:
         mine = [c for c in cells if c["cell"]["task"] == task]
         seconds = [c["timing"]["seconds"] for c in mine]
         seeds = sorted({c["cell"]["seed"] for c in mine})
-        parts.append(f"{task}: {len(mine)} cells, seeds {seeds[0]}–{seeds[-1]}, "
-                     f"{min(seconds):,.0f}–{max(seconds):,.0f} s per cell, "
-                     f"{sum(seconds) / 3600:.1f} h in all")
-    devices = ", ".join(f"{n} on {d}" for d, n in sorted(
-        Counter(str(c.get("device")) for c in cells).items()))
+        parts.append(f"{task}: {len(mine)} cells (seeds {', '.join(map(str, seeds))}), "
+                     f"{span(seconds)} s per cell, {sum(seconds) / 3600:.1f} h in all")
     return Text(f"How the cells of `{name}` ran, from their files (a cell's time includes "
                 f"the networks it trained for the cells of its network and seed, which share "
-                f"them through the cache): {'; '.join(parts)}; devices: {devices}.")
+                f"them through the cache; their devices: the status table): {'; '.join(parts)}.")
 
 
 def progress_table(run: Run) -> Table:
